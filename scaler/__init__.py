@@ -1,0 +1,1 @@
+"""Starts Kubernetes Jobs of workers when the RabbitMQ queue has a backlog."""

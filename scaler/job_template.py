@@ -1,0 +1,124 @@
+"""The Job manifest the scaler creates: loaded from YAML, checked at start, rendered per Job."""
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PACKAGED = Path(__file__).with_name("job-template.yaml")
+LABEL_KEY, LABEL_VALUE = "app", "worker-job"
+LABEL_SELECTOR = f"{LABEL_KEY}={LABEL_VALUE}"
+DEFAULT_GENERATE_NAME = "worker-job-"
+_SAFE_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+    "persistentVolumeClaim", "projected", "secret",
+}
+
+
+class TemplateError(ValueError):
+    """The Job template cannot be used to create Jobs."""
+
+
+def load(text: str = "") -> dict[str, Any]:
+    """Parse and validate a Job template; empty text means the packaged one."""
+    source = text if text.strip() else PACKAGED.read_text()
+    try:
+        manifest = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"not valid YAML: {exc}") from None
+    problems = list(_problems(manifest))
+    if problems:
+        raise TemplateError("; ".join(problems))
+    return manifest
+
+
+def render(template: dict[str, Any], *, namespace: str) -> dict[str, Any]:
+    """One Job body from the template, with the label the scaler counts by forced on."""
+    job = copy.deepcopy(template)
+    meta = job.setdefault("metadata", {})
+    meta["namespace"] = namespace
+    meta.setdefault("generateName", DEFAULT_GENERATE_NAME)
+    # Forced, not defaulted: a Job without the label would be invisible to the count and
+    # the scaler would keep creating more of them.
+    meta.setdefault("labels", {})[LABEL_KEY] = LABEL_VALUE
+    pod_meta = job["spec"]["template"].setdefault("metadata", {})
+    pod_meta.setdefault("labels", {})[LABEL_KEY] = LABEL_VALUE
+    return job
+
+
+def restricted_violations(template: dict[str, Any]) -> list[str]:
+    """Where the pod breaks the `restricted` Pod Security Standard (plus a read-only root)."""
+    pod = template["spec"]["template"]["spec"]
+    pod_ctx = pod.get("securityContext") or {}
+    found = [f"spec.template.spec.{k} must not be set" for k in ("hostNetwork", "hostPID", "hostIPC")
+             if pod.get(k)]
+    found += [f"volume {v.get('name')} has a type the standard forbids"
+              for v in pod.get("volumes") or [] if not set(v) - {"name"} <= _SAFE_VOLUMES]
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        found += [f"container {container['name']}: {p}" for p in _container_violations(container, pod_ctx)]
+    return found
+
+
+def _container_violations(container: dict[str, Any], pod_ctx: dict[str, Any]) -> list[str]:
+    ctx = container.get("securityContext") or {}
+    effective = {**pod_ctx, **ctx}
+    caps = ctx.get("capabilities") or {}
+    checks = {
+        "runAsNonRoot must be true": effective.get("runAsNonRoot") is True,
+        "runAsUser must not be 0": effective.get("runAsUser") != 0,
+        "seccompProfile.type must be RuntimeDefault or Localhost":
+            (effective.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost"),
+        "allowPrivilegeEscalation must be false": ctx.get("allowPrivilegeEscalation") is False,
+        "privileged must not be true": not ctx.get("privileged"),
+        "capabilities.drop must include ALL": "ALL" in (caps.get("drop") or []),
+        "capabilities.add may only hold NET_BIND_SERVICE":
+            set(caps.get("add") or []) <= {"NET_BIND_SERVICE"},
+        "readOnlyRootFilesystem must be true": ctx.get("readOnlyRootFilesystem") is True,
+        "hostPort must not be set": not any(p.get("hostPort") for p in container.get("ports") or []),
+    }
+    return [problem for problem, ok in checks.items() if not ok]
+
+
+def _problems(manifest: Any):
+    if not isinstance(manifest, dict):
+        yield "must be a YAML mapping holding one Job"
+        return
+    if manifest.get("apiVersion") != "batch/v1" or manifest.get("kind") != "Job":
+        yield "must be apiVersion: batch/v1, kind: Job"
+    if "name" in _mapping(manifest, "metadata"):
+        yield "metadata.name is not allowed, every Job needs its own: use metadata.generateName"
+    spec = _mapping(manifest, "spec")
+    for key in ("ttlSecondsAfterFinished", "backoffLimit"):
+        if not _whole(spec.get(key)):
+            yield f"spec.{key} must be a whole number >= 0"
+    pod = _mapping(_mapping(spec, "template"), "spec")
+    if pod.get("restartPolicy") not in ("Never", "OnFailure"):
+        yield "spec.template.spec.restartPolicy must be Never or OnFailure"
+    containers = pod.get("containers")
+    if not isinstance(containers, list) or not containers:
+        yield "spec.template.spec.containers must list at least one container"
+        return
+    for index, container in enumerate(containers):
+        yield from _container_problems(index, container)
+
+
+def _container_problems(index: int, container: Any):
+    where = f"spec.template.spec.containers[{index}]"
+    if not isinstance(container, dict) or not container.get("name") or not container.get("image"):
+        yield f"{where} needs a name and an image"
+        return
+    resources = _mapping(container, "resources")
+    for kind in ("requests", "limits"):
+        missing = {"cpu", "memory"} - set(_mapping(resources, kind))
+        if missing:
+            yield f"{where}.resources.{kind} must set {' and '.join(sorted(missing))}"
+
+
+def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
