@@ -1,0 +1,1 @@
+"""The producer: turns an uploaded CSV into one persistent RabbitMQ message per row."""

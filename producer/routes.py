@@ -1,0 +1,75 @@
+"""HTTP routes: the upload, and health checks for Kubernetes probes."""
+
+import logging
+import secrets
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+
+from producer import csv_stream, message
+from producer.publisher import ConfirmingPublisher
+from producer.settings import Settings
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+bearer = HTTPBearer(auto_error=False, description="Needed only when UPLOAD_TOKEN is set.")
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+class UploadResult(BaseModel):
+    upload_id: str
+    rows: int
+    queue: str
+
+
+class Health(BaseModel):
+    status: str
+
+
+def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
+    expected = settings.upload_token.get_secret_value()
+    given = credentials.credentials if credentials else ""
+    if expected and not secrets.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(status_code=401, detail="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+@router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult)
+async def upload(file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep) -> UploadResult:
+    """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
+    started = time.monotonic()
+    rows = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes)
+    file.file.seek(0)
+    upload_id = uuid.uuid4().hex
+    async with ConfirmingPublisher(settings) as publisher:
+        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes)
+        for number, (line, row) in enumerate(records, start=1):
+            await publisher.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
+        await publisher.wait_for_confirms()
+    elapsed = time.monotonic() - started
+    log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name, "seconds": round(elapsed, 3)})
+    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name)
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", responses={503: {"description": "RabbitMQ is not reachable"}})
+async def readyz(settings: SettingsDep) -> Health:
+    """RabbitMQ is reachable and the queue can be declared."""
+    async with ConfirmingPublisher(settings):
+        return Health(status="ok")

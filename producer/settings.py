@@ -1,0 +1,28 @@
+"""The producer's settings, read once from environment variables."""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
+
+
+class Settings(BaseSettings):
+    """Every field is an environment variable of the same name in upper case."""
+
+    rabbitmq_host: str = Field("localhost", description="RabbitMQ host name.")
+    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ AMQP port.")
+    rabbitmq_user: str = Field("guest", description="RabbitMQ user.")
+    rabbitmq_password: SecretStr = Field(SecretStr("guest"), description="RabbitMQ password.")
+    rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host.")
+    queue_name: str = Field("rows", min_length=1, description="Durable queue that receives one message per row.")
+    producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
+    max_line_bytes: int = Field(1024**2, gt=0, description="Longest accepted CSV line; longer gets 400.")
+    upload_token: SecretStr = Field(
+        SecretStr(""), description="If set, POST /upload needs `Authorization: Bearer <token>`."
+    )
+    publish_window: int = Field(
+        2000, ge=1, description="Messages in flight before the producer waits for broker confirms."
+    )
+    confirm_timeout_seconds: float = Field(
+        30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
+    )
+    log_level: str = Field("INFO", description="Python log level.")

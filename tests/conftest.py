@@ -1,0 +1,83 @@
+"""Session fixtures that talk to the real services the tests need.
+
+RabbitMQ (with its management plugin) must already run: `.ci/run` and `make services`
+start it. A missing broker fails the run instead of skipping tests.
+"""
+
+import os
+import uuid
+
+import httpx
+import pika
+import pika.exceptions
+import pytest
+
+
+AMQP_HOST = os.environ.get("RABBITMQ_HOST", "localhost")
+AMQP_PORT = int(os.environ.get("RABBITMQ_PORT", "5672"))
+MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://localhost:15672")
+CREDENTIALS = ("guest", "guest")
+
+
+class Broker:
+    """A handle on the real broker: AMQP for messages, the management API for counts."""
+
+    def __init__(self) -> None:
+        self.host, self.port, self.management_url = AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
+        self.user, self.password = CREDENTIALS
+
+    def connection(self) -> pika.BlockingConnection:
+        params = pika.ConnectionParameters(
+            host=self.host, port=self.port, credentials=pika.PlainCredentials(*CREDENTIALS)
+        )
+        return pika.BlockingConnection(params)
+
+    def depth(self, queue: str) -> int:
+        """Messages ready in `queue` right now (passive declare, not the lagging stats)."""
+        with self.connection() as conn:
+            return conn.channel().queue_declare(queue, passive=True).method.message_count
+
+    def exists(self, queue: str) -> bool:
+        with self.connection() as conn:
+            try:
+                conn.channel().queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return False
+                raise
+        return True
+
+    def drain(self, queue: str) -> list[tuple[pika.spec.BasicProperties, bytes]]:
+        """Take every ready message off `queue` and return it."""
+        taken = []
+        with self.connection() as conn:
+            channel = conn.channel()
+            while True:
+                method, props, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return taken
+                taken.append((props, body))
+
+    def delete_queue(self, queue: str) -> None:
+        with self.connection() as conn:
+            conn.channel().queue_delete(queue)
+
+
+@pytest.fixture(scope="session")
+def broker() -> Broker:
+    broker = Broker()
+    try:
+        httpx.get(f"{MANAGEMENT_URL}/api/overview", auth=CREDENTIALS, timeout=5).raise_for_status()
+        broker.connection().close()
+    except Exception as exc:  # noqa: BLE001 - any failure here means the suite cannot run
+        pytest.fail(f"RabbitMQ with its management plugin is not reachable: {exc!r}", pytrace=False)
+    return broker
+
+
+@pytest.fixture
+def queue_name(broker: Broker):
+    """A fresh queue name per test; the queue and its dead-letter queue are deleted after."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    broker.delete_queue(name)
+    broker.delete_queue(f"{name}.dead")
