@@ -1,0 +1,77 @@
+"""`python -m scaler`: validate the configuration, then poll until SIGTERM."""
+
+import logging
+import signal
+import sys
+import threading
+
+from kubernetes.config import ConfigException
+
+from scaler import job_template, logs
+from scaler.jobs import Jobs, batch_api
+from scaler.loop import Limits, Scaler
+from scaler.queue_depth import ManagementClient
+from scaler.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("scaler")
+
+
+def main() -> None:
+    """Run the scaler; exit non-zero only for configuration that can never work."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"scaler: invalid configuration: {exc}")
+    logs.configure(settings.log_level, secrets=[settings.rabbitmq_password.get_secret_value()])
+    template = settings.job_template()
+    for problem in job_template.restricted_violations(template):
+        log.warning("job template is not restricted", extra={"problem": problem})
+    try:
+        api = batch_api(timeout_s=settings.scaler_http_timeout_seconds)
+    except ConfigException as exc:
+        sys.exit(f"scaler: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}")
+    queue = _management_client(settings)
+    jobs = Jobs(api, namespace=settings.pod_namespace, template=template,
+                timeout_s=settings.scaler_http_timeout_seconds)
+    log.info("scaler started", extra=_public(settings))
+    try:
+        Scaler(queue=queue, jobs=jobs, limits=_limits(settings)).run(
+            _stop_on_signals(), poll_s=settings.scaler_poll_seconds,
+            max_backoff_s=settings.scaler_max_backoff_seconds,
+        )
+    finally:
+        queue.close()
+    log.info("scaler stopped")
+
+
+def _management_client(settings: Settings) -> ManagementClient:
+    return ManagementClient(
+        base_url=settings.rabbitmq_management_url, user=settings.rabbitmq_user,
+        password=settings.rabbitmq_password.get_secret_value(), vhost=settings.rabbitmq_vhost,
+        queue=settings.queue_name, timeout_s=settings.scaler_http_timeout_seconds,
+    )
+
+
+def _limits(settings: Settings) -> Limits:
+    return Limits(
+        threshold=settings.scaler_threshold, messages_per_job=settings.scaler_messages_per_job,
+        max_jobs=settings.scaler_max_jobs,
+        small_backlog_wait_s=settings.scaler_small_backlog_wait_seconds,
+    )
+
+
+def _public(settings: Settings) -> dict[str, object]:
+    # The template is long and the password secret: everything else helps a reader of the logs.
+    hidden = {"rabbitmq_password", "scaler_job_template"}
+    return {k: v for k, v in settings.model_dump().items() if k not in hidden}
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Scaler logging: one JSON object per line, and the password masked wherever it appears."""
+
+import io
+import json
+import logging
+
+import pytest
+
+from scaler import logs
+
+SECRET = "pw-0d9e1c"
+
+
+@pytest.fixture
+def json_lines():
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    logs.configure("INFO", secrets=[SECRET])
+    out = io.StringIO()
+    (handler,) = root.handlers
+    handler.setStream(out)  # stdout in production; a buffer here, read back line by line
+    yield lambda: [json.loads(line) for line in out.getvalue().splitlines()]
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+
+
+def test_poll_line_is_json_with_its_numbers(json_lines):
+    logging.getLogger("scaler.loop").info("poll", extra={"depth": 42, "create": 2, "reason": "r"})
+    (line,) = json_lines()
+    assert (line["message"], line["depth"], line["create"], line["level"]) == ("poll", 42, 2, "INFO")
+
+
+def test_password_is_masked_in_message_extras_and_tracebacks(json_lines):
+    log = logging.getLogger("scaler.loop")
+    log.warning("failed for %s", SECRET, extra={"error": f"auth {SECRET} refused"})
+    try:
+        raise RuntimeError(f"boom {SECRET}")
+    except RuntimeError:
+        log.exception("poll crashed")
+    lines = json_lines()
+    assert len(lines) == 2
+    assert all(SECRET not in json.dumps(line) for line in lines)
+    assert logs.MASK in lines[0]["message"] and logs.MASK in lines[1]["exc_info"]
+
+
+def test_library_request_logs_are_quiet(json_lines):
+    logging.getLogger("httpx").info("HTTP Request: GET http://rabbitmq:15672/api/queues")
+    assert json_lines() == []
