@@ -1,0 +1,123 @@
+"""Real `python -m worker` processes against a real RabbitMQ: acks, retries, kills."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from producer import message
+from tests.conftest import Broker
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def publish(broker: Broker, queue: str, rows: list[dict[str, str]]) -> None:
+    with broker.connection() as conn:
+        channel = conn.channel()
+        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
+        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
+        channel.confirm_delivery()
+        for number, row in enumerate(rows, start=1):
+            channel.basic_publish("", queue, *message.encode(row, upload_id="t", row_number=number, line=number + 1))
+
+
+def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
+    environment = os.environ | {
+        "QUEUE_NAME": queue,
+        "WORKER_HANDLER": f"tests.handlers:{handler}",
+        "RECORD_FILE": str(record),
+        "WORKER_IDLE_SECONDS": "1",
+    }
+    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=environment | env)
+
+
+def handled(record: Path) -> collections.Counter[str]:
+    return collections.Counter(record.read_text().split()) if record.exists() else collections.Counter()
+
+
+def wait_for(condition, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    publish(broker, queue_name, [{"id": str(i)} for i in range(500)])
+    worker = start_worker(queue_name, tmp_path / "handled")
+    assert worker.wait(timeout=60) == 0
+    assert handled(tmp_path / "handled") == collections.Counter(str(i) for i in range(500))
+    assert broker.depth(queue_name) == 0
+
+
+def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record = tmp_path / "handled"
+    publish(broker, queue_name, [{"id": str(i)} for i in range(200)])
+    first = start_worker(queue_name, record, "slow", SLOW_SECONDS="0.02", WORKER_PREFETCH="20")
+    wait_for(lambda: sum(handled(record).values()) >= 30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert broker.depth(queue_name) > 0
+    second = start_worker(queue_name, record)
+    assert second.wait(timeout=60) == 0
+    assert set(handled(record)) == {str(i) for i in range(200)}
+    assert broker.depth(queue_name) == 0
+
+
+def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record = tmp_path / "handled"
+    rows = [{"id": str(i), "poison": "yes" if i == 5 else "no"} for i in range(20)]
+    publish(broker, queue_name, rows)
+    worker = start_worker(queue_name, record, "fail_poison", WORKER_MAX_ATTEMPTS="4")
+    assert worker.wait(timeout=60) == 0
+    counts = handled(record)
+    assert counts["!5"] == 4
+    assert {key for key in counts if not key.startswith("!")} == {str(i) for i in range(20) if i != 5}
+    dead = broker.drain(message.dead_letter_queue(queue_name))
+    assert len(dead) == 1
+    properties, body = dead[0]
+    assert body == b'{"id":"5","poison":"yes"}'
+    assert properties.headers["attempt"] == 4 and properties.message_id == "t:6"
+    assert broker.depth(queue_name) == 0
+
+
+def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record = tmp_path / "handled"
+    publish(broker, queue_name, [{"id": str(i)} for i in range(10)])
+    worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="2", WORKER_PREFETCH="5")
+    time.sleep(3)  # the first row is done, the second is in hand
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    done = handled(record)
+    assert 1 <= sum(done.values()) <= 3
+    assert broker.depth(queue_name) == 10 - sum(done.values())
+
+
+def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record = tmp_path / "handled"
+    publish(broker, queue_name, [{"id": "1"}])
+    # With a 1 s heartbeat the broker drops a client that is silent for a few seconds.
+    worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="6", WORKER_HEARTBEAT_SECONDS="1")
+    assert worker.wait(timeout=30) == 0
+    assert handled(record) == collections.Counter({"1": 1})
+    assert broker.depth(queue_name) == 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ("no.such.module:f", "WORKER_HANDLER='no.such.module:f' cannot be imported"),
+        ("worker.handlers:missing", "WORKER_HANDLER='worker.handlers:missing' cannot be imported"),
+        ("not-a-spec", "worker_handler\n  String should match pattern"),
+    ],
+)
+def test_a_bad_handler_setting_stops_the_worker_at_start(queue_name: str, spec: str, error: str) -> None:
+    environment = os.environ | {"QUEUE_NAME": queue_name, "WORKER_HANDLER": spec}
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=environment, capture_output=True, timeout=30)
+    assert result.returncode != 0
+    assert error in result.stderr.decode()

@@ -1,0 +1,164 @@
+"""Consumes the queue: a row is acked only after its handler has returned.
+
+The handler runs on a thread of its own, so this thread keeps the connection's I/O going
+(heartbeats, deliveries, acks) however long a row takes. Rows are handled one at a time,
+in delivery order, which is what lets one `multiple` ack settle a run of successes.
+"""
+
+import collections
+import logging
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import pika
+import pika.exceptions
+
+from worker import message
+from worker.handlers import Handler
+from worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(Exception):
+    """The connection to RabbitMQ failed; unacked rows go back to the queue."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivery: Delivery
+    row: message.Row | None
+    error: Exception | None
+
+
+def connection_parameters(settings: Settings) -> pika.ConnectionParameters:
+    credentials = pika.PlainCredentials(settings.rabbitmq_user, settings.rabbitmq_password.get_secret_value())
+    return pika.ConnectionParameters(
+        host=settings.rabbitmq_host,
+        port=settings.rabbitmq_port,
+        virtual_host=settings.rabbitmq_vhost,
+        credentials=credentials,
+        heartbeat=settings.worker_heartbeat_seconds,
+        connection_attempts=3,
+        retry_delay=2,
+    )
+
+
+class Consumer:
+    """Drains one queue until it has been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
+
+    def __init__(self, settings: Settings, handler: Handler) -> None:
+        self.settings, self.handler = settings, handler
+        self.queue = settings.queue_name
+        self.stopping = threading.Event()
+        self._todo: queue.Queue[Delivery | None] = queue.Queue()
+        self._done: collections.deque[Outcome] = collections.deque()
+        self._in_flight = 0
+        self._handler_idle = threading.Event()
+        self.handled = 0
+
+    def run(self) -> None:
+        """Consume until idle or stopped; raises BrokerError if the connection fails."""
+        try:
+            self._connection = pika.BlockingConnection(connection_parameters(self.settings))
+            self._channel = self._connection.channel()
+            self._declare()
+            self._consume()
+        except pika.exceptions.AMQPError as exc:
+            raise BrokerError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            self._todo.put(None)
+
+    def _declare(self) -> None:
+        self._channel.queue_declare(message.dead_letter_queue(self.queue), durable=True)
+        self._channel.queue_declare(self.queue, durable=True, arguments=message.queue_arguments(self.queue))
+        self._channel.basic_qos(prefetch_count=self.settings.worker_prefetch)
+        self._channel.confirm_delivery()
+
+    def _consume(self) -> None:
+        consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
+        threading.Thread(target=self._work, name="handler", daemon=True).start()
+        last_activity = time.monotonic()
+        while not self.stopping.is_set():
+            self._connection.process_data_events(time_limit=0.5)
+            if self._settle() or self._in_flight:
+                last_activity = time.monotonic()
+            elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
+                log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
+                break
+        self._channel.basic_cancel(consumer_tag)
+        if self.stopping.is_set():
+            self._finish_in_hand()
+        self._connection.close()
+
+    def _finish_in_hand(self) -> None:
+        """On SIGTERM: give the row in hand time to finish; the broker requeues the rest on close."""
+        self._todo.put(None)
+        deadline = time.monotonic() + self.settings.worker_shutdown_seconds
+        while not self._handler_idle.is_set() and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=0.2)
+            self._settle()
+        self._settle()
+        log.info("stopped on SIGTERM", extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
+
+    def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes) -> None:
+        self._in_flight += 1
+        self._todo.put(Delivery(method.delivery_tag, properties, body))
+
+    def _work(self) -> None:
+        while (delivery := self._todo.get()) is not None:
+            if self.stopping.is_set():
+                continue  # not started, so not acked: the broker requeues it
+            row, error = None, None
+            try:
+                row = message.decode(delivery.body, delivery.properties)
+                self.handler(row.data)
+            except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
+                error = exc
+            self._done.append(Outcome(delivery, row, error))
+            self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
+        self._handler_idle.set()
+
+    def _settle(self) -> bool:
+        """Ack, retry or dead-letter every finished row, in delivery order."""
+        settled, last_success = False, 0
+        while self._done:
+            outcome = self._done.popleft()
+            settled, self._in_flight = True, self._in_flight - 1
+            if outcome.error is None:
+                last_success, self.handled = outcome.delivery.tag, self.handled + 1
+                continue
+            if last_success:
+                self._channel.basic_ack(last_success, multiple=True)
+                last_success = 0
+            self._settle_failure(outcome)
+        if last_success:
+            self._channel.basic_ack(last_success, multiple=True)
+        return settled
+
+    def _settle_failure(self, outcome: Outcome) -> None:
+        delivery, row = outcome.delivery, outcome.row
+        fields = {"queue": self.queue, "error": repr(outcome.error), "message_id": delivery.properties.message_id}
+        if row is None or row.attempt >= self.settings.worker_max_attempts:
+            log.error("row dead-lettered", extra=fields | {"attempt": row.attempt if row else None})
+            self._channel.basic_nack(delivery.tag, requeue=False)
+            return
+        # Republish first: if we died between the two, the row would be handled twice, never lost.
+        retry = message.retry_properties(delivery.properties, attempt=row.attempt + 1)
+        self._channel.basic_publish("", self.queue, delivery.body, retry, mandatory=True)
+        self._channel.basic_ack(delivery.tag)
+        log.warning("row failed, will retry", extra=fields | {"attempt": row.attempt})
+
+
+def install_sigterm(consumer: Consumer) -> None:
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: consumer.stopping.set())
