@@ -1,0 +1,37 @@
+# The index of everything a person does with kube-job: `make help` lists it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+IMAGES := producer worker scaler
+
+.DEFAULT_GOAL := help
+.PHONY: help install rabbitmq demo test test-unit images clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY): requirements-dev.txt producer/requirements.txt worker/requirements.txt scaler/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $(PY)
+
+install: $(PY) ## Create .venv with the services' and the tests' requirements
+
+rabbitmq: ## Start a local RabbitMQ with the management UI (installs Debian's package if needed)
+	bash scripts/rabbitmq.sh
+
+demo: install rabbitmq ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
+	bash scripts/demo.sh
+
+test: install rabbitmq ## Run the whole test suite against real RabbitMQ and Kubernetes
+	$(PY) -m pytest
+
+test-unit: install ## Run only the unit tests (no services needed)
+	$(PY) -m pytest tests/unit
+
+images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
+	@for image in $(IMAGES); do docker build -t $$image:latest ./$$image || exit 1; done
+
+clean: ## Remove .venv, .run and caches kept in the repo
+	rm -rf $(VENV) .run .pytest_cache .hypothesis

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Make sure a RabbitMQ with its management plugin answers on localhost:5672 and :15672.
+# Reuses one that already runs; otherwise installs Debian's rabbitmq-server if needed
+# (as root, or with sudo) and starts it. Idempotent.
+set -euo pipefail
+
+management_up() { curl -fsS -u guest:guest http://localhost:15672/api/overview >/dev/null 2>&1; }
+
+if management_up; then
+  echo "rabbitmq: already running"
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+if ! command -v rabbitmq-server >/dev/null; then
+  echo "rabbitmq: installing Debian's rabbitmq-server"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq rabbitmq-server >/dev/null
+fi
+$sudo rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+if ! $sudo rabbitmqctl -q status >/dev/null 2>&1; then
+  echo "rabbitmq: starting"
+  $sudo rabbitmq-server -detached
+fi
+for _ in $(seq 1 90); do
+  if management_up; then
+    echo "rabbitmq: ready (AMQP localhost:5672, management http://localhost:15672, guest/guest)"
+    exit 0
+  fi
+  sleep 1
+done
+echo "rabbitmq: did not become ready in 90 s; see /var/log/rabbitmq/" >&2
+exit 1
