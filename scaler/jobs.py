@@ -28,7 +28,11 @@ def batch_api(*, timeout_s: float) -> client.BatchV1Api:
     if os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config(client_configuration=configuration)
     else:
-        config.load_kube_config(client_configuration=configuration, persist_config=False)
+        # Read now: the library reads KUBECONFIG once, when it is first imported.
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration,
+            persist_config=False,
+        )
     # The loop retries with backoff; urllib3's own retries would multiply the timeout.
     configuration.retries = 0
     return client.BatchV1Api(client.ApiClient(configuration))
@@ -48,7 +52,7 @@ class Jobs:
             "list jobs", self._api.list_namespaced_job, self._namespace,
             label_selector=job_template.LABEL_SELECTOR,
         )
-        return sum(1 for job in listed.items if not _finished(job))
+        return sum(1 for job in listed.items if not is_finished(job))
 
     def create(self) -> str:
         """Create one Job from the template; return its generated name."""
@@ -65,7 +69,8 @@ class Jobs:
             raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
 
 
-def _finished(job: client.V1Job) -> bool:
+def is_finished(job: client.V1Job) -> bool:
+    """Whether the Job will take no more messages: done, failed, or being deleted."""
     # A Job being deleted is finished for our purpose: its pods are going away.
     if job.metadata.deletion_timestamp is not None:
         return True

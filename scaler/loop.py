@@ -74,7 +74,7 @@ class Scaler:
                 "depth": counts.messages, "ready": counts.messages_ready,
                 "unacked": counts.messages_unacknowledged, "consumers": counts.consumers,
                 "unfinished_jobs": unfinished, "backlog_age_s": round(age, 1),
-                "create": decision.create, "reason": decision.reason, "created": created,
+                "create": decision.create, "reason": decision.reason, "jobs_created": created,
             })
         return decision
 
