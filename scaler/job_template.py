@@ -51,12 +51,13 @@ def restricted_violations(template: dict[str, Any]) -> list[str]:
     """Where the pod breaks the `restricted` Pod Security Standard (plus a read-only root)."""
     pod = template["spec"]["template"]["spec"]
     pod_ctx = pod.get("securityContext") or {}
-    found = [f"spec.template.spec.{k} must not be set" for k in ("hostNetwork", "hostPID", "hostIPC")
-             if pod.get(k)]
+    host = ("hostNetwork", "hostPID", "hostIPC")
+    found = [f"spec.template.spec.{key} must not be set" for key in host if pod.get(key)]
     found += [f"volume {v.get('name')} has a type the standard forbids"
               for v in pod.get("volumes") or [] if not set(v) - {"name"} <= _SAFE_VOLUMES]
     for container in pod.get("initContainers", []) + pod["containers"]:
-        found += [f"container {container['name']}: {p}" for p in _container_violations(container, pod_ctx)]
+        problems = _container_violations(container, pod_ctx)
+        found += [f"container {container['name']}: {problem}" for problem in problems]
     return found
 
 
@@ -75,7 +76,8 @@ def _container_violations(container: dict[str, Any], pod_ctx: dict[str, Any]) ->
         "capabilities.add may only hold NET_BIND_SERVICE":
             set(caps.get("add") or []) <= {"NET_BIND_SERVICE"},
         "readOnlyRootFilesystem must be true": ctx.get("readOnlyRootFilesystem") is True,
-        "hostPort must not be set": not any(p.get("hostPort") for p in container.get("ports") or []),
+        "hostPort must not be set":
+            not any(port.get("hostPort") for port in container.get("ports") or []),
     }
     return [problem for problem, ok in checks.items() if not ok]
 

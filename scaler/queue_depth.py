@@ -51,7 +51,8 @@ class ManagementClient:
         except httpx.TimeoutException:
             raise QueueReadError(f"management API timed out after {self._timeout_s}s") from None
         except httpx.HTTPError as exc:
-            raise QueueReadError(f"management API unreachable: {type(exc).__name__}: {exc}") from None
+            reason = f"{type(exc).__name__}: {exc}"
+            raise QueueReadError(f"management API unreachable: {reason}") from None
         return self._counts(response)
 
     def close(self) -> None:

@@ -18,26 +18,77 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
-    rabbitmq_host: str = Field("localhost", description="AMQP host of the broker (unused by the scaler itself, shared by all services).")
-    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="AMQP port of the broker.")
-    rabbitmq_user: str = Field("guest", min_length=1, description="User for AMQP and the management API.")
-    rabbitmq_password: SecretStr = Field(SecretStr("guest"), description="Password of RABBITMQ_USER; never logged.")
-    rabbitmq_vhost: str = Field("/", min_length=1, description="Virtual host that holds the queue.")
-    rabbitmq_management_url: str = Field("http://localhost:15672", description="Base URL of the RabbitMQ management HTTP API, without credentials.")
-    queue_name: str = Field("rows", min_length=1, description="Queue whose depth drives the scaling.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field("INFO", description="Lowest level that is logged.")
+    rabbitmq_host: str = Field(
+        "localhost",
+        description="AMQP host of the broker (shared by all services; the scaler uses HTTP).",
+    )
+    rabbitmq_port: int = Field(
+        5672, ge=1, le=65535,
+        description="AMQP port of the broker.",
+    )
+    rabbitmq_user: str = Field(
+        "guest", min_length=1,
+        description="User for AMQP and the management API.",
+    )
+    rabbitmq_password: SecretStr = Field(
+        SecretStr("guest"),
+        description="Password of RABBITMQ_USER; never logged.",
+    )
+    rabbitmq_vhost: str = Field(
+        "/", min_length=1,
+        description="Virtual host that holds the queue.",
+    )
+    rabbitmq_management_url: str = Field(
+        "http://localhost:15672",
+        description="Base URL of the RabbitMQ management HTTP API, without credentials.",
+    )
+    queue_name: str = Field(
+        "rows", min_length=1,
+        description="Queue whose depth drives the scaling.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        description="Lowest level that is logged.",
+    )
 
-    scaler_threshold: int = Field(20, ge=0, description="Depth above which Jobs are sized to the backlog; at or below it only the small-backlog rule applies.")
+    scaler_threshold: int = Field(
+        20, ge=0,
+        description="Depth above which Jobs are sized to the backlog (at or below: small backlog).",
+    )
     # 500 rows keep one worker busy long enough to repay its pod start-up (seconds) without
     # leaving a lone Job grinding through a huge file while the others sit at the max.
-    scaler_messages_per_job: int = Field(500, ge=1, description="Messages of backlog that justify one more Job.")
-    scaler_max_jobs: int = Field(5, ge=1, description="Most unfinished Jobs the scaler lets exist at once.")
-    scaler_poll_seconds: float = Field(5.0, ge=0.5, description="Seconds between two polls of the queue and the Jobs.")
-    scaler_small_backlog_wait_seconds: float = Field(60.0, ge=0, description="How long a backlog at or below the threshold may wait with no worker before one Job is started.")
-    scaler_max_backoff_seconds: float = Field(30.0, ge=0.5, description="Longest wait between retries after the broker or the Kubernetes API failed.")
-    scaler_http_timeout_seconds: float = Field(5.0, gt=0, description="Timeout of each call to the management API and the Kubernetes API.")
-    scaler_job_template: str = Field("", description="YAML of the batch/v1 Job to create; empty means the packaged scaler/job-template.yaml.")
-    pod_namespace: str = Field("default", min_length=1, description="Namespace the Jobs are listed and created in.")
+    scaler_messages_per_job: int = Field(
+        500, ge=1,
+        description="Messages of backlog that justify one more Job.",
+    )
+    scaler_max_jobs: int = Field(
+        5, ge=1,
+        description="Most unfinished Jobs the scaler lets exist at once.",
+    )
+    scaler_poll_seconds: float = Field(
+        5.0, ge=0.5,
+        description="Seconds between two polls of the queue and the Jobs.",
+    )
+    scaler_small_backlog_wait_seconds: float = Field(
+        60.0, ge=0,
+        description="Seconds a small backlog may wait with no worker before one Job starts.",
+    )
+    scaler_max_backoff_seconds: float = Field(
+        30.0, ge=0.5,
+        description="Longest wait between retries after the broker or the Kubernetes API failed.",
+    )
+    scaler_http_timeout_seconds: float = Field(
+        5.0, gt=0,
+        description="Timeout of each call to the management API and the Kubernetes API.",
+    )
+    scaler_job_template: str = Field(
+        "",
+        description="YAML of the batch/v1 Job to create; empty: scaler/job-template.yaml.",
+    )
+    pod_namespace: str = Field(
+        "default", min_length=1,
+        description="Namespace the Jobs are listed and created in.",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -35,7 +35,9 @@ def namespace(kube_cluster, admin, monkeypatch):
     core, batch = client.CoreV1Api(admin), client.BatchV1Api(admin)
     name = f"scaler-test-{uuid.uuid4().hex[:8]}"
     labels = {"pod-security.kubernetes.io/enforce": "restricted"}
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+    core.create_namespace(
+        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
+    )
     yield name
     batch.delete_collection_namespaced_job(
         name, label_selector=job_template.LABEL_SELECTOR, propagation_policy="Background"
