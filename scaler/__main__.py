@@ -27,7 +27,7 @@ def main() -> None:
     for problem in job_template.restricted_violations(template):
         log.warning("job template is not restricted", extra={"problem": problem})
     try:
-        api = batch_api(timeout_s=settings.scaler_http_timeout_seconds)
+        api = batch_api()
     except ConfigException as exc:
         sys.exit(f"scaler: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}")
     queue = _management_client(settings)

@@ -22,13 +22,14 @@ class KubeError(Exception):
     """The Kubernetes API could not be reached or refused a request."""
 
 
-def batch_api(*, timeout_s: float) -> client.BatchV1Api:
-    """A batch/v1 client: in-cluster inside a pod, else from KUBECONFIG."""
+def batch_api() -> client.BatchV1Api:
+    """A batch/v1 client: from KUBECONFIG if set, else in-cluster inside a pod, else ~/.kube."""
     configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+    # An explicit KUBECONFIG wins: the local node agent sets one for the scaler's pod.
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
         config.load_incluster_config(client_configuration=configuration)
     else:
-        # Read now: the library reads KUBECONFIG once, when it is first imported.
+        # Passed in because the library reads KUBECONFIG only once, when first imported.
         config.load_kube_config(
             config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration,
             persist_config=False,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from scaler.decide import Decision, decide
 from scaler.jobs import Jobs, KubeError
-from scaler.queue_depth import ManagementClient, QueueCounts, QueueReadError
+from scaler.queue_depth import ManagementClient, QueueCounts, QueueReadError, StatsNotReady
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,9 @@ class Scaler:
             try:
                 self.poll_once()
                 failures = 0
+            except StatsNotReady as exc:
+                # The broker is healthy, so backing off would only delay the first Job.
+                log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))
             except (QueueReadError, KubeError) as exc:
                 failures += 1
                 log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))

@@ -1,8 +1,9 @@
 """Reads a queue's counts from the RabbitMQ management HTTP API.
 
 Errors: every failure to get a trustworthy reading is a `QueueReadError` (401, 5xx,
-timeout, unreachable, malformed or count-less answer). A 404 from RabbitMQ means the queue
-is not declared yet, which is a real reading: depth 0.
+timeout, unreachable, malformed answer). Its subclass `StatsNotReady` is a healthy 200
+that lacks the counts, as for a queue declared less than a statistics interval ago.
+A 404 from RabbitMQ means the queue is not declared yet, which is a real reading: depth 0.
 """
 
 from dataclasses import dataclass
@@ -19,6 +20,10 @@ class QueueReadError(Exception):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class StatsNotReady(QueueReadError):
+    """The broker answered, but without the queue's counts (yet)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def _parse(response: httpx.Response) -> QueueCounts:
     missing = [key for key in _COUNTS if not _count(body.get(key))]
     if missing:
         # A freshly declared queue has no counts until the next statistics emission.
-        raise QueueReadError(f"queue statistics lack {', '.join(missing)}", status=200)
+        raise StatsNotReady(f"queue statistics lack {', '.join(missing)}", status=200)
     return QueueCounts(*(body[key] for key in _COUNTS))
 
 

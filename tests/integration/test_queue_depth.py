@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from scaler.queue_depth import EMPTY, ManagementClient, QueueCounts, QueueReadError
+from scaler.queue_depth import EMPTY, ManagementClient, QueueCounts, QueueReadError, StatsNotReady
 
 # The management API refreshes its counts every statistics interval (5 s by default).
 STATS_WAIT_S = 20
@@ -128,15 +128,21 @@ def test_unreachable_server_is_our_error(broker):
         json.dumps({**COUNTS, "messages": None}).encode(),
         json.dumps({k: v for k, v in COUNTS.items() if k != "consumers"}).encode(),
         json.dumps({**COUNTS, "messages": "3"}).encode(),
-        b"[]",
-        b"<html>not json</html>",
     ],
-    ids=["empty object", "null messages", "no consumers", "string count", "list", "not json"],
+    ids=["empty object", "null messages", "no consumers", "string count"],
 )
-def test_200_without_counts_is_an_error_not_zero(broker, body):
+def test_200_without_counts_is_stats_not_ready_not_zero(broker, body):
     with local_server(body=body) as url:
-        with pytest.raises(QueueReadError):
+        with pytest.raises(StatsNotReady):
             client(broker, "rows", base_url=url).read()
+
+
+@pytest.mark.parametrize("body", [b"[]", b"<html>not json</html>"], ids=["list", "not json"])
+def test_200_that_is_not_a_queue_is_an_error(broker, body):
+    with local_server(body=body) as url:
+        with pytest.raises(QueueReadError) as caught:
+            client(broker, "rows", base_url=url).read()
+    assert not isinstance(caught.value, StatsNotReady)
 
 
 def test_404_not_from_rabbitmq_is_an_error_not_zero(broker):

@@ -46,7 +46,7 @@ def namespace(kube_cluster, admin, monkeypatch):
 
 
 def worker_jobs(namespace: str) -> list[client.V1Job]:
-    return batch_api(timeout_s=5).list_namespaced_job(
+    return batch_api().list_namespaced_job(
         namespace, label_selector=job_template.LABEL_SELECTOR
     ).items
 
@@ -78,7 +78,7 @@ def publish(broker, queue: str, count: int) -> None:
 
 def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock=time.monotonic,
            base_url: str | None = None) -> Scaler:
-    jobs = Jobs(batch_api(timeout_s=5), namespace=namespace, template=job_template.load(),
+    jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(),
                 timeout_s=5)
     return Scaler(queue=management(broker, queue, base_url), jobs=jobs, limits=limits, clock=clock)
 
@@ -157,21 +157,30 @@ def test_default_template_passes_restricted_pod_security_admission(admin, namesp
     assert refused.value.status == 403 and "restricted" in refused.value.body
 
 
-class _ServerError(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802 - the name http.server dispatches to
-        self.send_response(500)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+def _answering(status: int, body: bytes) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, *args):
-        pass
+        def log_message(self, *args):
+            pass
+
+    return Handler
 
 
+@pytest.mark.parametrize(
+    "status, body, backs_off",
+    [(500, b"", True), (200, b"{}", False)],
+    ids=["server error backs off", "stats not ready polls on"],
+)
 def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
-    broker, queue_name, namespace, caplog
+    broker, queue_name, namespace, caplog, status, body, backs_off
 ):
     publish(broker, queue_name, 1_000)  # a real backlog the scaler must not act on blindly
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ServerError)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(status, body))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     stop = threading.Event()
@@ -188,7 +197,10 @@ def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
     server.server_close()
     assert not loop.is_alive()
     failures = [r for r in caplog.records if r.getMessage() == "poll failed"]
-    assert len(failures) >= 2 and all("500" in r.error for r in failures)
+    assert len(failures) >= 2
+    expected_type = "QueueReadError" if backs_off else "StatsNotReady"
+    assert all(r.error_type == expected_type for r in failures)
+    assert max(r.retry_in_s for r in failures) == (1.0 if backs_off else 0.5)
     assert worker_jobs(namespace) == []
 
 
