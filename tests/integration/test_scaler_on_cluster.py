@@ -4,20 +4,24 @@ No node agent is started: the Jobs' pods stay pending, which is exactly the case
 scaler must count a Job whose worker has not started consuming yet.
 """
 
+import copy
 import logging
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
-from kubernetes import client, config
+import yaml
+from kubernetes import client, config, utils
 
 from scaler import job_template
 from scaler.jobs import Jobs, KubeError, batch_api
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient, QueueReadError
 
+MANIFEST = Path(__file__).parents[2] / "infra" / "k8s" / "scaler.yaml"
 STATS_WAIT_S = 20  # the management API's counts lag by its statistics interval
 LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
 
@@ -202,6 +206,42 @@ def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
     assert all(r.error_type == expected_type for r in failures)
     assert max(r.retry_in_s for r in failures) == (1.0 if backs_off else 0.5)
     assert worker_jobs(namespace) == []
+
+
+def _as_scaler_account(admin: client.ApiClient, namespace: str) -> client.ApiClient:
+    """A client holding a token of the `scaler` ServiceAccount from infra/k8s/scaler.yaml."""
+    for doc in yaml.safe_load_all(MANIFEST.read_text()):
+        if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
+            utils.create_from_dict(admin, doc, namespace=namespace)
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+    token = client.CoreV1Api(admin).create_namespaced_service_account_token(
+        "scaler", namespace, request
+    ).status.token
+    configuration = copy.deepcopy(admin.configuration)
+    configuration.cert_file = configuration.key_file = None
+    configuration.refresh_api_key_hook = None  # it would put the admin's token back
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def test_the_scaler_role_allows_its_jobs_and_nothing_else(broker, queue_name, admin, namespace):
+    as_scaler = _as_scaler_account(admin, namespace)
+    jobs = Jobs(client.BatchV1Api(as_scaler), namespace=namespace, template=job_template.load(),
+                timeout_s=5)
+    publish(broker, queue_name, 600)
+    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS)
+    assert the_scaler.poll_once().create == 2
+    assert len(worker_jobs(namespace)) == 2
+
+    forbidden = [
+        lambda: client.CoreV1Api(as_scaler).list_namespaced_pod(namespace),
+        lambda: client.CoreV1Api(as_scaler).list_namespaced_secret(namespace),
+        lambda: client.BatchV1Api(as_scaler).list_namespaced_job("default"),
+    ]
+    for call in forbidden:
+        with pytest.raises(client.ApiException) as refused:
+            call()
+        assert refused.value.status == 403
 
 
 def test_unreachable_apiserver_is_our_error_and_creates_nothing():
