@@ -1,0 +1,91 @@
+"""Start and stop background processes that outlive the command that started them."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+
+STOP_TIMEOUT = 15.0
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _start_time(pid: int) -> str | None:
+    """Return the kernel's start time of `pid`, or None when it is gone."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 counted after the ")" that ends the command name, which may hold spaces.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None = None,
+          cwd: pathlib.Path | None = None) -> int:
+    """Start `argv` in its own session with output to `state/logs/<name>.log`; return its pid."""
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    (state / "pids").mkdir(parents=True, exist_ok=True)
+    with open(state / "logs" / f"{name}.log", "ab") as log:
+        # A new session makes the process a group leader, so stop() reaches its children too.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env, cwd=cwd)
+    # The start time tells a later `down` whether the pid still is our process, not a reused one.
+    record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": argv}
+    (state / "pids" / f"{name}.json").write_text(json.dumps(record))
+    return proc.pid
+
+
+def running(name: str, *, state: pathlib.Path) -> int | None:
+    """Return the pid of `name` if the process recorded for it still runs."""
+    try:
+        record = json.loads((state / "pids" / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if record["start"] is None or _start_time(record["pid"]) != record["start"]:
+        return None
+    stat = pathlib.Path(f"/proc/{record['pid']}/stat").read_text()
+    # A zombie has exited; only its parent has not collected it yet.
+    return None if stat.rsplit(")", 1)[1].split()[0] == "Z" else record["pid"]
+
+
+def stop(name: str, *, state: pathlib.Path, timeout: float = STOP_TIMEOUT) -> bool:
+    """Stop the process group of `name`: SIGTERM, then SIGKILL after `timeout`; True if it ran."""
+    pid = running(name, state=state)
+    (state / "pids" / f"{name}.json").unlink(missing_ok=True)
+    if pid is None:
+        return False
+    signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.1)
+    signal_group(pid, signal.SIGKILL)
+    return True
+
+
+def signal_group(pid: int, sig: signal.Signals) -> None:
+    """Send `sig` to the process group led by `pid`, ignoring one that is already gone."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie, reaping it if it is our child."""
+    try:
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            return False
+    except ChildProcessError:
+        pass  # not our child: another process started it, so only /proc can tell
+    stat = _start_time(pid)
+    if stat is None:
+        return False
+    return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
