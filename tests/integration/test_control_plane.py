@@ -1,0 +1,245 @@
+"""The local control plane and node agent against the repo's manifests and the scaler's code.
+
+Everything here talks to the real kube-apiserver started by the `kube_cluster` fixture;
+pods run as local processes under the node agent (infra/local-cluster/localcluster).
+"""
+
+import copy
+import pathlib
+
+import pytest
+import yaml
+from kubernetes import client
+
+from scaler import job_template
+from scaler.jobs import Jobs
+from tests.fixtures_kube import REPO_ROOT, KubeCluster, wait_for
+
+MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
+RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+CREDENTIALS = ("rabbitmq-credentials", "--from-literal=username=kube-job", "--from-literal=password=not-used")
+
+
+@pytest.fixture
+def ns(kube_cluster: KubeCluster):
+    """A fresh namespace, deleted (with everything in it) after the test."""
+    name = kube_cluster.namespace()
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def scaler_rbac() -> str:
+    """The ServiceAccount, Role and RoleBinding documents of infra/k8s/scaler.yaml."""
+    docs = yaml.safe_load_all((REPO_ROOT / "infra" / "k8s" / "scaler.yaml").read_text())
+    return yaml.safe_dump_all([d for d in docs if d and d["kind"] in RBAC_KINDS])
+
+
+def pod(name: str, command: list[str], **spec) -> dict:
+    """A one-container pod manifest whose container runs `command` on the node agent."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 5,
+                     "containers": [{"name": "main", "image": "agent-test", "command": command}], **spec}}
+
+
+def phase(core: client.CoreV1Api, name: str, ns: str) -> str | None:
+    try:
+        return core.read_namespaced_pod(name, ns).status.phase
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def test_apiserver_reports_the_pinned_release(kube_cluster):
+    assert '"gitVersion": "v1.35.4"' in kube_cluster.kubectl("version", "-o", "json").stdout
+    print(f"control plane started in {kube_cluster.start_seconds:.1f}s")
+
+
+def test_manifests_exist_and_pass_a_server_side_dry_run(kube_cluster, ns):
+    assert MANIFESTS, "infra/k8s/ holds no manifests"
+    # The credentials Secret is made by a command, never stored: the dry run needs it as `make up` has it.
+    kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", ns)
+    for manifest in MANIFESTS:
+        out = kube_cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(manifest)).stdout
+        assert "(server dry run)" in out, out
+    # A dry run stores nothing.
+    assert kube_cluster.kubectl("get", "deployments,statefulsets,services", "-n", ns, "-o", "name").stdout == ""
+
+
+# (verb, resource, where, allowed): the scaler creates, counts and cleans up its Jobs; nothing else.
+CAN_I = [(verb, "jobs.batch", "own", True) for verb in ("create", "get", "list", "watch", "delete")] + [
+    ("update", "jobs.batch", "own", False), ("patch", "jobs.batch", "own", False),
+    ("get", "secrets", "own", False), ("list", "secrets", "own", False),
+    ("create", "pods", "own", False), ("list", "pods", "own", False), ("delete", "pods", "own", False),
+    ("create", "deployments.apps", "own", False), ("get", "configmaps", "own", False),
+    ("list", "jobs.batch", "other", False), ("create", "jobs.batch", "other", False),
+    ("get", "secrets", "other", False),
+]
+
+
+def test_scaler_service_account_can_manage_jobs_in_its_namespace_and_nothing_else(kube_cluster, ns):
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=scaler_rbac())
+    who = f"--as=system:serviceaccount:{ns}:scaler"
+    answers = {}
+    for verb, resource, where, _ in CAN_I:
+        target = ns if where == "own" else "default"
+        result = kube_cluster.kubectl("auth", "can-i", verb, resource, "-n", target, who, check=False)
+        answers[(verb, resource, where)] = result.stdout.strip()
+    assert answers == {(v, r, w): "yes" if ok else "no" for v, r, w, ok in CAN_I}
+    # And the complete list: only jobs.batch beyond what every authenticated user may do.
+    listed = kube_cluster.kubectl("auth", "can-i", "--list", "-n", ns, who).stdout.splitlines()[1:]
+    resources = {line.split()[0]: line for line in listed if line and not line.startswith(" ")}
+    granted = {r for r in resources if not r.startswith("self") and not r.startswith("/")
+               and r not in ("[/api/*]", "[/api]", "[/apis/*]", "[/apis]", "[/healthz]", "[/livez]",
+                             "[/openapi/*]", "[/openapi]", "[/readyz]", "[/version/]", "[/version]")}
+    assert granted == {"jobs.batch"}, listed
+    verbs = resources["jobs.batch"].rsplit("[", 1)[1].rstrip("]").split()
+    assert sorted(verbs) == ["create", "delete", "get", "list", "watch"]
+
+
+def test_pod_acts_as_its_own_service_account(kube_cluster, node_agent, ns):
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=scaler_rbac())
+    kube_cluster.kubectl("create", "secret", "generic", "hidden", "--from-literal=x=y", "-n", ns)
+    script = (
+        "from kubernetes import client, config\n"
+        "try:\n    config.load_incluster_config()\nexcept config.ConfigException:\n    config.load_kube_config()\n"
+        f"print('jobs', len(client.BatchV1Api().list_namespaced_job('{ns}').items))\n"
+        f"try:\n    client.CoreV1Api().read_namespaced_secret('hidden', '{ns}')\n    print('secret read')\n"
+        "except client.ApiException as e:\n    print('secret', e.status)\n"
+        "print('whoami', client.AuthenticationV1Api().create_self_subject_review("
+        "client.V1SelfSubjectReview()).status.user_info.username)\n")
+    manifest = pod("as-scaler", ["python", "-c", script], serviceAccountName="scaler")
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    core = client.CoreV1Api(kube_cluster.api_client())
+    assert wait_for(lambda: phase(core, "as-scaler", ns) in ("Succeeded", "Failed") and phase(core, "as-scaler", ns),
+                    what="the pod to finish") == "Succeeded"
+    assert kube_cluster.kubectl("logs", "as-scaler", "-n", ns).stdout.splitlines() == [
+        "jobs 0", "secret 403", f"whoami system:serviceaccount:{ns}:scaler"]
+
+
+def test_env_sources_and_broker_address_reach_the_process(kube_cluster, node_agent, ns):
+    kube_cluster.kubectl("create", "configmap", "settings", "--from-literal=QUEUE_NAME=rows",
+                         "--from-literal=RABBITMQ_MANAGEMENT_URL=http://rabbitmq:15672", "-n", ns)
+    kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", ns)
+    env = [{"name": "RABBITMQ_HOST", "value": "rabbitmq"},
+           {"name": "AMQP_URL", "value": "amqp://u:p@rabbitmq:5672/"},
+           {"name": "NOT_A_HOST", "value": "rabbitmq-operator says hi"},
+           {"name": "RABBITMQ_USER", "valueFrom": {"secretKeyRef": {"name": "rabbitmq-credentials",
+                                                                    "key": "username"}}},
+           {"name": "Q", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "QUEUE_NAME"}}},
+           {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+           {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+           {"name": "EXPANDED", "value": "$(Q)-x"}]
+    manifest = pod("env", ["python", "-c", "import os, json; print(json.dumps(dict(os.environ)))"],
+                   automountServiceAccountToken=False)
+    manifest["spec"]["containers"][0].update(
+        env=env, envFrom=[{"configMapRef": {"name": "settings"}}, {"secretRef": {"name": "rabbitmq-credentials"},
+                                                                  "prefix": "S_"}])
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    core = client.CoreV1Api(kube_cluster.api_client())
+    wait_for(lambda: phase(core, "env", ns) == "Succeeded", what="the env pod to succeed")
+    seen = yaml.safe_load(kube_cluster.kubectl("logs", "env", "-n", ns).stdout)
+    assert {k: seen.get(k) for k in ("RABBITMQ_HOST", "AMQP_URL", "NOT_A_HOST", "RABBITMQ_USER", "Q",
+                                     "POD_NAMESPACE", "POD_NAME", "EXPANDED", "QUEUE_NAME",
+                                     "RABBITMQ_MANAGEMENT_URL", "S_password", "KUBECONFIG",
+                                     "KUBERNETES_SERVICE_HOST")} == {
+        "RABBITMQ_HOST": "127.0.0.1", "AMQP_URL": "amqp://u:p@127.0.0.1:5672/",
+        "NOT_A_HOST": "rabbitmq-operator says hi", "RABBITMQ_USER": "kube-job", "Q": "rows",
+        "POD_NAMESPACE": ns, "POD_NAME": "env", "EXPANDED": "rows-x", "QUEUE_NAME": "rows",
+        "RABBITMQ_MANAGEMENT_URL": "http://127.0.0.1:15672", "S_password": "not-used",
+        "KUBECONFIG": None, "KUBERNETES_SERVICE_HOST": None}
+
+
+def test_deleting_a_running_pod_stops_its_process_group(kube_cluster, node_agent, ns, tmp_path):
+    pidfile = tmp_path / "pid"
+    script = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod("sleeper", ["python", "-c", script])))
+    core = client.CoreV1Api(kube_cluster.api_client())
+    wait_for(lambda: phase(core, "sleeper", ns) == "Running" and pidfile.exists(), what="the pod to run")
+    pid = int(pidfile.read_text())
+    kube_cluster.kubectl("delete", "pod", "sleeper", "-n", ns, "--timeout=30s")
+    assert phase(core, "sleeper", ns) is None
+    assert not pathlib.Path(f"/proc/{pid}").exists() or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text()
+
+
+def test_always_restarted_container_counts_its_restarts(kube_cluster, node_agent, ns):
+    manifest = pod("crasher", ["python", "-c", "print('crash'); raise SystemExit(7)"], restartPolicy="Always")
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    core = client.CoreV1Api(kube_cluster.api_client())
+
+    def restarted():
+        statuses = core.read_namespaced_pod("crasher", ns).status.container_statuses or []
+        return statuses and statuses[0].restart_count >= 2 and statuses[0]
+    status = wait_for(restarted, what="two restarts", timeout=30)
+    assert status.last_state.terminated.exit_code == 7
+    assert kube_cluster.kubectl("logs", "crasher", "-n", ns, "--previous").stdout == "crash\n"
+
+
+def test_logs_follow_streams_until_the_container_ends(kube_cluster, node_agent, ns):
+    script = "import time\nfor i in range(4):\n    print('tick', i, flush=True); time.sleep(0.5)"
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod("ticker", ["python", "-c", script])))
+    core = client.CoreV1Api(kube_cluster.api_client())
+    wait_for(lambda: phase(core, "ticker", ns) == "Running", what="the ticker to run")
+    followed = kube_cluster.kubectl("logs", "-f", "ticker", "-n", ns, timeout=30).stdout
+    assert followed.splitlines() == [f"tick {i}" for i in range(4)]
+    assert kube_cluster.kubectl("logs", "ticker", "-n", ns, "--tail=1").stdout == "tick 3\n"
+
+
+def worker_job_template(command: list[str], *, ttl: int) -> dict:
+    """The scaler's own Job template, with a stand-in command and the given TTL."""
+    template = copy.deepcopy(job_template.load())
+    template["spec"]["ttlSecondsAfterFinished"] = ttl
+    template["spec"]["template"]["spec"]["containers"][0]["command"] = command
+    return template
+
+
+def job_settings(kube_cluster: KubeCluster, ns: str) -> None:
+    """What the template's env refers to: the shared ConfigMap and the credentials Secret."""
+    config_doc = yaml.safe_load((REPO_ROOT / "infra" / "k8s" / "config.yaml").read_text())
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(config_doc))
+    kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", ns)
+
+
+def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_cluster, node_agent, ns):
+    job_settings(kube_cluster, ns)
+    body = job_template.render(worker_job_template(["python", "-c", "print('worked')"], ttl=3), namespace=ns)
+    batch = client.BatchV1Api(kube_cluster.api_client())
+    name = batch.create_namespaced_job(ns, body).metadata.name
+
+    def complete():
+        job = batch.read_namespaced_job(name, ns)
+        return any(c.type == "Complete" and c.status == "True" for c in job.status.conditions or [])
+    wait_for(complete, what=f"Job {name} to complete")
+    assert kube_cluster.kubectl("logs", f"job/{name}", "-n", ns).stdout == "worked\n"
+
+    def gone():
+        return not batch.list_namespaced_job(ns).items and not client.CoreV1Api(
+            kube_cluster.api_client()).list_namespaced_pod(ns, label_selector="app=worker-job").items
+    wait_for(gone, what=f"TTL removal of Job {name} and its pod", timeout=60)
+
+
+def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube_cluster, node_agent, ns, tmp_path):
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=scaler_rbac())
+    token = kube_cluster.kubectl("create", "token", "scaler", "-n", ns).stdout.strip()
+    configuration = kube_cluster.client_configuration()
+    configuration.cert_file = configuration.key_file = None
+    configuration.api_key = {"authorization": f"Bearer {token}"}  # the scaler's own rights, not admin's
+    release = tmp_path / "release"
+    wait = f"import pathlib, time\nwhile not pathlib.Path({str(release)!r}).exists():\n    time.sleep(0.2)"
+    jobs = Jobs(client.BatchV1Api(client.ApiClient(configuration)), namespace=ns,
+                template=worker_job_template(["python", "-c", wait], ttl=300), timeout_s=10)
+    core = client.CoreV1Api(kube_cluster.api_client())
+
+    def pod_phase():
+        pods = core.list_namespaced_pod(ns, label_selector="app=worker-job").items
+        return pods and pods[0].status.phase
+
+    name = jobs.create()  # pending: its pod cannot start while kube-job-config is missing
+    wait_for(lambda: pod_phase() == "Pending", what="a pending worker pod")
+    assert jobs.count_unfinished() == 1
+    job_settings(kube_cluster, ns)  # the agent retries, as a kubelet does, and the pod starts
+    wait_for(lambda: pod_phase() == "Running", what="the worker pod to run")
+    assert jobs.count_unfinished() == 1
+    release.touch()
+    wait_for(lambda: jobs.count_unfinished() == 0, what="the finished Job to stop counting")
+    assert client.BatchV1Api(kube_cluster.api_client()).read_namespaced_job(name, ns).status.succeeded == 1
