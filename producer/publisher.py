@@ -5,6 +5,7 @@ window of unconfirmed messages lets the broker confirm them in batches.
 """
 
 import asyncio
+import collections
 from collections.abc import Callable
 
 import pika
@@ -42,7 +43,8 @@ class ConfirmingPublisher:
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._changed = asyncio.Event()
-        self._unconfirmed: set[int] = set()
+        # Delivery tags in publish order: a multiple-ack confirms a prefix of it.
+        self._unconfirmed: collections.deque[int] = collections.deque()
         self._published = 0
         self._failure: str | None = None
         self._channel: pika.channel.Channel | None = None
@@ -74,9 +76,11 @@ class ConfirmingPublisher:
         assert self._channel is not None
         self._channel.basic_publish("", self._queue, body, properties, mandatory=True)
         self._published += 1
-        self._unconfirmed.add(self._published)
+        self._unconfirmed.append(self._published)
         if len(self._unconfirmed) >= self._settings.publish_window:
             await self._wait_until(lambda: len(self._unconfirmed) < self._settings.publish_window // 2 + 1)
+        elif self._published % 500 == 0:
+            await asyncio.sleep(0)  # let other requests and the broker's confirms in between
 
     async def wait_for_confirms(self) -> int:
         """Return the number of messages once the broker has confirmed every one of them."""
@@ -121,9 +125,12 @@ class ConfirmingPublisher:
             self._fail("RabbitMQ refused to store a message (nack)")
             return
         if method.multiple:
-            self._unconfirmed = {tag for tag in self._unconfirmed if tag > method.delivery_tag}
+            while self._unconfirmed and self._unconfirmed[0] <= method.delivery_tag:
+                self._unconfirmed.popleft()
+        elif self._unconfirmed and self._unconfirmed[0] == method.delivery_tag:
+            self._unconfirmed.popleft()
         else:
-            self._unconfirmed.discard(method.delivery_tag)
+            self._unconfirmed.remove(method.delivery_tag)
         self._changed.set()
 
     def _on_connection_closed(self, _connection: object, reason: Exception) -> None:

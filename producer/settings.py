@@ -20,7 +20,7 @@ class Settings(BaseSettings):
         SecretStr(""), description="If set, POST /upload needs `Authorization: Bearer <token>`."
     )
     publish_window: int = Field(
-        2000, ge=1, description="Messages in flight before the producer waits for broker confirms."
+        20000, ge=1, description="Messages in flight before the producer waits for broker confirms."
     )
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
