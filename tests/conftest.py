@@ -12,6 +12,8 @@ import pika
 import pika.exceptions
 import pytest
 
+pytest_plugins = ["tests.fixtures_kube"]
+
 
 AMQP_HOST = os.environ.get("RABBITMQ_HOST", "localhost")
 AMQP_PORT = int(os.environ.get("RABBITMQ_PORT", "5672"))
