@@ -35,3 +35,16 @@ images: ## Build the three images in the current Docker daemon (minikube: run mi
 
 clean: ## Remove .venv, .run and caches kept in the repo
 	rm -rf $(VENV) .run .pytest_cache .hypothesis
+
+# The local Kubernetes of infra/local-cluster (built from source; no Docker needed).
+.PHONY: cluster up down
+LOCAL_CLUSTER := PYTHONPATH=infra/local-cluster $(PY)
+
+cluster: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (first time: minutes)
+	infra/local-cluster/build.sh
+
+up: install cluster ## Start RabbitMQ (unless one runs), local Kubernetes, node agent and the app; print URLs
+	$(LOCAL_CLUSTER) -m localcluster.stack up
+
+down: ## Stop what `make up` started, and only that
+	$(LOCAL_CLUSTER) -m localcluster.stack down

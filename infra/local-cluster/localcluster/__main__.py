@@ -17,6 +17,7 @@ def start_agent(cp: ControlPlane) -> int:
     pid = processes.running(AGENT, state=cp.state)
     if pid:
         return pid
+    (cp.state / "node-agent.ready").unlink(missing_ok=True)  # a stale one would let wait_node pass early
     # Same interpreter as ours, so pods run with the packages this environment has.
     return processes.spawn(AGENT, [sys.executable, "-m", "localcluster.node_agent",
                                    "--state", str(cp.state)],

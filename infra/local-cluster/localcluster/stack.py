@@ -1,0 +1,178 @@
+"""`make up` / `make down`: RabbitMQ, the control plane, the node agent and kube-job's manifests.
+
+RabbitMQ runs beside the control plane, not as a pod: one that already answers on
+5672/15672 is reused, otherwise one is started with all its files under the state
+dir. The rabbitmq Service and ConfigMap are applied; its StatefulSet is not. What
+`up` started is recorded in the state dir, and `down` stops exactly that.
+"""
+
+import argparse
+import base64
+import json
+import os
+import pathlib
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import yaml
+
+from localcluster import processes
+from localcluster.__main__ import AGENT, start_agent, wait_node
+from localcluster.control_plane import REPO_ROOT, ControlPlane, default_state
+
+RABBIT_BIN = pathlib.Path("/usr/lib/rabbitmq/bin")  # not /usr/sbin's wrapper, which su's to `rabbitmq`
+NODE = "kube-job@localhost"
+USER = "kube-job"
+ADMIN = (os.environ.get("RABBITMQ_ADMIN_USER", "guest"), os.environ.get("RABBITMQ_ADMIN_PASSWORD", "guest"))
+PRODUCER = "http://localhost:8000"
+
+
+def answers(port: int) -> bool:
+    """True when something accepts TCP connections on localhost:`port`."""
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_rabbitmq(state: pathlib.Path, *, amqp_port: int = 5672, http_port: int = 15672) -> bool:
+    """Start a RabbitMQ with files under `state/rabbitmq` unless one answers; True if we started it."""
+    if answers(amqp_port) and answers(http_port):
+        return False
+    if answers(amqp_port) or answers(http_port):
+        sys.exit(f"only one of ports {amqp_port}/{http_port} answers: not a RabbitMQ this can reuse")
+    base = state / "rabbitmq"
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
+    # Same statistics interval as infra/k8s/rabbitmq.yaml, so the scaler sees depths as quickly.
+    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {amqp_port}\n"
+                                        f"management.tcp.port = {http_port}\ncollect_statistics_interval = 1000\n")
+    env = {**os.environ, "RABBITMQ_NODENAME": NODE, "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
+           "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
+           "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
+           "RABBITMQ_PID_FILE": str(base / "pid"), "RABBITMQ_DIST_PORT": str(amqp_port + 20000)}
+    subprocess.run([str(RABBIT_BIN / "rabbitmq-server"), "-detached"], env=env, check=True)
+    deadline = time.monotonic() + 120
+    while True:  # -detached returns before the node is up; the management API answers last
+        try:
+            management("GET", "overview", http_port=http_port)
+            break
+        except (urllib.error.URLError, OSError):
+            if time.monotonic() > deadline:
+                sys.exit(f"RabbitMQ management did not answer on {http_port}; see {base / 'log'}")
+            time.sleep(1)
+    return True
+
+
+def stop_rabbitmq() -> None:
+    """Stop the RabbitMQ node that `up` started."""
+    subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), "-n", NODE, "stop"], check=False, stdout=subprocess.DEVNULL)
+
+
+def management(method: str, path: str, body: dict | None = None, *, http_port: int = 15672) -> None:
+    """Call the management API as the admin account."""
+    request = urllib.request.Request(f"http://localhost:{http_port}/api/{path}", method=method,
+                                     data=json.dumps(body).encode() if body is not None else None,
+                                     headers={"content-type": "application/json", "authorization": "Basic "
+                                              + base64.b64encode(":".join(ADMIN).encode()).decode()})
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def ensure_user(password: str, *, http_port: int = 15672) -> None:
+    """Create or update the kube-job account with full rights on vhost `/`.
+
+    The management API rather than rabbitmqctl: it also reaches a reused broker that
+    runs as another OS user, whose Erlang cookie rabbitmqctl could not read.
+    """
+    management("PUT", f"users/{USER}", {"password": password, "tags": "administrator"}, http_port=http_port)
+    management("PUT", f"permissions/%2F/{USER}", {"configure": ".*", "write": ".*", "read": ".*"},
+               http_port=http_port)
+
+
+def manifests() -> str:
+    """Every document in infra/k8s except the RabbitMQ workload, which runs outside the cluster."""
+    docs = []
+    for path in sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text())
+                 if d and not (d["kind"] in ("StatefulSet", "Deployment") and d["metadata"]["name"] == "rabbitmq")]
+    return yaml.safe_dump_all(docs)
+
+
+def kubectl(cp: ControlPlane, *args: str, input: str | None = None) -> str:
+    kubectl_bin = pathlib.Path(cp.config["bin_dir"]) / "kubectl"
+    return subprocess.run([str(kubectl_bin), "--kubeconfig", str(cp.kubeconfig), *args], input=input,
+                          check=True, capture_output=True, text=True).stdout
+
+
+def password(state: pathlib.Path) -> str:
+    """The generated RabbitMQ password, kept in the state dir across `up`s."""
+    path = state / "rabbitmq-password"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(18))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def wait_producer(timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(PRODUCER + "/healthz", timeout=2).close()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(1)
+    sys.exit(f"producer did not answer on {PRODUCER}/healthz in {timeout}s; try kubectl logs deployment/producer")
+
+
+def up(state: pathlib.Path) -> None:
+    """Start what is not running yet and apply the manifests; print where things are."""
+    record_path = state / "stack.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"rabbitmq_started": False}
+    state.mkdir(parents=True, exist_ok=True)
+    if answers(8000) and not processes.running(AGENT, state=state):
+        sys.exit("something already listens on localhost:8000, where the producer pod must listen")
+    record["rabbitmq_started"] = start_rabbitmq(state) or record["rabbitmq_started"]
+    record_path.write_text(json.dumps(record))
+    cp = ControlPlane(state)
+    cp.up()
+    start_agent(cp)
+    wait_node(cp)
+    secret = password(state)
+    ensure_user(secret)
+    kubectl(cp, "apply", "-f", "-", input=kubectl(
+        cp, "create", "secret", "generic", "rabbitmq-credentials", f"--from-literal=username={USER}",
+        f"--from-literal=password={secret}", "--dry-run=client", "-o", "yaml"))
+    print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
+    wait_producer()
+    print(f"\nupload:     curl -F file=@data.csv {PRODUCER}/upload\n"
+          f"management: http://localhost:15672 (user {USER}, password in {state / 'rabbitmq-password'})\n"
+          f"kubectl:    export KUBECONFIG={cp.kubeconfig}")
+
+
+def down(state: pathlib.Path) -> None:
+    """Stop the node agent (and so every pod), the control plane, and a RabbitMQ we started."""
+    cp = ControlPlane(state)
+    stopped = ([AGENT] if processes.stop(AGENT, state=state, timeout=90) else []) + cp.down()
+    record_path = state / "stack.json"
+    if record_path.exists() and json.loads(record_path.read_text()).get("rabbitmq_started"):
+        stop_rabbitmq()
+        stopped.append("rabbitmq")
+        record_path.unlink()
+    print("stopped:", " ".join(stopped) or "nothing")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m localcluster.stack")
+    parser.add_argument("command", choices=["up", "down"])
+    parser.add_argument("--state", type=pathlib.Path, default=default_state())
+    args = parser.parse_args()
+    (up if args.command == "up" else down)(args.state.resolve())
+
+
+if __name__ == "__main__":
+    main()
