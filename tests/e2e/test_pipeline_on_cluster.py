@@ -1,0 +1,99 @@
+"""The whole pipeline on the local Kubernetes: upload a CSV, the scaler's Jobs drain the queue.
+
+Producer and scaler run as pods of infra/k8s's Deployments on the node agent, the
+scaler creates worker Jobs through its own ServiceAccount, and each Job runs real
+`python -m worker` processes against the local RabbitMQ.
+"""
+
+import csv
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from localcluster.processes import free_port
+from localcluster.stack import manifests
+from tests.fixtures_kube import REPO_ROOT, wait_for
+
+ROWS = 3000
+DRAIN_TIMEOUT = 300.0
+
+
+def deploy(kube_cluster, ns: str, *, queue: str, port: int, record_dir, broker) -> None:
+    """Apply infra/k8s (without the RabbitMQ workload) into `ns`, set for this test's queue and port."""
+    docs = list(yaml.safe_load_all(manifests()))
+    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kube-job-config")
+    settings["data"].update(QUEUE_NAME=queue, PRODUCER_PORT=str(port), E2E_RECORD_DIR=str(record_dir),
+                            WORKER_HANDLER="tests.e2e.recording_handler:record_row")
+    kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", f"--from-literal=username={broker.user}",
+                         f"--from-literal=password={broker.password}", "-n", ns)
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(docs))
+
+
+def finished(job: client.V1Job) -> str | None:
+    """Complete or Failed once the Job has ended, else None."""
+    for c in (job.status and job.status.conditions) or []:
+        if c.type in ("Complete", "Failed") and c.status == "True":
+            return c.type
+    return None
+
+
+def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, node_agent, broker, queue_name,
+                                                                 tmp_path):
+    ns, port = kube_cluster.namespace(), free_port()
+    record_dir = tmp_path / "handled"
+    record_dir.mkdir()
+    data = tmp_path / "rows.csv"
+    subprocess.run([sys.executable, str(REPO_ROOT / "data" / "generate_data.py"), "--rows", str(ROWS),
+                    "--out", str(data)], check=True, capture_output=True)
+    try:
+        deploy(kube_cluster, ns, queue=queue_name, port=port, record_dir=record_dir, broker=broker)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _answers(url + "/healthz"), what="the producer pod to answer", timeout=90)
+        with data.open("rb") as f:
+            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")}, timeout=120)
+        assert response.status_code < 300 and response.json()["rows"] == ROWS, response.text
+
+        batch = client.BatchV1Api(kube_cluster.api_client())
+
+        def drained():
+            jobs = batch.list_namespaced_job(ns, label_selector="app=worker-job").items
+            return jobs and all(finished(j) for j in jobs) and broker.depth(queue_name) == 0 and jobs
+        jobs = wait_for(drained, what="the queue to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
+
+        assert {j.metadata.name: finished(j) for j in jobs} == {j.metadata.name: "Complete" for j in jobs}
+        with data.open() as f:
+            expected = {row["id"] for row in csv.DictReader(f)}
+        handled = [line for p in record_dir.glob("*.ids") for line in p.read_text().split()]
+        assert set(handled) == expected and len(handled) >= ROWS
+        # The workers' own account of it, read through the apiserver from the node agent.
+        counts = [_handled_in_log(kube_cluster.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout)
+                  for j in jobs]
+        assert sum(counts) >= ROWS, counts
+        print(f"{ROWS} rows handled by {len(jobs)} Jobs (per Job: {counts})")
+    finally:
+        kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _handled_in_log(text: str) -> int:
+    """The `handled` count the worker logs when it exits on an empty queue."""
+    for line in reversed(text.splitlines()):
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if "handled" in event:
+            return int(event["handled"])
+    pytest.fail(f"no exit line with a handled count in the worker log:\n{text[-2000:]}", pytrace=False)
