@@ -81,8 +81,8 @@ def publish(broker, queue: str, count: int) -> None:
 
 
 def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock=time.monotonic,
-           base_url: str | None = None) -> Scaler:
-    jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(),
+           base_url: str | None = None, template: str = "") -> Scaler:
+    jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(template),
                 timeout_s=5)
     return Scaler(queue=management(broker, queue, base_url), jobs=jobs, limits=limits, clock=clock)
 
@@ -116,6 +116,18 @@ def test_never_more_than_max_jobs(broker, queue_name, namespace):
     the_scaler = scaler(broker, queue_name, namespace, limits=limits)
     assert [the_scaler.poll_once().create for _ in range(3)] == [2, 0, 0]
     assert len(worker_jobs(namespace)) == 2
+
+
+def test_a_new_template_leaves_running_jobs_alone_and_counts_them(broker, queue_name, namespace):
+    publish(broker, queue_name, 1_000)
+    assert scaler(broker, queue_name, namespace).poll_once().create == 2
+    before = {j.metadata.uid: j.spec.template.spec.containers[0].image for j in worker_jobs(namespace)}
+
+    # What `kubectl edit configmap scaler-job-template` + a rollout restart amounts to.
+    edited = job_template.PACKAGED.read_text().replace("image: worker:latest", "image: worker:v2")
+    assert scaler(broker, queue_name, namespace, template=edited).poll_once().create == 0
+    after = {j.metadata.uid: j.spec.template.spec.containers[0].image for j in worker_jobs(namespace)}
+    assert after == before and set(after.values()) == {"worker:latest"}
 
 
 def test_small_backlog_gets_one_job_after_waiting(broker, queue_name, namespace):
