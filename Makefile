@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq demo test test-unit images clean
+.PHONY: help install rabbitmq demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: install rabbitmq ## Run the whole test suite against real RabbitMQ and Kub
 
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit
+
+bench: install rabbitmq ## Run the benchmarks (not part of make test); figures in bench/results.json
+	$(PY) -m bench
 
 images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
 	@for image in $(IMAGES); do docker build -t $$image:latest ./$$image || exit 1; done

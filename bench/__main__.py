@@ -1,0 +1,35 @@
+"""`python -m bench [name ...]`: run the benchmarks, print a table, write bench/results.json."""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from bench import drain, ingest, memory
+
+BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run}
+RESULTS = Path(__file__).with_name("results.json")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    for name in args.names or BENCHMARKS:
+        started = time.monotonic()
+        figures = BENCHMARKS[name]()
+        print(f"{name} ({time.monotonic() - started:.0f}s)")
+        for key, value in figures.items():
+            print(f"  {key:32} {value}")
+        results.update(figures)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,53 @@
+"""Ingest: rows per second through POST /upload, against bare pika in the same run.
+
+- ceiling: the same messages, already built, published by pika without confirms, to a
+  queue declared as the producer declares it and to a default classic queue; the faster
+  of the two is the ceiling (here the default queue takes unconfirmed messages faster);
+- naive: pika's BlockingConnection in confirm mode, one basic_publish (and wait) per row.
+"""
+
+import time
+
+from bench import support
+
+
+def _bare_publish(messages: list, queue: str, *, confirm: bool, as_producer: bool = True) -> float:
+    """Rows per second publishing `messages` on one channel."""
+    support.delete_queue(queue)
+    with support.connection() as conn:
+        channel = conn.channel()
+        if as_producer:
+            support.declare(channel, queue)
+        else:
+            channel.queue_declare(queue, durable=True)
+        if confirm:
+            channel.confirm_delivery()
+        started = time.perf_counter()
+        for body, properties in messages:
+            channel.basic_publish("", queue, body, properties)
+        conn.process_data_events(0)  # flush what pika still buffers
+        elapsed = time.perf_counter() - started
+    support.delete_queue(queue)
+    return len(messages) / elapsed
+
+
+def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, float]:
+    path = support.sample_csv(rows)
+    queue = "bench-ingest"
+    messages = support.encoded_messages(path)
+    ceiling = max(
+        _bare_publish(messages, queue, confirm=False),
+        _bare_publish(messages, queue, confirm=False, as_producer=False),
+    )
+    with support.producer(queue) as (url, _pid):
+        seconds, result = support.upload(url, path)
+    assert result["rows"] == rows and support.depth(queue) == rows, "the upload lost rows"
+    support.delete_queue(queue)
+    naive = _bare_publish(messages[:naive_rows], queue, confirm=True)
+    ingest = rows / seconds
+    return {
+        "ingest_rows_per_s": round(ingest),
+        "ingest_ceiling_rows_per_s": round(ceiling),
+        "ingest_ratio": round(ingest / ceiling, 3),
+        "naive_confirm_rows_per_s": round(naive),
+    }

@@ -1,0 +1,39 @@
+"""Memory: the producer's peak RSS while it takes a 100 MB and a 1 GB CSV."""
+
+import threading
+
+from bench import support
+
+MB = 1024 * 1024
+
+
+def _peak_rss_mb(size_bytes: int) -> float:
+    path = support.sample_csv_of_size(size_bytes)
+    queue = "bench-memory"
+    support.delete_queue(queue)
+    stop = threading.Event()
+    # Keep the broker lean: a consumer throws the rows away as they arrive.
+    drainer = threading.Thread(target=_discard, args=(queue, stop), daemon=True)
+    with support.producer(queue) as (url, pid), support.PeakRss(pid) as rss:
+        drainer.start()
+        support.upload(url, path)
+    stop.set()
+    drainer.join()
+    support.delete_queue(queue)
+    return round(rss.peak / MB, 1)
+
+
+def _discard(queue: str, stop: threading.Event) -> None:
+    with support.connection() as conn:
+        channel = conn.channel()
+        support.declare(channel, queue)
+        for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
+            if method is None and stop.is_set():
+                break
+
+
+def run() -> dict[str, float]:
+    return {
+        "producer_peak_rss_mb_100mb": _peak_rss_mb(100 * MB),
+        "producer_peak_rss_mb_1gb": _peak_rss_mb(1024 * MB),
+    }
