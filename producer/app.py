@@ -32,8 +32,12 @@ async def http_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    content_type = request.headers.get("content-type", "")
+    if request.method == "POST" and not content_type.startswith("multipart/form-data"):
+        error = f"expected multipart/form-data with a `file` field, got {content_type or 'no content type'!r}"
+        return JSONResponse({"error": error}, status_code=415)
     problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
     return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 

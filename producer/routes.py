@@ -38,6 +38,23 @@ class Health(BaseModel):
     status: str
 
 
+class Error(BaseModel):
+    """Every error answer: what is wrong and, for a bad CSV, the line it starts on."""
+
+    error: str
+    line: int | None = None
+
+
+UPLOAD_ERRORS: dict[int | str, dict] = {
+    400: {"model": Error, "description": "The CSV is malformed; nothing was published"},
+    401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
+    413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
+    415: {"model": Error, "description": "The body is not multipart/form-data"},
+    422: {"model": Error, "description": "The form has no `file` field"},
+    503: {"model": Error, "description": "RabbitMQ is unreachable or did not confirm; nothing acknowledged"},
+}
+
+
 def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
     expected = settings.upload_token.get_secret_value()
     given = credentials.credentials if credentials else ""
@@ -45,7 +62,7 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
         raise HTTPException(status_code=401, detail="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
 
 
-@router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult)
+@router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult, responses=UPLOAD_ERRORS)
 async def upload(file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep) -> UploadResult:
     """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
     started = time.monotonic()
@@ -68,7 +85,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"description": "RabbitMQ is not reachable"}})
+@router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ is not reachable"}})
 async def readyz(settings: SettingsDep) -> Health:
     """RabbitMQ is reachable and the queue can be declared."""
     async with ConfirmingPublisher(settings):

@@ -83,9 +83,9 @@ def test_bad_files_are_rejected_and_nothing_is_published(
 
 
 def test_a_request_without_the_file_field_is_rejected(client: TestClient) -> None:
-    response = client.post("/upload", data={"other": "x"})
+    response = client.post("/upload", files={"upload": ("data.csv", GOOD, "text/csv")})
     assert response.status_code == 422
-    assert "file" in response.json()["error"]
+    assert response.json()["error"] == "invalid request: body.file: Field required"
 
 
 def test_broker_unreachable_means_503_not_success(queue_name: str) -> None:
@@ -110,3 +110,18 @@ def test_upload_token_is_required_when_set(broker: Broker, queue_name: str) -> N
 
 def test_readyz_reports_a_reachable_broker(client: TestClient) -> None:
     assert client.get("/readyz").json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "content_type"),
+    [
+        ({"json": {"id": 1}}, "application/json"),
+        ({"content": GOOD, "headers": {"content-type": "text/csv"}}, "text/csv"),
+        ({}, "no content type"),
+    ],
+)
+def test_a_body_that_is_not_a_form_gets_415(client: TestClient, broker: Broker, queue_name: str, kwargs: dict, content_type: str) -> None:
+    response = client.post("/upload", **kwargs)
+    assert response.status_code == 415
+    assert content_type in response.json()["error"]
+    assert not broker.exists(queue_name)
