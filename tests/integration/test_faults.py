@@ -1,0 +1,80 @@
+"""Faults with real processes: killed workers and a restarted broker lose nothing."""
+
+import collections
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench import support
+from tests.conftest import Broker
+from tests.integration.test_worker import handled, publish, start_worker, wait_for
+
+
+def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record, rows, prefetch = tmp_path / "handled", 3000, 20
+    publish(broker, queue_name, [{"id": str(i)} for i in range(rows)])
+    env = {"SLOW_SECONDS": "0.002", "WORKER_PREFETCH": str(prefetch)}
+    workers = [start_worker(queue_name, record, "slow", **env) for _ in range(3)]
+    chance, kills = random.Random(20261128), 0
+    while kills < 8 and sum(handled(record).values()) < rows * 0.8:
+        time.sleep(chance.uniform(0.2, 0.8))
+        # The oldest worker has been consuming longest, so it holds a full prefetch.
+        victim = workers.pop(0)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        kills += 1
+        workers.append(start_worker(queue_name, record, "slow", **env))
+    for worker in workers:
+        assert worker.wait(timeout=120) in (0, -signal.SIGKILL)
+    counts = handled(record)
+    twice = sum(n - 1 for n in counts.values())
+    print(f"\n{kills} workers SIGKILLed while draining {rows} rows: {twice} rows handled twice")
+    assert set(counts) == {str(i) for i in range(rows)}
+    assert kills >= 3
+    assert twice <= kills * prefetch, "a kill can only return the rows that worker held"
+    assert broker.depth(queue_name) == 0
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, timeout=120, capture_output=True)
+
+
+@pytest.fixture
+def restartable_broker(broker: Broker):
+    """The broker, with the guarantee that it runs again after the test."""
+    yield broker
+    rabbitmqctl("start_app")
+    rabbitmqctl("await_startup")
+
+
+def test_a_broker_restart_mid_upload_gets_503_and_the_producer_recovers(restartable_broker: Broker, queue_name: str) -> None:
+    broker = restartable_broker
+    small, big = support.sample_csv(100), support.sample_csv(300_000)
+    with support.producer(queue_name) as (url, _pid):
+        _, first = support.upload(url, small)
+        outcome: dict[str, httpx.Response] = {}
+        with open(big, "rb") as f:
+            uploading = threading.Thread(
+                target=lambda: outcome.update(response=httpx.post(f"{url}/upload", files={"file": f}, timeout=120))
+            )
+            uploading.start()
+            time.sleep(2)  # validated, and publishing
+            rabbitmqctl("stop_app")
+            uploading.join(timeout=120)
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+        response = outcome["response"]
+        assert response.status_code == 503, response.text
+        assert "RabbitMQ unavailable" in response.json()["error"]
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=30)
+        _, again = support.upload(url, small)
+    assert again["rows"] == 100
+    survivors = collections.Counter(props.headers["upload_id"] for props, _ in broker.drain(queue_name))
+    assert survivors[first["upload_id"]] == 100, "rows confirmed before the restart were lost"
+    assert survivors[again["upload_id"]] == 100
