@@ -1,0 +1,125 @@
+"""The deployment gives nothing away: restricted pods, no credentials in text or logs."""
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client
+
+from bench.support import free_port
+from scaler import job_template
+from tests.fixtures_kube import REPO_ROOT, KubeCluster
+
+MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
+WORKLOADS = ("Deployment", "StatefulSet", "Job")
+
+
+def documents() -> list[dict]:
+    return [doc for path in MANIFESTS for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def pod_templates() -> list[tuple[str, dict]]:
+    """(name, pod template) of every workload in infra/k8s/ and of the scaler's Job template."""
+    templates = []
+    for doc in documents():
+        if doc["kind"] in WORKLOADS:
+            template = doc["spec"]["template"]
+            # A StatefulSet's claims become volumes of its pods.
+            claims = [c["metadata"]["name"] for c in doc["spec"].get("volumeClaimTemplates", [])]
+            template["spec"].setdefault("volumes", []).extend(
+                {"name": claim, "persistentVolumeClaim": {"claimName": claim}} for claim in claims
+            )
+            templates.append((f"{doc['kind']}/{doc['metadata']['name']}", template))
+    job = job_template.load("")
+    templates.append(("the scaler's Job", job["spec"]["template"]))
+    return templates
+
+
+@pytest.fixture
+def restricted_namespace(kube_cluster: KubeCluster):
+    """A namespace whose Pod Security admission enforces the `restricted` standard."""
+    name = kube_cluster.namespace()
+    kube_cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    kube_cluster.kubectl("create", "serviceaccount", "scaler", "-n", name)
+    yield name, client.CoreV1Api(kube_cluster.api_client())
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.mark.parametrize(("name", "template"), pod_templates(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_pod_passes_the_restricted_pod_security_standard(restricted_namespace, name: str, template: dict) -> None:
+    namespace, core = restricted_namespace
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "psa-", **template.get("metadata", {})}, "spec": template["spec"]}
+    try:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    except client.ApiException as exc:
+        pytest.fail(f"{name} is refused by the restricted standard: {exc.body}", pytrace=False)
+    for container in template["spec"]["containers"]:
+        assert container["resources"]["requests"] and container["resources"]["limits"], name
+
+
+def test_the_admission_check_would_catch_a_privileged_pod(restricted_namespace) -> None:
+    namespace, core = restricted_namespace
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "psa-"},
+           "spec": {"containers": [{"name": "c", "image": "worker:latest"}]}}
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    assert refused.value.status == 403 and "restricted" in refused.value.body
+
+
+def test_manifests_hold_no_credentials() -> None:
+    for path in MANIFESTS:
+        text = path.read_text()
+        assert not re.search(r"guest|password\s*[:=]\s*\S|RABBITMQ_(USER|PASSWORD|DEFAULT_PASS)\s*:", text, re.I), path
+    for doc in documents():
+        assert doc["kind"] != "Secret", "Secrets are made by a command, never stored in the repo"
+        for _, template in [(None, doc["spec"]["template"])] if doc["kind"] in WORKLOADS else []:
+            for container in template["spec"]["containers"]:
+                for var in container.get("env", []):
+                    if re.search("USER|PASS|TOKEN", var["name"]):
+                        assert "secretKeyRef" in var.get("valueFrom", {}), (doc["metadata"]["name"], var["name"])
+
+
+SECRET = "pw-" + uuid.uuid4().hex
+
+
+def logs_of(service: str, env: dict[str, str], *, seconds: float = 6) -> str:
+    """Everything `python -m service` prints in `seconds` with the password set to SECRET."""
+    environment = os.environ | {"RABBITMQ_PASSWORD": SECRET} | env
+    process = subprocess.Popen([sys.executable, "-m", service], cwd=REPO_ROOT, env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if service == "producer":  # it only talks to the broker when asked to
+        url = f"http://127.0.0.1:{env['PRODUCER_PORT']}"
+        for _ in range(50):
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.post(f"{url}/upload", files={"file": ("a.csv", b"id\n1\n")}, timeout=10)
+                break
+            time.sleep(0.2)
+    try:
+        output, _ = process.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        output, _ = process.communicate()
+    return output
+
+
+@pytest.mark.parametrize(
+    ("service", "env", "expected"),
+    [
+        ("producer", {"RABBITMQ_USER": "nobody", "PRODUCER_PORT": str(free_port())}, "broker unavailable"),
+        ("worker", {"RABBITMQ_USER": "nobody"}, "broker connection failed"),
+        ("scaler", {"RABBITMQ_USER": "nobody", "SCALER_POLL_SECONDS": "0.5"}, "401"),
+        ("scaler", {"RABBITMQ_MANAGEMENT_URL": f"http://nobody:{SECRET}@localhost:15672"}, "must not hold credentials"),
+    ],
+)
+def test_no_log_line_holds_the_password(kube_cluster: KubeCluster, service: str, env: dict[str, str], expected: str) -> None:
+    output = logs_of(service, env | {"KUBECONFIG": str(kube_cluster.kubeconfig)})
+    assert expected in output, f"{service} did not log the failure, so this test proves nothing:\n{output}"
+    assert SECRET not in output, output
