@@ -18,9 +18,10 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOCAL_CLUSTER = REPO_ROOT / "infra" / "local-cluster"
 sys.path.insert(0, str(LOCAL_CLUSTER))  # the launcher is a package there, not an installed one
 
-from localcluster import processes  # noqa: E402
-from localcluster.__main__ import AGENT, start_agent, wait_node  # noqa: E402
+from localcluster.agent import start_agent, stop_agent, wait_node  # noqa: E402
 from localcluster.control_plane import ControlPlane, bin_dir  # noqa: E402
+from localcluster.processes import free_port  # noqa: E402, F401 - for tests that need a port
+from localcluster.stack import manifests as app_manifests  # noqa: E402, F401 - infra/k8s as `make up` applies it
 
 
 class KubeCluster:
@@ -88,7 +89,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
     try:
         yield KubeCluster(control_plane, bins, took)
     finally:
-        processes.stop(AGENT, state=control_plane.state)
+        stop_agent(control_plane)
         control_plane.down()
 
 
@@ -101,4 +102,4 @@ def node_agent(kube_cluster: KubeCluster) -> Iterator[str]:
     except SystemExit as exc:
         pytest.fail(str(exc), pytrace=False)
     yield "local-node"
-    processes.stop(AGENT, state=kube_cluster.state, timeout=90)
+    stop_agent(kube_cluster.control_plane)

@@ -9,16 +9,13 @@ import csv
 import json
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
 import yaml
 from kubernetes import client
 
-from localcluster.processes import free_port
-from localcluster.stack import manifests
-from tests.fixtures_kube import REPO_ROOT, wait_for
+from tests.fixtures_kube import REPO_ROOT, app_manifests, free_port, wait_for
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
@@ -26,12 +23,12 @@ DRAIN_TIMEOUT = 300.0
 
 def deploy(kube_cluster, ns: str, *, queue: str, port: int, record_dir, broker) -> None:
     """Apply infra/k8s (without the RabbitMQ workload) into `ns`, set for this test's queue and port."""
-    docs = list(yaml.safe_load_all(manifests()))
+    docs = list(yaml.safe_load_all(app_manifests()))
     settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kube-job-config")
     settings["data"].update(QUEUE_NAME=queue, PRODUCER_PORT=str(port), E2E_RECORD_DIR=str(record_dir),
                             WORKER_HANDLER="tests.e2e.recording_handler:record_row")
-    kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", f"--from-literal=username={broker.user}",
-                         f"--from-literal=password={broker.password}", "-n", ns)
+    kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", "-n", ns,
+                         f"--from-literal=username={broker.user}", f"--from-literal=password={broker.password}")
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(docs))
 
 

@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.parse
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 # (namespace, pod, container) -> (log directory, still running?) or None when unknown

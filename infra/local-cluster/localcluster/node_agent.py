@@ -10,6 +10,7 @@ import argparse
 import datetime
 import json
 import logging
+import os
 import pathlib
 import signal
 import sys
@@ -24,11 +25,12 @@ from localcluster.pod_runner import PodRunner
 
 log = logging.getLogger("localcluster.node_agent")
 HEARTBEAT_SECONDS = 10
+SHUTDOWN_GRACE = 10
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 class Agent:
@@ -69,12 +71,17 @@ class Agent:
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
                               {"type": "Hostname", "address": self.node}],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": self.port}},
-                "capacity": {"cpu": "2", "memory": "8Gi", "pods": "110"},
-                "allocatable": {"cpu": "2", "memory": "8Gi", "pods": "110"},
+                "capacity": self._capacity(), "allocatable": self._capacity(),
                 "nodeInfo": {"kubeletVersion": "local-node-agent", "operatingSystem": "linux",
                              "architecture": "amd64", "containerRuntimeVersion": "local://processes",
                              "kernelVersion": "", "osImage": "", "kubeProxyVersion": "", "machineID": "",
                              "systemUUID": "", "bootID": ""}}
+
+    @staticmethod
+    def _capacity() -> dict[str, str]:
+        """This machine's cores and memory; nothing enforces them, they are for display."""
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return {"cpu": str(os.cpu_count()), "memory": f"{memory // 2**20}Mi", "pods": "110"}
 
     def _register(self) -> None:
         """Create the Node (or take over one left by an earlier run) and post its status."""
@@ -189,7 +196,8 @@ class Agent:
         with self.lock:
             runners = list(self.runners.values())
         for r in runners:
-            r.request_stop(r.pod.spec.termination_grace_period_seconds or 0)
+            # Capped, so the agent is gone well before `down` loses patience and kills it.
+            r.request_stop(min(r.pod.spec.termination_grace_period_seconds or 0, SHUTDOWN_GRACE))
         for r in runners:
             r.thread.join(timeout=60)
 

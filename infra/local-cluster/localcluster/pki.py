@@ -29,7 +29,7 @@ def _write_key(path: pathlib.Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPriv
 
 def _sign(*, subject: x509.Name, key, ca_cert: x509.Certificate | None, ca_key, extensions) -> x509.Certificate:
     """Issue a certificate for `key`, self-signed when there is no CA."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder()
                .subject_name(subject)
                .issuer_name(ca_cert.subject if ca_cert else subject)

@@ -12,7 +12,7 @@ import time
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from localcluster import pod_env
+from localcluster import pod_env, processes
 from localcluster.processes import signal_group
 
 log = logging.getLogger(__name__)
@@ -22,14 +22,16 @@ MAX_BACKOFF = 30.0
 
 def now() -> str:
     """The current time as the RFC 3339 string the API expects."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Container:
     """One container: its command, environment, current process and history."""
 
-    def __init__(self, spec: client.V1Container, logs: pathlib.Path) -> None:
+    def __init__(self, spec: client.V1Container, logs: pathlib.Path, *, state: pathlib.Path, uid: str) -> None:
         self.spec, self.logs, self.name = spec, logs, spec.name
+        # Recorded like the control plane's processes, so `down` finds any the agent left behind.
+        self.state_dir, self.record = state, f"pod-{uid}-{spec.name}"
         self.argv: list[str] = []
         self.env: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
@@ -47,6 +49,7 @@ class Container:
         with open(self.log_path(), "ab") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, cwd=cwd, stdin=subprocess.DEVNULL,
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        processes.record(self.record, self.proc.pid, state=self.state_dir, argv=self.argv)
         self.started_at = now()
         self.state = {"running": {"startedAt": self.started_at}}
 
@@ -59,6 +62,7 @@ class Container:
         self.state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
                                      "startedAt": self.started_at, "finishedAt": now(),
                                      "containerID": f"local://{self.proc.pid}"}}
+        processes.forget(self.record, state=self.state_dir)
         self.proc = None
         return code
 
@@ -79,7 +83,8 @@ class PodRunner:
         self.api, self.pod, self.server, self.ca, self.cwd = api, pod, server, ca, cwd
         self.ns, self.name = pod.metadata.namespace, pod.metadata.name
         self.dir = state / "pods" / self.ns / self.name
-        self.containers = {c.name: Container(c, self.dir / c.name) for c in pod.spec.containers}
+        self.containers = {c.name: Container(c, self.dir / c.name, state=state, uid=pod.metadata.uid)
+                           for c in pod.spec.containers}
         self.stop_grace: float | None = None  # set when the pod is being deleted
         self.started = now()
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
@@ -108,6 +113,19 @@ class PodRunner:
                 log.exception("pod %s/%s: API error", self.ns, self.name)
         except Exception:  # noqa: BLE001 - a pod thread must never take the agent down
             log.exception("pod %s/%s failed in the agent", self.ns, self.name)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """After a bug in the agent: leave no process behind and mark the pod Failed."""
+        for c in self.containers.values():
+            if c.proc:
+                signal_group(c.proc.pid, signal.SIGKILL)
+                c.proc.wait()
+                c.reap()
+        try:
+            self._report("Failed")
+        except ApiException:
+            log.exception("pod %s/%s: could not report it Failed", self.ns, self.name)
 
     def _prepare(self) -> bool:
         """Resolve commands and env, retrying config errors as the kubelet does; False if stopped."""
@@ -156,6 +174,8 @@ class PodRunner:
         policy = self.pod.spec.restart_policy or "Always"
         for c in self.containers.values():
             c.start(self.cwd)
+        log.info("pod %s/%s started: %s", self.ns, self.name,
+                 {c.name: c.proc.pid for c in self.containers.values()})
         self._report("Running")
         done: dict[str, int] = {}
         while self.stop_grace is None and len(done) < len(self.containers):
@@ -180,6 +200,8 @@ class PodRunner:
                     done[c.name] = code
             if changed:
                 self._report(self._phase(done))
+        if done:
+            log.info("pod %s/%s ended: exit codes %s", self.ns, self.name, done)
             time.sleep(0.3)
 
     def _phase(self, done: dict[str, int]) -> str:

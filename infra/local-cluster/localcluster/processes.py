@@ -32,15 +32,31 @@ def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None =
           cwd: pathlib.Path | None = None) -> int:
     """Start `argv` in its own session with output to `state/logs/<name>.log`; return its pid."""
     (state / "logs").mkdir(parents=True, exist_ok=True)
-    (state / "pids").mkdir(parents=True, exist_ok=True)
     with open(state / "logs" / f"{name}.log", "ab") as log:
         # A new session makes the process a group leader, so stop() reaches its children too.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, cwd=cwd)
-    # The start time tells a later `down` whether the pid still is our process, not a reused one.
-    record = {"pid": proc.pid, "start": _start_time(proc.pid), "argv": argv}
-    (state / "pids" / f"{name}.json").write_text(json.dumps(record))
+    record(name, proc.pid, state=state, argv=argv)
     return proc.pid
+
+
+def record(name: str, pid: int, *, state: pathlib.Path, argv: list[str]) -> None:
+    """Remember `pid` under `name`, so that another process can find and stop it later."""
+    (state / "pids").mkdir(parents=True, exist_ok=True)
+    # The start time tells a later `down` whether the pid still is our process, not a reused one.
+    entry = {"pid": pid, "start": _start_time(pid), "argv": argv}
+    (state / "pids" / f"{name}.json").write_text(json.dumps(entry))
+
+
+def forget(name: str, *, state: pathlib.Path) -> None:
+    """Drop the record of a process that has ended."""
+    (state / "pids" / f"{name}.json").unlink(missing_ok=True)
+
+
+def stop_matching(prefix: str, *, state: pathlib.Path) -> list[str]:
+    """Stop every recorded process whose name starts with `prefix`; return those that ran."""
+    names = [p.stem for p in (state / "pids").glob(f"{prefix}*.json")]
+    return [n for n in names if stop(n, state=state, timeout=5)]
 
 
 def running(name: str, *, state: pathlib.Path) -> int | None:

@@ -23,7 +23,7 @@ import urllib.request
 import yaml
 
 from localcluster import processes
-from localcluster.__main__ import AGENT, start_agent, wait_node
+from localcluster.agent import AGENT, start_agent, stop_agent, wait_node
 from localcluster.control_plane import REPO_ROOT, ControlPlane, default_state
 
 RABBIT_BIN = pathlib.Path("/usr/lib/rabbitmq/bin")  # not /usr/sbin's wrapper, which su's to `rabbitmq`
@@ -157,7 +157,7 @@ def up(state: pathlib.Path) -> None:
 def down(state: pathlib.Path) -> None:
     """Stop the node agent (and so every pod), the control plane, and a RabbitMQ we started."""
     cp = ControlPlane(state)
-    stopped = ([AGENT] if processes.stop(AGENT, state=state, timeout=90) else []) + cp.down()
+    stopped = stop_agent(cp) + cp.down()
     record_path = state / "stack.json"
     if record_path.exists() and json.loads(record_path.read_text()).get("rabbitmq_started"):
         stop_rabbitmq()
