@@ -130,6 +130,49 @@ def test_a_new_template_leaves_running_jobs_alone_and_counts_them(broker, queue_
     assert after == before and set(after.values()) == {"worker:latest"}
 
 
+# Fails by deadline, so the Job controller fails it whether or not a pod ever runs.
+FAILING = """
+apiVersion: batch/v1
+kind: Job
+metadata: {generateName: failing-job-}
+spec:
+  ttlSecondsAfterFinished: 300
+  backoffLimit: 0
+  activeDeadlineSeconds: 1
+  template:
+    spec:
+      restartPolicy: Never
+      securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: worker
+          image: worker:latest
+          command: ["python", "-c", "import time; time.sleep(60)"]
+          resources:
+            requests: {cpu: 10m, memory: 16Mi}
+            limits: {cpu: 100m, memory: 64Mi}
+          securityContext:
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+"""
+
+
+def test_a_failed_job_is_not_counted(broker, queue_name, namespace):
+    failing = Jobs(batch_api(), namespace=namespace, template=job_template.load(FAILING),
+                   timeout_s=5)
+    failing.create()
+    wait_until = time.monotonic() + 60
+    while failing.count_unfinished() and time.monotonic() < wait_until:
+        time.sleep(0.5)
+    (failed,) = worker_jobs(namespace)
+    conditions = (failed.status and failed.status.conditions) or []
+    true = {c.type for c in conditions if c.status == "True"}
+    # FailureTarget comes first; Failed follows once the pod is gone.
+    assert true & {"Failed", "FailureTarget"}, failed.status
+
+    publish(broker, queue_name, 1_200)
+    assert scaler(broker, queue_name, namespace).poll_once().create == 3
+
+
 def test_small_backlog_gets_one_job_after_waiting(broker, queue_name, namespace):
     publish(broker, queue_name, 3)
     now = [1000.0]
