@@ -55,6 +55,17 @@ def test_apiserver_reports_the_pinned_release(kube_cluster):
     print(f"control plane started in {kube_cluster.start_seconds:.1f}s")
 
 
+def test_node_agent_registers_a_ready_untainted_node_whose_lease_it_renews(kube_cluster, node_agent):
+    api = kube_cluster.api_client()
+    node = client.CoreV1Api(api).read_node(node_agent)
+    assert {c.type: c.status for c in node.status.conditions} == {"Ready": "True"}
+    assert [(a.type, a.address) for a in node.status.addresses][0] == ("InternalIP", "127.0.0.1")
+    assert node.status.daemon_endpoints.kubelet_endpoint.port > 0
+    assert not node.spec.taints  # nothing would lift a not-ready taint: no node-lifecycle controller
+    lease = client.CoordinationV1Api(api).read_namespaced_lease(node_agent, "kube-node-lease")
+    assert lease.spec.holder_identity == node_agent and lease.spec.renew_time is not None
+
+
 def test_manifests_exist_and_pass_a_server_side_dry_run(kube_cluster, ns):
     assert MANIFESTS, "infra/k8s/ holds no manifests"
     # The credentials Secret is made by a command, never stored: the dry run needs it as `make up` has it.

@@ -112,7 +112,10 @@ class ControlPlane:
             f"--kubelet-certificate-authority={pki.ca_cert_path}",
             "--kubelet-preferred-address-types=InternalIP",
             # The `kubernetes` Endpoints would hold 127.0.0.1, which validation rejects as loopback.
-            "--endpoint-reconciler-type=none", "--profiling=false"], state=self.state)
+            "--endpoint-reconciler-type=none", "--profiling=false",
+            # It taints new Nodes not-ready, and without the node-lifecycle controller nothing
+            # would ever lift the taint from the agent's Node.
+            "--disable-admission-plugins=TaintNodesByCondition"], state=self.state)
 
     def _start_controller_manager(self, bins: pathlib.Path, pki: Pki) -> None:
         cert, key = pki.issue("controller-manager", common_name="system:kube-controller-manager", client=True)

@@ -20,13 +20,13 @@ from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
 from localcluster import log_server
+from localcluster.control_plane import REPO_ROOT
 from localcluster.pki import Pki
 from localcluster.pod_runner import PodRunner
 
 log = logging.getLogger("localcluster.node_agent")
 HEARTBEAT_SECONDS = 10
 SHUTDOWN_GRACE = 10
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def _now() -> datetime.datetime:
