@@ -36,14 +36,14 @@ def load(text: str = "") -> dict[str, Any]:
 def render(template: dict[str, Any], *, namespace: str) -> dict[str, Any]:
     """One Job body from the template, with the label the scaler counts by forced on."""
     job = copy.deepcopy(template)
-    meta = job.setdefault("metadata", {})
+    meta = _own_mapping(job, "metadata")
     meta["namespace"] = namespace
-    meta.setdefault("generateName", DEFAULT_GENERATE_NAME)
+    meta["generateName"] = meta.get("generateName") or DEFAULT_GENERATE_NAME
     # Forced, not defaulted: a Job without the label would be invisible to the count and
     # the scaler would keep creating more of them.
-    meta.setdefault("labels", {})[LABEL_KEY] = LABEL_VALUE
-    pod_meta = job["spec"]["template"].setdefault("metadata", {})
-    pod_meta.setdefault("labels", {})[LABEL_KEY] = LABEL_VALUE
+    _own_mapping(meta, "labels")[LABEL_KEY] = LABEL_VALUE
+    pod_meta = _own_mapping(job["spec"]["template"], "metadata")
+    _own_mapping(pod_meta, "labels")[LABEL_KEY] = LABEL_VALUE
     return job
 
 
@@ -115,6 +115,13 @@ def _container_problems(index: int, container: Any):
         missing = {"cpu", "memory"} - set(_mapping(resources, kind))
         if missing:
             yield f"{where}.resources.{kind} must set {' and '.join(sorted(missing))}"
+
+
+def _own_mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    # YAML `labels:` with nothing under it loads as None, not as an empty mapping.
+    if not isinstance(parent.get(key), dict):
+        parent[key] = {}
+    return parent[key]
 
 
 def _mapping(parent: dict[str, Any], key: str) -> dict[str, Any]:

@@ -18,9 +18,8 @@ def test_role_grants_only_jobs_in_its_namespace():
     assert "ClusterRole" not in DOCS
 
 
-def test_configmap_template_is_the_packaged_template():
-    in_configmap = DOCS["ConfigMap"]["data"]["job-template.yaml"]
-    assert job_template.load(in_configmap) == job_template.load()
+def test_configmap_template_is_the_packaged_template_to_the_letter():
+    assert DOCS["ConfigMap"]["data"]["job-template.yaml"] == job_template.PACKAGED.read_text()
 
 
 def test_deployment_wires_settings_template_and_namespace():

@@ -41,6 +41,16 @@ def test_render_forces_the_label_and_namespace_without_touching_the_template():
     assert template["metadata"]["labels"]["app"] == "something-else"
 
 
+def test_render_fills_empty_metadata_written_as_bare_keys():
+    text = job_template.PACKAGED.read_text()
+    text = text.replace("metadata:\n  generateName: worker-job-\n  labels:\n    app: worker-job\n",
+                        "metadata:\n  labels:\n")
+    assert "generateName:" not in text
+    job = job_template.render(job_template.load(text), namespace="default")
+    assert job["metadata"]["generateName"] == "worker-job-"
+    assert job["metadata"]["labels"] == {"app": "worker-job"}
+
+
 def _without(path: str) -> str:
     template = copy.deepcopy(DEFAULT)
     *parents, last = path.split(".")
