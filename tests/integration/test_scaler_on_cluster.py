@@ -5,6 +5,7 @@ scaler must count a Job whose worker has not started consuming yet.
 """
 
 import copy
+import json
 import logging
 import threading
 import time
@@ -118,15 +119,20 @@ def test_never_more_than_max_jobs(broker, queue_name, namespace):
     assert len(worker_jobs(namespace)) == 2
 
 
+def images_by_uid(namespace: str) -> dict[str, str]:
+    return {j.metadata.uid: j.spec.template.spec.containers[0].image
+            for j in worker_jobs(namespace)}
+
+
 def test_a_new_template_leaves_running_jobs_alone_and_counts_them(broker, queue_name, namespace):
     publish(broker, queue_name, 1_000)
     assert scaler(broker, queue_name, namespace).poll_once().create == 2
-    before = {j.metadata.uid: j.spec.template.spec.containers[0].image for j in worker_jobs(namespace)}
+    before = images_by_uid(namespace)
 
     # What `kubectl edit configmap scaler-job-template` + a rollout restart amounts to.
     edited = job_template.PACKAGED.read_text().replace("image: worker:latest", "image: worker:v2")
     assert scaler(broker, queue_name, namespace, template=edited).poll_once().create == 0
-    after = {j.metadata.uid: j.spec.template.spec.containers[0].image for j in worker_jobs(namespace)}
+    after = images_by_uid(namespace)
     assert after == before and set(after.values()) == {"worker:latest"}
 
 
@@ -142,7 +148,10 @@ spec:
   template:
     spec:
       restartPolicy: Never
-      securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 10001
+        seccompProfile: {type: RuntimeDefault}
       containers:
         - name: worker
           image: worker:latest
@@ -243,12 +252,8 @@ def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     stop = threading.Event()
-    loop = threading.Thread(
-        target=scaler(broker, queue_name, namespace, base_url=url).run,
-        args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 1.0},
-    )
     with caplog.at_level(logging.INFO, logger="scaler"):
-        loop.start()
+        loop = run_in_thread(scaler(broker, queue_name, namespace, base_url=url), stop)
         time.sleep(3.0)
         stop.set()
         loop.join(timeout=5)
@@ -261,6 +266,76 @@ def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
     assert all(r.error_type == expected_type for r in failures)
     assert max(r.retry_in_s for r in failures) == (1.0 if backs_off else 0.5)
     assert worker_jobs(namespace) == []
+
+
+class _Switchable(BaseHTTPRequestHandler):
+    """Answers 500 until `healthy` is set, then a queue of 1000 ready messages."""
+
+    healthy = threading.Event()
+    counts = json.dumps({"messages": 1000, "messages_ready": 1000,
+                         "messages_unacknowledged": 0, "consumers": 0}).encode()
+
+    def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+        body = self.counts if self.healthy.is_set() else b""
+        self.send_response(200 if self.healthy.is_set() else 500)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def run_in_thread(the_scaler: Scaler, stop: threading.Event) -> threading.Thread:
+    loop = threading.Thread(target=the_scaler.run, args=(stop,),
+                            kwargs={"poll_s": 0.5, "max_backoff_s": 1.0})
+    loop.start()
+    return loop
+
+
+def test_the_loop_recovers_when_the_management_api_comes_back(broker, namespace, caplog):
+    handler = type("Handler", (_Switchable,), {"healthy": threading.Event()})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    the_scaler = scaler(broker, "rows", namespace, base_url=url)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        loop = run_in_thread(the_scaler, stop)
+        try:
+            time.sleep(2.0)
+            assert worker_jobs(namespace) == []
+            handler.healthy.set()
+            deadline = time.monotonic() + 10
+            while len(worker_jobs(namespace)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)  # a few more healthy polls, which must not add Jobs
+        finally:
+            stop.set()
+            loop.join(timeout=10)
+            server.shutdown()
+            server.server_close()
+    assert len(worker_jobs(namespace)) == 2  # 1000 messages, 500 per Job
+    messages = [r.getMessage() for r in caplog.records]
+    assert "poll failed" in messages and messages[-1] == "poll"
+
+
+def test_the_loop_outlives_an_unreachable_apiserver(broker, queue_name, caplog):
+    unreachable = client.Configuration(host="https://127.0.0.1:9")
+    unreachable.retries = 0
+    jobs = Jobs(client.BatchV1Api(client.ApiClient(unreachable)), namespace="default",
+                template=job_template.load(), timeout_s=1)
+    publish(broker, queue_name, 100)
+    stop = threading.Event()
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS)
+        loop = run_in_thread(the_scaler, stop)
+        time.sleep(2.0)
+        assert loop.is_alive()
+        stop.set()
+        loop.join(timeout=10)
+    failed = [r for r in caplog.records if r.getMessage() == "poll failed"]
+    assert failed and all(r.error_type == "KubeError" for r in failed)
 
 
 def _as_scaler_account(admin: client.ApiClient, namespace: str) -> client.ApiClient:
