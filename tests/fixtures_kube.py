@@ -80,7 +80,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
         bins = bin_dir()
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"building the control plane failed ({exc}); run infra/local-cluster/build.sh", pytrace=False)
-    control_plane = ControlPlane(tmp_path_factory.mktemp("kube"))
+    control_plane = ControlPlane(tmp_path_factory.mktemp("kube"), tied=True)
     try:
         took = control_plane.up()
     except (RuntimeError, TimeoutError) as exc:

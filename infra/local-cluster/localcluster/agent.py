@@ -21,7 +21,7 @@ def start_agent(cp: ControlPlane) -> int:
     # Same interpreter as ours, so pods run with the packages this environment has.
     return processes.spawn(AGENT, [sys.executable, "-m", "localcluster.node_agent",
                                    "--state", str(cp.state)],
-                           state=cp.state, cwd=REPO_ROOT, env=agent_env())
+                           state=cp.state, cwd=REPO_ROOT, env=agent_env(), tied=cp.tied)
 
 
 def stop_agent(cp: ControlPlane) -> list[str]:

@@ -47,8 +47,9 @@ def kubeconfig(*, server: str, ca: pathlib.Path, user: str, cert: pathlib.Path |
 class ControlPlane:
     """The control plane whose state (certs, etcd data, logs, pids) lives in `state`."""
 
-    def __init__(self, state: pathlib.Path) -> None:
+    def __init__(self, state: pathlib.Path, *, tied: bool = False) -> None:
         self.state = state.resolve()
+        self.tied = tied  # processes end with ours (tests) instead of outliving it (make up)
         self.config_path = self.state / "cluster.json"
         self.kubeconfig = self.state / "kubeconfig"
 
@@ -92,7 +93,7 @@ class ControlPlane:
             f"--initial-cluster=local={peer}", "--log-level=warn",
             # A throwaway single-member cluster: losing the last writes on a crash is fine,
             # and without fsync the apiserver stays quick on a slow shared disk.
-            "--unsafe-no-fsync"], state=self.state)
+            "--unsafe-no-fsync"], state=self.state, tied=self.tied)
 
     def _start_apiserver(self, bins: pathlib.Path, ports: dict, pki: Pki) -> None:
         serving_cert, serving_key = pki.issue("apiserver", common_name="kube-apiserver", server=True)
@@ -115,7 +116,7 @@ class ControlPlane:
             "--endpoint-reconciler-type=none", "--profiling=false",
             # It taints new Nodes not-ready, and without the node-lifecycle controller nothing
             # would ever lift the taint from the agent's Node.
-            "--disable-admission-plugins=TaintNodesByCondition"], state=self.state)
+            "--disable-admission-plugins=TaintNodesByCondition"], state=self.state, tied=self.tied)
 
     def _start_controller_manager(self, bins: pathlib.Path, pki: Pki) -> None:
         cert, key = pki.issue("controller-manager", common_name="system:kube-controller-manager", client=True)
@@ -129,7 +130,7 @@ class ControlPlane:
             # bootstrap RBAC roles (system:controller:job-controller, ...) are exercised.
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki.service_account_key()}",
-            f"--root-ca-file={pki.ca_cert_path}", "--secure-port=0"], state=self.state)
+            f"--root-ca-file={pki.ca_cert_path}", "--secure-port=0"], state=self.state, tied=self.tied)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll /readyz until it answers ok; raise with the apiserver log's tail if it never does."""

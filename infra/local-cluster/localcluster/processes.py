@@ -1,5 +1,6 @@
 """Start and stop background processes that outlive the command that started them."""
 
+import ctypes
 import json
 import os
 import pathlib
@@ -28,14 +29,28 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child after fork may not load
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None = None,
-          cwd: pathlib.Path | None = None) -> int:
-    """Start `argv` in its own session with output to `state/logs/<name>.log`; return its pid."""
+          cwd: pathlib.Path | None = None, tied: bool = False) -> int:
+    """Start `argv` in its own session with output to `state/logs/<name>.log`; return its pid.
+
+    `tied` processes end with the thread that started them, so a test run that is killed
+    outright leaves no control plane behind; `make up`'s processes outlive it on purpose.
+    """
     (state / "logs").mkdir(parents=True, exist_ok=True)
     with open(state / "logs" / f"{name}.log", "ab") as log:
         # A new session makes the process a group leader, so stop() reaches its children too.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, cwd=cwd)
+                                start_new_session=True, env=env, cwd=cwd,
+                                preexec_fn=_die_with_parent if tied else None)
     record(name, proc.pid, state=state, argv=argv)
     return proc.pid
 
