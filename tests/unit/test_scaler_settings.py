@@ -1,5 +1,10 @@
 """The scaler's settings: defaults, and start-up refusal that names the bad variable."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from scaler.settings import Settings, SettingsError, load_settings
@@ -71,3 +76,12 @@ def test_password_is_never_in_the_settings_text(monkeypatch):
     settings = load_settings()
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.model_dump())
     assert settings.rabbitmq_password.get_secret_value() == "s3cret-pw"
+
+
+def test_the_process_exits_at_start_naming_the_variable():
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "SCALER_MAX_JOBS": "none", "RABBITMQ_PASSWORD": "s3cret-pw"}
+    result = subprocess.run([sys.executable, "-m", "scaler"], cwd=root, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "SCALER_MAX_JOBS" in result.stderr and "s3cret-pw" not in result.stderr + result.stdout
