@@ -161,16 +161,29 @@ def test_env_sources_and_broker_address_reach_the_process(kube_cluster, node_age
         "KUBECONFIG": None, "KUBERNETES_SERVICE_HOST": None}
 
 
-def test_deleting_a_running_pod_stops_its_process_group(kube_cluster, node_agent, ns, tmp_path):
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie has ended)."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", [[], ["--force", "--grace-period=0"]], ids=["graceful", "forced"])
+def test_deleting_a_running_pod_stops_its_process_group(kube_cluster, node_agent, ns, tmp_path, how):
     pidfile = tmp_path / "pid"
-    script = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    # The child shows that the whole process group goes, not only the container's first process.
+    script = ("import os, subprocess, sys, time\n"
+              "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+              f"open({str(pidfile)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\ntime.sleep(600)")
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod("sleeper", ["python", "-c", script])))
     core = client.CoreV1Api(kube_cluster.api_client())
-    wait_for(lambda: phase(core, "sleeper", ns) == "Running" and pidfile.exists(), what="the pod to run")
-    pid = int(pidfile.read_text())
-    kube_cluster.kubectl("delete", "pod", "sleeper", "-n", ns, "--timeout=30s")
+    wait_for(lambda: phase(core, "sleeper", ns) == "Running" and pidfile.exists() and pidfile.read_text(),
+             what="the pod to run")
+    pids = [int(p) for p in pidfile.read_text().split()]
+    kube_cluster.kubectl("delete", "pod", "sleeper", "-n", ns, "--timeout=30s", *how)
     assert phase(core, "sleeper", ns) is None
-    assert not pathlib.Path(f"/proc/{pid}").exists() or "Z" in pathlib.Path(f"/proc/{pid}/stat").read_text()
+    wait_for(lambda: not any(alive(p) for p in pids), what="the pod's processes to end", timeout=15)
 
 
 def test_always_restarted_container_counts_its_restarts(kube_cluster, node_agent, ns):

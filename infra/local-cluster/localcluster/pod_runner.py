@@ -122,10 +122,7 @@ class PodRunner:
                 signal_group(c.proc.pid, signal.SIGKILL)
                 c.proc.wait()
                 c.reap()
-        try:
-            self._report("Failed")
-        except ApiException:
-            log.exception("pod %s/%s: could not report it Failed", self.ns, self.name)
+        self._report("Failed")
 
     def _prepare(self) -> bool:
         """Resolve commands and env, retrying config errors as the kubelet does; False if stopped."""
@@ -236,7 +233,13 @@ class PodRunner:
                   "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.started,
                   "conditions": conditions,
                   "containerStatuses": [c.status() for c in self.containers.values()]}
-        self.api.patch_namespaced_pod_status(self.name, self.ns, {"status": status})
+        try:
+            self.api.patch_namespaced_pod_status(self.name, self.ns, {"status": status})
+        except ApiException as exc:
+            if exc.status == 404:
+                self.request_stop(0)  # the pod is gone, so are its processes
+            else:  # the next change reports again; the processes matter more than one status
+                log.warning("pod %s/%s: status not written: %s %s", self.ns, self.name, exc.status, exc.reason)
 
     def is_running(self, container: str) -> bool:
         """True while `container` has a live process, so a followed log stays open."""
