@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Make sure a RabbitMQ with its management plugin answers on localhost:5672 and :15672.
 # Reuses one that already runs; otherwise installs Debian's rabbitmq-server if needed
-# (as root, or with sudo) and starts it. Idempotent.
+# (as root, or with sudo) and starts it with infra/rabbitmq/rabbitmq.conf, the settings
+# the Kubernetes manifests ship. Idempotent.
 set -euo pipefail
+config="$(cd "$(dirname "$0")/.." && pwd)/infra/rabbitmq/rabbitmq.conf"
 
 management_up() { curl -fsS -u guest:guest http://localhost:15672/api/overview >/dev/null 2>&1; }
 
@@ -21,7 +23,7 @@ fi
 $sudo rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
 if ! $sudo rabbitmqctl -q status >/dev/null 2>&1; then
   echo "rabbitmq: starting"
-  $sudo rabbitmq-server -detached
+  $sudo env RABBITMQ_CONFIG_FILE="$config" rabbitmq-server -detached
 fi
 for _ in $(seq 1 90); do
   if management_up; then

@@ -1,0 +1,17 @@
+"""What the manifests ship is what the code and the local setup use."""
+
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def manifest(name: str, kind: str, object_name: str) -> dict:
+    docs = yaml.safe_load_all((ROOT / "infra" / "k8s" / name).read_text())
+    return next(d for d in docs if d and d["kind"] == kind and d["metadata"]["name"] == object_name)
+
+
+def test_the_shipped_rabbitmq_config_is_the_local_one() -> None:
+    shipped = manifest("rabbitmq.yaml", "ConfigMap", "rabbitmq-config")["data"]["20-kube-job.conf"]
+    assert shipped == (ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
