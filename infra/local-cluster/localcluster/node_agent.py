@@ -197,7 +197,8 @@ class Agent:
             runners = list(self.runners.values())
         for r in runners:
             # Capped, so the agent is gone well before `down` loses patience and kills it.
-            r.request_stop(min(r.pod.spec.termination_grace_period_seconds or 0, SHUTDOWN_GRACE))
+            r.request_stop(min(r.pod.spec.termination_grace_period_seconds or 0, SHUTDOWN_GRACE),
+                           agent_stopping=True)
         for r in runners:
             r.thread.join(timeout=60)
 

@@ -85,7 +85,8 @@ class PodRunner:
         self.dir = state / "pods" / self.ns / self.name
         self.containers = {c.name: Container(c, self.dir / c.name, state=state, uid=pod.metadata.uid)
                            for c in pod.spec.containers}
-        self.stop_grace: float | None = None  # set when the pod is being deleted
+        self.stop_grace: float | None = None  # set when the pod is being deleted or the agent stops
+        self.agent_stopping = False
         self.started = now()
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.name}", daemon=True)
 
@@ -95,17 +96,21 @@ class PodRunner:
         self.dir.mkdir(parents=True)
         self.thread.start()
 
-    def request_stop(self, grace: float) -> None:
-        """Ask the pod to stop (it is being deleted); `grace` seconds before SIGKILL."""
+    def request_stop(self, grace: float, *, agent_stopping: bool = False) -> None:
+        """Ask the pod to stop, `grace` seconds before SIGKILL: it is deleted, or the agent stops."""
         if self.stop_grace is None:
-            self.stop_grace = grace
+            self.agent_stopping, self.stop_grace = agent_stopping, grace
 
     def _run(self) -> None:
         try:
             if self._prepare():
                 self._supervise()
-            if self.stop_grace is not None:
-                self._kill()
+            if self.stop_grace is not None and self.agent_stopping:
+                # As on a node shutdown: a pod that restarts comes back when the agent does;
+                # one that does not is Failed, so the Job controller replaces it.
+                self._kill(report=self.pod.spec.restart_policy in ("Never", "OnFailure"))
+            elif self.stop_grace is not None:
+                self._kill(report=True)
                 self.api.delete_namespaced_pod(self.name, self.ns, body=client.V1DeleteOptions(
                     grace_period_seconds=0, preconditions=client.V1Preconditions(uid=self.pod.metadata.uid)))
         except ApiException as exc:
@@ -206,7 +211,7 @@ class PodRunner:
             return "Running"
         return "Succeeded" if all(code == 0 for code in done.values()) else "Failed"
 
-    def _kill(self) -> None:
+    def _kill(self, *, report: bool) -> None:
         """SIGTERM every container's group, SIGKILL what is left after the grace period."""
         live = [c for c in self.containers.values() if c.proc]
         for c in live:
@@ -220,7 +225,8 @@ class PodRunner:
             c.reap()
         # A container that never ran counts as failed, so the pod always ends in a terminal phase.
         codes = [c.state.get("terminated", {}).get("exitCode", 1) for c in self.containers.values()]
-        self._report("Succeeded" if not any(codes) else "Failed")
+        if report:
+            self._report("Succeeded" if not any(codes) else "Failed")
 
     def _report(self, phase: str) -> None:
         """Write the pod's status: phase, conditions and one entry per container."""
