@@ -46,6 +46,8 @@ def start_rabbitmq(state: pathlib.Path, *, amqp_port: int = 5672, http_port: int
         return False
     if answers(amqp_port) or answers(http_port):
         sys.exit(f"only one of ports {amqp_port}/{http_port} answers: not a RabbitMQ this can reuse")
+    if not (RABBIT_BIN / "rabbitmq-server").exists():
+        sys.exit("no RabbitMQ answers and none is installed: apt-get install rabbitmq-server (or make rabbitmq)")
     base = state / "rabbitmq"
     base.mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
