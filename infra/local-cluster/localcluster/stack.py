@@ -51,9 +51,10 @@ def start_rabbitmq(state: pathlib.Path, *, amqp_port: int = 5672, http_port: int
     base = state / "rabbitmq"
     base.mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
-    # Same statistics interval as infra/k8s/rabbitmq.yaml, so the scaler sees depths as quickly.
-    (base / "rabbitmq.conf").write_text(f"listeners.tcp.default = {amqp_port}\n"
-                                        f"management.tcp.port = {http_port}\ncollect_statistics_interval = 1000\n")
+    # The project's settings (shipped to Kubernetes too), plus where this broker listens.
+    shared = (REPO_ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
+    (base / "rabbitmq.conf").write_text(f"{shared}\nlisteners.tcp.default = {amqp_port}\n"
+                                        f"management.tcp.port = {http_port}\n")
     env = {**os.environ, "RABBITMQ_NODENAME": NODE, "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
            "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
            "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
