@@ -13,7 +13,7 @@ from kubernetes import client
 
 from scaler import job_template
 from scaler.jobs import Jobs
-from tests.fixtures_kube import REPO_ROOT, KubeCluster, wait_for
+from tests.fixtures_kube import REPO_ROOT, KubeCluster, free_port, wait_for
 
 MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
@@ -197,6 +197,26 @@ def test_always_restarted_container_counts_its_restarts(kube_cluster, node_agent
     status = wait_for(restarted, what="two restarts", timeout=30)
     assert status.last_state.terminated.exit_code == 7
     assert kube_cluster.kubectl("logs", "crasher", "-n", ns, "--previous").stdout == "crash\n"
+
+
+def test_readiness_probe_decides_when_a_running_pod_is_ready(kube_cluster, node_agent, ns):
+    port = free_port()
+    # Serves HTTP only after 3 s, so the pod runs a while before its probe passes.
+    script = ("import http.server, time\ntime.sleep(3)\n"
+              f"http.server.test(http.server.SimpleHTTPRequestHandler, port={port}, bind='127.0.0.1')")
+    manifest = pod("slow-web", ["python", "-c", script])
+    manifest["spec"]["containers"][0].update(
+        ports=[{"name": "http", "containerPort": port}],
+        readinessProbe={"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1})
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    core = client.CoreV1Api(kube_cluster.api_client())
+
+    def readiness():
+        status = core.read_namespaced_pod("slow-web", ns).status
+        ready = {c.type: c.status for c in status.conditions or []}.get("Ready")
+        return status.phase == "Running" and (status.container_statuses[0].ready, ready)
+    assert wait_for(readiness, what="the pod to run") == (False, "False")
+    assert wait_for(lambda: readiness() == (True, "True"), what="the probe to pass", timeout=20)
 
 
 def test_logs_follow_streams_until_the_container_ends(kube_cluster, node_agent, ns):
