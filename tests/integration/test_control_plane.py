@@ -219,6 +219,22 @@ def test_readiness_probe_decides_when_a_running_pod_is_ready(kube_cluster, node_
     assert wait_for(lambda: readiness() == (True, "True"), what="the probe to pass", timeout=20)
 
 
+def test_failing_liveness_probe_restarts_the_container(kube_cluster, node_agent, ns):
+    manifest = pod("deaf", ["python", "-c", "import time; print('started', flush=True); time.sleep(600)"],
+                   restartPolicy="Always")
+    # Nothing listens on this port, so every probe fails.
+    manifest["spec"]["containers"][0]["livenessProbe"] = {
+        "tcpSocket": {"port": free_port()}, "periodSeconds": 1, "failureThreshold": 2}
+    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(manifest))
+    core = client.CoreV1Api(kube_cluster.api_client())
+
+    def restarted():
+        statuses = core.read_namespaced_pod("deaf", ns).status.container_statuses or []
+        return statuses and statuses[0].restart_count >= 1 and statuses[0]
+    status = wait_for(restarted, what="a restart after failed liveness probes", timeout=30)
+    assert status.last_state.terminated.exit_code == 128 + 9  # SIGKILL
+
+
 def test_logs_follow_streams_until_the_container_ends(kube_cluster, node_agent, ns):
     script = "import time\nfor i in range(4):\n    print('tick', i, flush=True); time.sleep(0.5)"
     kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(pod("ticker", ["python", "-c", script])))

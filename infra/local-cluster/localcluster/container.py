@@ -2,12 +2,14 @@
 
 import datetime
 import pathlib
+import signal
 import subprocess
 
 from kubernetes import client
 
 from localcluster import processes
-from localcluster.probes import Readiness
+from localcluster.probes import Prober
+from localcluster.processes import signal_group
 
 
 def now() -> str:
@@ -28,7 +30,8 @@ class Container:
         self.restarts, self.started_at, self.not_before = 0, "", 0.0
         self.state: dict = {"waiting": {"reason": "ContainerCreating"}}
         self.last_state: dict = {}
-        self.readiness = Readiness(spec.readiness_probe)
+        self.readiness = Prober(spec.readiness_probe, initially=False)
+        self.liveness = Prober(spec.liveness_probe, initially=True)
 
     def log_path(self, restart: int | None = None) -> pathlib.Path:
         """The log file of the current run, or of run number `restart`."""
@@ -44,6 +47,7 @@ class Container:
         self.started_at = now()
         self.state = {"running": {"startedAt": self.started_at}}
         self.readiness.started()
+        self.liveness.started()
 
     def reap(self) -> int | None:
         """Return the exit code once the process has ended (128+signal if killed), else None."""
@@ -69,5 +73,12 @@ class Container:
 
 
     def probe(self) -> bool:
-        """Run the readiness probe if due; True when the container's readiness changed."""
-        return "running" in self.state and self.readiness.check(self.spec, self.env)
+        """Run the probes that are due; True when the container's readiness changed.
+
+        A failed liveness probe kills the process group; the pod's restart policy decides the rest.
+        """
+        if "running" not in self.state:
+            return False
+        if self.liveness.check(self.spec, self.env) and not self.liveness.ready and self.proc:
+            signal_group(self.proc.pid, signal.SIGKILL)
+        return self.readiness.check(self.spec, self.env)

@@ -1,4 +1,4 @@
-"""Readiness probes (httpGet, tcpSocket, exec) against a container that runs as a local process."""
+"""Readiness and liveness probes (httpGet, tcpSocket, exec) against a container's local process."""
 
 import socket
 import subprocess
@@ -39,20 +39,24 @@ def passes(probe: client.V1Probe, container: client.V1Container, env: dict[str, 
     return True  # a probe of a kind we do not know is not held against the container
 
 
-class Readiness:
-    """Tracks one container's readiness probe: when it is due and whether the container is ready."""
+class Prober:
+    """Tracks one probe of a container: when it is due and whether it currently holds.
 
-    def __init__(self, probe: client.V1Probe | None) -> None:
-        self.probe = probe
-        self.ready, self.due, self.streak = probe is None, 0.0, 0
+    A readiness probe starts failing (not ready until it passes); a liveness probe starts
+    passing (alive until it fails failureThreshold times in a row).
+    """
+
+    def __init__(self, probe: client.V1Probe | None, *, initially: bool) -> None:
+        self.probe, self.initially = probe, initially
+        self.ready, self.due, self.streak = probe is None or initially, 0.0, 0
 
     def started(self) -> None:
-        """A new process started: not ready until the probe says so, after its initial delay."""
-        self.ready, self.streak = self.probe is None, 0
+        """A new process started: back to the initial verdict, probed after the initial delay."""
+        self.ready, self.streak = self.probe is None or self.initially, 0
         self.due = time.monotonic() + (self.probe.initial_delay_seconds or 0 if self.probe else 0)
 
     def check(self, container: client.V1Container, env: dict[str, str]) -> bool:
-        """Probe if due; return True when readiness changed."""
+        """Probe if due; return True when the verdict changed."""
         if self.probe is None or time.monotonic() < self.due:
             return False
         self.due = time.monotonic() + (self.probe.period_seconds or 10)
