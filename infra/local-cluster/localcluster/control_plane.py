@@ -80,6 +80,7 @@ class ControlPlane:
         admin_cert, admin_key = pki.issue("admin", common_name="kube-job-admin", org="system:masters", client=True)
         self.kubeconfig.write_text(kubeconfig(server=self.server, ca=pki.ca_cert_path, user="admin",
                                               cert=admin_cert, key=admin_key))
+        self.kubeconfig.chmod(0o600)  # it holds the admin's private key
         self.wait_ready()
         self._start_controller_manager(bins, pki)
         return time.monotonic() - began
@@ -122,6 +123,7 @@ class ControlPlane:
         cert, key = pki.issue("controller-manager", common_name="system:kube-controller-manager", client=True)
         path = self.state / "controller-manager.kubeconfig"
         path.write_text(kubeconfig(server=self.server, ca=pki.ca_cert_path, user="kcm", cert=cert, key=key))
+        path.chmod(0o600)
         processes.spawn("kube-controller-manager", [
             str(bins / "kube-controller-manager"), f"--kubeconfig={path}",
             f"--authentication-kubeconfig={path}", f"--authorization-kubeconfig={path}",
