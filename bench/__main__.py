@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, memory
+from bench import drain, ingest, memory, reaction
 
-BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run}
+BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run}
 RESULTS = Path(__file__).with_name("results.json")
 
 

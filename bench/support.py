@@ -44,6 +44,12 @@ def depth(queue: str) -> int:
         return conn.channel().queue_declare(queue, passive=True).method.message_count
 
 
+def reported_messages(queue: str) -> int | None:
+    """The queue's `messages` as the management API reports it (None before its first count)."""
+    response = httpx.get(f"http://localhost:15672/api/queues/%2F/{queue}", auth=("guest", "guest"))
+    return response.json().get("messages") if response.status_code == 200 else None
+
+
 def sample_csv(rows: int) -> Path:
     """A generated CSV of `rows` data rows, made once and kept under .run/bench."""
     path = WORK / f"rows-{rows}.csv"

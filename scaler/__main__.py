@@ -5,12 +5,15 @@ import signal
 import sys
 import threading
 
+import pika
+
 from kubernetes.config import ConfigException
 
 from scaler import job_template, logs
 from scaler.jobs import Jobs, batch_api
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
+from scaler.queue_live import LiveQueue
 from scaler.settings import Settings, SettingsError, load_settings
 
 log = logging.getLogger("scaler")
@@ -30,7 +33,7 @@ def main() -> None:
         api = batch_api()
     except ConfigException as exc:
         sys.exit(f"scaler: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}")
-    queue = _management_client(settings)
+    queue = _live_queue(settings)
     jobs = Jobs(api, namespace=settings.pod_namespace, template=template,
                 timeout_s=settings.scaler_http_timeout_seconds)
     log.info("scaler started", extra=_public(settings))
@@ -44,12 +47,20 @@ def main() -> None:
     log.info("scaler stopped")
 
 
-def _management_client(settings: Settings) -> ManagementClient:
-    return ManagementClient(
+def _live_queue(settings: Settings) -> LiveQueue:
+    password = settings.rabbitmq_password.get_secret_value()
+    management = ManagementClient(
         base_url=settings.rabbitmq_management_url, user=settings.rabbitmq_user,
-        password=settings.rabbitmq_password.get_secret_value(), vhost=settings.rabbitmq_vhost,
+        password=password, vhost=settings.rabbitmq_vhost,
         queue=settings.queue_name, timeout_s=settings.scaler_http_timeout_seconds,
     )
+    parameters = pika.ConnectionParameters(
+        host=settings.rabbitmq_host, port=settings.rabbitmq_port, virtual_host=settings.rabbitmq_vhost,
+        credentials=pika.PlainCredentials(settings.rabbitmq_user, password),
+        connection_attempts=1, socket_timeout=settings.scaler_http_timeout_seconds,
+        blocked_connection_timeout=settings.scaler_http_timeout_seconds,
+    )
+    return LiveQueue(management=management, parameters=parameters, queue=settings.queue_name)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -5,12 +5,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from scaler.decide import Decision, decide
 from scaler.jobs import Jobs, KubeError
-from scaler.queue_depth import ManagementClient, QueueCounts, QueueReadError, StatsNotReady
+from scaler.queue_depth import QueueCounts, QueueReadError, StatsNotReady
 
 log = logging.getLogger(__name__)
+
+
+class QueueReader(Protocol):
+    """Where the counts come from: scaler.queue_live.LiveQueue, or the management API alone."""
+
+    def read(self) -> QueueCounts: ...
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,7 @@ def backoff_s(failures: int, *, poll_s: float, cap_s: float) -> float:
 class Scaler:
     """Polls the queue and the Jobs and creates the Jobs the decision asks for."""
 
-    def __init__(self, *, queue: ManagementClient, jobs: Jobs, limits: Limits,
+    def __init__(self, *, queue: QueueReader, jobs: Jobs, limits: Limits,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._queue, self._jobs, self._limits, self._clock = queue, jobs, limits, clock
         self._small_backlog = SmallBacklogClock()

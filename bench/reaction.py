@@ -1,0 +1,81 @@
+"""Reaction: seconds from publishing a backlog above the threshold to the first Job in the API.
+
+The real scaler process runs with the settings infra/k8s/config.yaml ships, against the
+local control plane and RabbitMQ started with infra/rabbitmq/rabbitmq.conf. Each trial starts
+at a random moment of the poll cycle, so the figures include the wait for the next poll.
+"""
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+
+from kubernetes import client, watch
+
+from bench import cluster, support
+
+NAMESPACE = "bench-reaction"
+QUEUE = "bench-reaction"
+
+
+def _first_job_after(batch: client.BatchV1Api, published: float, resource_version: str) -> float:
+    stream = watch.Watch()
+    jobs = stream.stream(batch.list_namespaced_job, NAMESPACE, label_selector="app=worker-job",
+                         resource_version=resource_version, timeout_seconds=60)
+    for event in jobs:
+        if event["type"] == "ADDED":
+            stream.stop()
+            return time.perf_counter() - published
+    raise TimeoutError("no Job within 60 s")
+
+
+def _reset(batch: client.BatchV1Api, poll_s: float) -> None:
+    """An empty queue, as the management API reports it too, and no Job."""
+    with support.connection() as conn:
+        channel = conn.channel()
+        support.declare(channel, QUEUE)
+        channel.queue_purge(QUEUE)
+    while support.reported_messages(QUEUE) != 0:
+        time.sleep(0.1)
+    time.sleep(poll_s * 2)  # Jobs the scaler made from counts read before the purge exist now
+    batch.delete_collection_namespaced_job(NAMESPACE, label_selector="app=worker-job", propagation_policy="Background")
+    while batch.list_namespaced_job(NAMESPACE, label_selector="app=worker-job").items:
+        time.sleep(0.1)
+
+
+def _trial(batch: client.BatchV1Api, backlog: list, poll_s: float, chance: random.Random) -> float:
+    _reset(batch, poll_s)
+    time.sleep(chance.uniform(0, poll_s))
+    seen = batch.list_namespaced_job(NAMESPACE, label_selector="app=worker-job").metadata.resource_version
+    with support.connection() as conn:
+        channel = conn.channel()
+        published = time.perf_counter()
+        for body, properties in backlog:
+            channel.basic_publish("", QUEUE, body, properties)
+    return _first_job_after(batch, published, seen)
+
+
+def run(trials: int = 20) -> dict[str, float]:
+    shipped = cluster.shipped_settings()
+    backlog = support.encoded_messages(support.sample_csv(1000), limit=int(shipped["SCALER_THRESHOLD"]) * 5)
+    with cluster.control_plane() as (kubeconfig, api):
+        core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
+        env = os.environ | shipped | {
+            "RABBITMQ_HOST": "localhost", "RABBITMQ_MANAGEMENT_URL": "http://localhost:15672",
+            "QUEUE_NAME": QUEUE, "POD_NAMESPACE": NAMESPACE, "KUBECONFIG": str(kubeconfig), "LOG_LEVEL": "WARNING",
+        }
+        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=support.ROOT, env=env)
+        try:
+            chance = random.Random(7)
+            poll_s = float(shipped["SCALER_POLL_SECONDS"])
+            seconds = [_trial(batch, backlog, poll_s, chance) for _ in range(trials)]
+        finally:
+            scaler.terminate()
+            scaler.wait(timeout=30)
+            support.delete_queue(QUEUE)
+            batch.delete_collection_namespaced_job(NAMESPACE, label_selector="app=worker-job")
+    quantiles = statistics.quantiles(seconds, n=20, method="inclusive")
+    return {"reaction_p50_s": round(statistics.median(seconds), 3), "reaction_p95_s": round(quantiles[18], 3)}

@@ -1,0 +1,85 @@
+"""LiveQueue against the real broker: a new backlog is seen at once, not a statistics interval later."""
+
+import time
+
+import pika
+import pytest
+
+from producer import message
+from scaler.queue_depth import ManagementClient, QueueReadError, StatsNotReady
+from scaler.queue_live import LiveQueue
+from tests.conftest import Broker
+
+
+def live(broker: Broker, queue: str, *, port: int | None = None) -> LiveQueue:
+    management = ManagementClient(base_url=broker.management_url, user=broker.user, password=broker.password,
+                                  vhost="/", queue=queue, timeout_s=5)
+    parameters = pika.ConnectionParameters(host=broker.host, port=port or broker.port, connection_attempts=1,
+                                           credentials=pika.PlainCredentials(broker.user, broker.password))
+    return LiveQueue(management=management, parameters=parameters, queue=queue)
+
+
+def counted(reader: LiveQueue) -> None:
+    """Wait until the management API has counted the queue once (about 1 s after declaring it)."""
+    for _ in range(100):
+        try:
+            reader.read()
+            return
+        except StatsNotReady:
+            time.sleep(0.1)
+    pytest.fail("the management API never counted the queue")
+
+
+def publish(broker: Broker, queue: str, count: int) -> None:
+    with broker.connection() as conn:
+        channel = conn.channel()
+        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
+        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
+        channel.confirm_delivery()
+        for number in range(count):
+            channel.basic_publish("", queue, *message.encode({"n": str(number)}, upload_id="t", row_number=number, line=1))
+
+
+def test_an_undeclared_queue_reads_empty(broker: Broker, queue_name: str) -> None:
+    reader = live(broker, queue_name)
+    assert reader.read().messages == 0
+    assert reader.read().messages == 0  # the channel closed by the 404 is not reused
+    reader.close()
+
+
+def test_a_new_backlog_is_seen_by_the_next_read(broker: Broker, queue_name: str) -> None:
+    publish(broker, queue_name, 0)
+    reader = live(broker, queue_name)
+    counted(reader)
+    for batch in (30, 45, 5):
+        publish(broker, queue_name, batch)
+        # No waiting: the management API alone would still report the old count here.
+        counts = reader.read()
+        assert (counts.messages_ready, counts.consumers) == (broker.depth(queue_name), 0)
+    assert counts.messages == 80
+    reader.close()
+
+
+def test_consumers_are_live_and_unacked_come_from_the_management_api(broker: Broker, queue_name: str) -> None:
+    publish(broker, queue_name, 10)
+    reader = live(broker, queue_name)
+    counted(reader)
+    with broker.connection() as conn:
+        channel = conn.channel()
+        channel.basic_qos(prefetch_count=3)
+        channel.basic_consume(queue_name, lambda *_: None)
+        conn.process_data_events(time_limit=1)
+        assert reader.read().consumers == 1
+        for _ in range(100):  # unacked arrive with the next statistics emission
+            counts = reader.read()
+            if counts.messages_unacknowledged == 3:
+                break
+            conn.process_data_events(time_limit=0.1)
+        assert (counts.messages, counts.messages_ready, counts.messages_unacknowledged) == (10, 7, 3)
+    reader.close()
+
+
+def test_an_unreachable_broker_is_an_error_not_zero(broker: Broker, queue_name: str) -> None:
+    reader = live(broker, queue_name, port=1)
+    with pytest.raises(QueueReadError, match="AMQP unreachable"):
+        reader.read()
