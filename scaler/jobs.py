@@ -63,7 +63,9 @@ class Jobs:
 
     def _call(self, what: str, method, *args, **kwargs):
         try:
-            return method(*args, _request_timeout=self._timeout_s, **kwargs)
+            # A (connect, read) pair: the client ignores a lone float (it checks for int), and
+            # the setting is a float, so a silent apiserver would hold the loop forever.
+            return method(*args, _request_timeout=(self._timeout_s, self._timeout_s), **kwargs)
         except client.ApiException as exc:
             raise KubeError(f"{what}: HTTP {exc.status} {_api_message(exc)}") from None
         except urllib3.exceptions.HTTPError as exc:
