@@ -7,9 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, memory, reaction
+from bench import drain, ingest, memory, reaction, scaleout
 
-BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run}
+BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run, "scaleout": scaleout.run}
 RESULTS = Path(__file__).with_name("results.json")
 
 
