@@ -125,3 +125,28 @@ def test_a_body_that_is_not_a_form_gets_415(client: TestClient, broker: Broker, 
     assert response.status_code == 415
     assert content_type in response.json()["error"]
     assert not broker.exists(queue_name)
+
+
+@pytest.mark.parametrize(
+    ("data", "rows"),
+    [
+        (b"\xef\xbb\xbfid,name\n1,a\n", [{"id": "1", "name": "a"}]),
+        (b"id,name\r\n1,a\r\n2,b\r\n", [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]),
+        (b'id,note\n1,"two\nlines, and ""quotes"""\n', [{"id": "1", "note": 'two\nlines, and "quotes"'}]),
+        (b"id,name\n\n1,a\n\n", [{"id": "1", "name": "a"}]),
+    ],
+    ids=["bom", "crlf", "quoted-newline", "blank-lines"],
+)
+def test_valid_variants_upload_exactly_their_rows(client: TestClient, broker: Broker, queue_name: str, data: bytes, rows: list) -> None:
+    response = upload(client, data)
+    assert response.status_code == 200, response.text
+    assert [json.loads(body) for _, body in broker.drain(queue_name)] == rows
+
+
+def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, queue_name: str) -> None:
+    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
+        response = upload(client, b"id,blob\n1," + b"x" * 50 * 1024 * 1024 + b"\n")
+        assert response.status_code == 400
+        assert response.json() == {"error": "line is longer than the limit of 1048576 bytes", "line": 2}
+        assert client.get("/healthz").status_code == 200
+    assert not broker.exists(queue_name)
