@@ -1,0 +1,398 @@
+"""The real `python -m scaler` process while the services it reads fail, and after they return.
+
+Each fault sits in a small proxy in front of the real service: an HTTP proxy before the
+RabbitMQ management API (answers 500 or 401, answers too late, or stops listening) and a
+TCP proxy before the kube-apiserver (refuses connections, or accepts them and never
+answers). The shared control plane and RabbitMQ themselves are never stopped. No node
+agent is started, so the scaler's Jobs stay unfinished and every one of them counts.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from kubernetes import client
+
+from producer.message import dead_letter_queue, queue_arguments
+from scaler import job_template
+from scaler.decide import decide
+from scaler.jobs import Jobs, KubeError
+from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
+
+POLL_S, MAX_BACKOFF_S, HTTP_TIMEOUT_S = 0.5, 4.0, 1.0
+THRESHOLD, PER_JOB, MAX_JOBS = 20, 500, 5
+BEFORE, DURING = 600, 900  # published before the fault (2 Jobs) and while it lasts (3 in all)
+FAILED_POLLS = 5  # enough for the waits to reach the cap: 1, 2, 4, 4 s
+
+
+class ScalerProcess:
+    """`python -m scaler` run from the repository root; its JSON log lines are kept in a file."""
+
+    def __init__(self, env: dict[str, str], log_path) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def events(self) -> list[dict]:
+        """Every log line so far; a line that is not JSON (a traceback) is kept as its text."""
+        lines = self.log_path.read_text().splitlines()
+        return [_json_or_text(line) for line in lines if line.strip()]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _json_or_text(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return {"message": "not json", "text": line}
+
+
+class ManagementProxy:
+    """An HTTP proxy on 127.0.0.1 before the real management API, switched into faults at will."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.port, self.fault = upstream, free_port(), None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._released = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self.listen()
+
+    def listen(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+                proxy._answer(self)
+
+            def log_message(self, *args):
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop_listening(self) -> None:
+        """The port closes: connections are refused, as when the broker's pod is gone."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def inject(self, fault: str) -> None:
+        self._released.clear()
+        self.fault = fault
+
+    def clear(self) -> None:
+        self.fault = None
+        self._released.set()  # requests held by "slow" go on, to a client that gave up
+
+    def _answer(self, request: BaseHTTPRequestHandler) -> None:
+        fault = self.fault
+        if fault == "slow":
+            self._released.wait(HTTP_TIMEOUT_S * 3)
+        if fault in ("500", "401"):
+            status, body = int(fault), b'{"error":"injected by the test"}'
+        else:
+            upstream = httpx.get(self.upstream + request.path, timeout=5,
+                                 headers={"Authorization": request.headers.get("Authorization", "")})
+            status, body = upstream.status_code, upstream.content
+        try:
+            request.send_response(status)
+            request.send_header("Content-Type", "application/json")
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
+        except OSError:
+            pass  # the scaler timed out and hung up, which is what "slow" is for
+
+
+class ApiserverProxy:
+    """A TCP forwarder on 127.0.0.1 to the real kube-apiserver that can be cut and restored."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port, self.port, self.mode = upstream_port, free_port(), "forward"
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.listen()
+
+    def listen(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def cut(self, how: str) -> None:
+        """"refuse": the port closes; "blackhole": connections are accepted and never answered.
+
+        Either way the connections already open are broken, as a dead network breaks them,
+        so the scaler cannot go on with a kept-alive one.
+        """
+        self.mode = how
+        if how == "refuse":
+            self._stop_listening()
+        self._close_all()
+
+    def restore(self) -> None:
+        self.mode = "forward"
+        self._close_all()  # the black-holed ones
+        if self._listener.fileno() == -1:
+            self.listen()
+
+    def close(self) -> None:
+        self._stop_listening()
+        self._close_all()
+
+    def _stop_listening(self) -> None:
+        # close() alone leaves the port listening while accept() blocks in another thread;
+        # shutdown() wakes it, so the port truly refuses.
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed
+            self._sockets.append(conn)
+            if self.mode == "forward":
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+                self._sockets.append(upstream)
+                for src, dst in ((conn, upstream), (upstream, conn)):
+                    threading.Thread(target=_pump, args=(src, dst), daemon=True).start()
+
+    def _close_all(self) -> None:
+        sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+
+def _pump(src: socket.socket, dst: socket.socket) -> None:
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    _shut(src)
+    _shut(dst)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
+@pytest.fixture
+def namespace(kube_cluster):
+    """A fresh namespace, deleted with its Jobs after the test."""
+    name = kube_cluster.namespace()
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def batch(kube_cluster) -> client.BatchV1Api:
+    """The admin's view of the Jobs, straight to the apiserver (never through a proxy)."""
+    return client.BatchV1Api(kube_cluster.api_client())
+
+
+@pytest.fixture
+def management_proxy(broker):
+    proxy = ManagementProxy(broker.management_url)
+    yield proxy
+    proxy.clear()
+    proxy.stop_listening()
+
+
+@pytest.fixture
+def apiserver_proxy(kube_cluster, tmp_path):
+    """A proxy before the apiserver and a copy of the admin kubeconfig that goes through it."""
+    kubeconfig = json.loads(kube_cluster.kubeconfig.read_text())
+    cluster = kubeconfig["clusters"][0]["cluster"]
+    proxy = ApiserverProxy(urlsplit(cluster["server"]).port)
+    # Same host, another port: the apiserver's certificate still matches 127.0.0.1.
+    cluster["server"] = f"https://127.0.0.1:{proxy.port}"
+    proxy.kubeconfig = tmp_path / "kubeconfig-via-proxy"
+    proxy.kubeconfig.write_text(json.dumps(kubeconfig))
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def start_scaler(kube_cluster, broker, tmp_path):
+    """Start the real scaler with the test's settings; every one started is stopped after."""
+    started: list[ScalerProcess] = []
+
+    def start(*, queue: str, namespace: str, management_url: str | None = None,
+              kubeconfig=None) -> ScalerProcess:
+        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
+        env.update(
+            QUEUE_NAME=queue, POD_NAMESPACE=namespace,
+            KUBECONFIG=str(kubeconfig or kube_cluster.kubeconfig),
+            RABBITMQ_MANAGEMENT_URL=management_url or broker.management_url,
+            RABBITMQ_USER=broker.user, RABBITMQ_PASSWORD=broker.password,
+            SCALER_POLL_SECONDS=str(POLL_S), SCALER_MAX_BACKOFF_SECONDS=str(MAX_BACKOFF_S),
+            SCALER_HTTP_TIMEOUT_SECONDS=str(HTTP_TIMEOUT_S), SCALER_THRESHOLD=str(THRESHOLD),
+            SCALER_MESSAGES_PER_JOB=str(PER_JOB), SCALER_MAX_JOBS=str(MAX_JOBS), LOG_LEVEL="INFO",
+        )
+        scaler = ScalerProcess(env, tmp_path / f"scaler-{len(started)}.log")
+        started.append(scaler)
+        return scaler
+
+    yield start
+    for scaler in started:
+        scaler.stop()
+
+
+def publish(broker, queue: str, count: int) -> None:
+    """Add `count` messages to `queue`, declared as the producer declares it."""
+    with broker.connection() as conn:
+        channel = conn.channel()
+        channel.queue_declare(dead_letter_queue(queue), durable=True)
+        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
+        for n in range(count):
+            channel.basic_publish("", queue, str(n).encode())
+
+
+def jobs_wanted(depth: int, unfinished: int) -> int:
+    """Unfinished Jobs once the scaler has acted on `depth`: what decide() adds to what exists."""
+    return unfinished + decide(
+        depth=depth, unfinished_jobs=unfinished, threshold=THRESHOLD, messages_per_job=PER_JOB,
+        max_jobs=MAX_JOBS, backlog_age_s=0.0, small_backlog_wait_s=60.0,
+    ).create
+
+
+def job_count(batch: client.BatchV1Api, namespace: str) -> int:
+    return len(batch.list_namespaced_job(namespace, label_selector="app=worker-job").items)
+
+
+def seconds(event: dict) -> float:
+    """The log line's own timestamp (the formatter's asctime, to the millisecond)."""
+    return datetime.strptime(event["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: ScalerProcess,
+                        inject, clear, reason: str) -> None:
+    """The scenario every fault goes through; `reason` must be in each failed poll's error."""
+    publish(broker, queue, BEFORE)
+    before = jobs_wanted(BEFORE, 0)
+    wait_for(lambda: job_count(batch, namespace) == before, what=f"{before} Jobs before the fault")
+
+    mark = len(scaler.events())
+    inject()
+    publish(broker, queue, DURING)  # the backlog now needs another Job, which must wait
+
+    def failures():
+        failed = [e for e in scaler.events()[mark:] if e.get("message") == "poll failed"]
+        return failed if len(failed) >= FAILED_POLLS else None
+    failed = wait_for(failures, what=f"{FAILED_POLLS} failed polls", timeout=45, interval=0.2)
+    during = scaler.events()[mark:]
+    assert scaler.alive(), scaler.log_path.read_text()[-3000:]
+    assert job_count(batch, namespace) == before
+    assert not [e for e in during if e.get("jobs_created")], "Jobs were created during the fault"
+    assert not [e for e in during if e.get("message") in ("poll crashed", "not json")], during
+    assert all(reason in e["error"] for e in failed), [e["error"] for e in failed]
+    assert_backs_off(failed)
+
+    mark = len(scaler.events())
+    clear()
+    after = jobs_wanted(BEFORE + DURING, before)
+    wait_for(lambda: job_count(batch, namespace) == after, what=f"{after} Jobs after the fault", timeout=30)
+
+    def healthy_polls():
+        polls = [e for e in scaler.events()[mark:] if e.get("message") == "poll"]
+        return polls if len(polls) >= 4 else None
+    polls = wait_for(healthy_polls, what="healthy polls after the fault", timeout=30, interval=0.2)
+    assert sum(len(p["jobs_created"]) for p in polls) == after - before
+    assert polls[-1]["create"] == 0 and polls[-1]["unfinished_jobs"] == after
+    assert job_count(batch, namespace) == after and scaler.alive()
+
+
+def assert_backs_off(failed: list[dict]) -> None:
+    """Each wait is at least what the line before announced, and the waits grow to the cap."""
+    waits = [e["retry_in_s"] for e in failed]
+    assert waits[:4] == [POLL_S * 2, POLL_S * 4, POLL_S * 8, MAX_BACKOFF_S], waits
+    gaps = [seconds(b) - seconds(a) for a, b in zip(failed, failed[1:])]
+    print(f"failed polls: retry_in_s {waits}, gaps between them {[round(g, 2) for g in gaps]} s")
+    for wait, gap in zip(waits, gaps):
+        # Never sooner than announced (1 ms for the timestamps' rounding), never much later:
+        # a gap also holds the failing call itself, at most the HTTP timeout.
+        assert wait - 0.002 <= gap <= wait + HTTP_TIMEOUT_S + 1.0, (waits, gaps)
+    assert gaps[-1] > gaps[0] * 2, gaps
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("500", "HTTP 500"),
+    ("401", "HTTP 401"),
+    ("slow", f"timed out after {HTTP_TIMEOUT_S}s"),
+    ("closed", "unreachable"),
+])
+def test_management_api_fault_creates_nothing_backs_off_and_recovers(
+    broker, queue_name, namespace, batch, management_proxy, start_scaler, fault, reason
+):
+    scaler = start_scaler(queue=queue_name, namespace=namespace, management_url=management_proxy.url)
+    if fault == "closed":
+        inject, clear = management_proxy.stop_listening, management_proxy.listen
+    else:
+        inject, clear = (lambda: management_proxy.inject(fault)), management_proxy.clear
+    fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
+                        scaler=scaler, inject=inject, clear=clear, reason=reason)
+
+
+@pytest.mark.parametrize("how", ["refuse", "blackhole"])
+def test_apiserver_cut_creates_nothing_backs_off_and_recovers(
+    broker, queue_name, namespace, batch, apiserver_proxy, start_scaler, how
+):
+    scaler = start_scaler(queue=queue_name, namespace=namespace, kubeconfig=apiserver_proxy.kubeconfig)
+    fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
+                        scaler=scaler, inject=lambda: apiserver_proxy.cut(how),
+                        clear=apiserver_proxy.restore, reason="unreachable")
+
+
+def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
+    """SCALER_HTTP_TIMEOUT_SECONDS is a float, and a float once reached no socket at all.
+
+    The kubernetes client applies `_request_timeout` only when it is an int or a pair, so
+    the scaler waited forever on an apiserver that accepted the connection and said nothing.
+    """
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nobody answers
+        configuration = client.Configuration(host=f"https://127.0.0.1:{silent.getsockname()[1]}")
+        configuration.retries = 0
+        jobs = Jobs(client.BatchV1Api(client.ApiClient(configuration)), namespace="default",
+                    template=job_template.load(), timeout_s=0.5)
+        outcome: list[BaseException] = []
+
+        def count() -> None:
+            try:
+                jobs.count_unfinished()
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                outcome.append(exc)
+        began = time.monotonic()
+        call = threading.Thread(target=count, daemon=True)  # daemon: a hang must not block the run
+        call.start()
+        call.join(timeout=10)
+        assert not call.is_alive(), "count_unfinished() still waiting after 10 s at a 0.5 s timeout"
+    assert isinstance(outcome[0], KubeError) and "unreachable" in str(outcome[0]), outcome
+    assert time.monotonic() - began < 2.5  # connect + read timeouts, with room
