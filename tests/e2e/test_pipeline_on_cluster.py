@@ -12,10 +12,10 @@ import sys
 
 import httpx
 import pytest
-import yaml
 from kubernetes import client
 
-from tests.fixtures_kube import REPO_ROOT, app_manifests, free_port, wait_for
+from tests.e2e.cluster_config import apply, create_credentials, finished, manifests
+from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
@@ -23,21 +23,10 @@ DRAIN_TIMEOUT = 300.0
 
 def deploy(kube_cluster, ns: str, *, queue: str, port: int, record_dir, broker) -> None:
     """Apply infra/k8s (without the RabbitMQ workload) into `ns`, set for this test's queue and port."""
-    docs = list(yaml.safe_load_all(app_manifests()))
-    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kube-job-config")
-    settings["data"].update(QUEUE_NAME=queue, PRODUCER_PORT=str(port), E2E_RECORD_DIR=str(record_dir),
-                            WORKER_HANDLER="tests.e2e.recording_handler:record_row")
-    kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", "-n", ns,
-                         f"--from-literal=username={broker.user}", f"--from-literal=password={broker.password}")
-    kube_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all(docs))
-
-
-def finished(job: client.V1Job) -> str | None:
-    """Complete or Failed once the Job has ended, else None."""
-    for c in (job.status and job.status.conditions) or []:
-        if c.type in ("Complete", "Failed") and c.status == "True":
-            return c.type
-    return None
+    docs = manifests(QUEUE_NAME=queue, PRODUCER_PORT=str(port), E2E_RECORD_DIR=str(record_dir),
+                     WORKER_HANDLER="tests.e2e.recording_handler:record_row")
+    create_credentials(kube_cluster, ns, broker)
+    apply(kube_cluster, ns, docs)
 
 
 def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, node_agent, broker, queue_name,

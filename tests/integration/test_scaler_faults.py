@@ -3,18 +3,15 @@
 Each fault sits in a small proxy in front of the real service: an HTTP proxy before the
 RabbitMQ management API (answers 500 or 401, answers too late, or stops listening) and a
 TCP proxy before the kube-apiserver (refuses connections, or accepts them and never
-answers). The shared control plane and RabbitMQ themselves are never stopped. No node
-agent is started, so the scaler's Jobs stay unfinished and every one of them counts.
+answers). The shared control plane and RabbitMQ themselves are never stopped. The test
+namespaces hold no kube-job-config, so even with a node agent up the Jobs' pods never
+start: every Job the scaler makes stays unfinished and counts.
 """
 
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
-from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -26,45 +23,13 @@ from producer.message import dead_letter_queue, queue_arguments
 from scaler import job_template
 from scaler.decide import decide
 from scaler.jobs import Jobs, KubeError
-from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
+from tests.fixtures_kube import free_port, wait_for
+from tests.scaler_process import ScalerProcess, seconds
 
 POLL_S, MAX_BACKOFF_S, HTTP_TIMEOUT_S = 0.5, 4.0, 1.0
 THRESHOLD, PER_JOB, MAX_JOBS = 20, 500, 5
 BEFORE, DURING = 600, 900  # published before the fault (2 Jobs) and while it lasts (3 in all)
 FAILED_POLLS = 5  # enough for the waits to reach the cap: 1, 2, 4, 4 s
-
-
-class ScalerProcess:
-    """`python -m scaler` run from the repository root; its JSON log lines are kept in a file."""
-
-    def __init__(self, env: dict[str, str], log_path) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-    def events(self) -> list[dict]:
-        """Every log line so far; a line that is not JSON (a traceback) is kept as its text."""
-        lines = self.log_path.read_text().splitlines()
-        return [_json_or_text(line) for line in lines if line.strip()]
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def _json_or_text(line: str) -> dict:
-    try:
-        return json.loads(line)
-    except ValueError:
-        return {"message": "not json", "text": line}
 
 
 class ManagementProxy:
@@ -247,8 +212,8 @@ def start_scaler(kube_cluster, broker, tmp_path):
 
     def start(*, queue: str, namespace: str, management_url: str | None = None,
               kubeconfig=None) -> ScalerProcess:
-        env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}
-        env.update(
+        scaler = ScalerProcess(
+            tmp_path / f"scaler-{len(started)}.log",
             QUEUE_NAME=queue, POD_NAMESPACE=namespace,
             KUBECONFIG=str(kubeconfig or kube_cluster.kubeconfig),
             RABBITMQ_MANAGEMENT_URL=management_url or broker.management_url,
@@ -257,7 +222,6 @@ def start_scaler(kube_cluster, broker, tmp_path):
             SCALER_HTTP_TIMEOUT_SECONDS=str(HTTP_TIMEOUT_S), SCALER_THRESHOLD=str(THRESHOLD),
             SCALER_MESSAGES_PER_JOB=str(PER_JOB), SCALER_MAX_JOBS=str(MAX_JOBS), LOG_LEVEL="INFO",
         )
-        scaler = ScalerProcess(env, tmp_path / f"scaler-{len(started)}.log")
         started.append(scaler)
         return scaler
 
@@ -286,11 +250,6 @@ def jobs_wanted(depth: int, unfinished: int) -> int:
 
 def job_count(batch: client.BatchV1Api, namespace: str) -> int:
     return len(batch.list_namespaced_job(namespace, label_selector="app=worker-job").items)
-
-
-def seconds(event: dict) -> float:
-    """The log line's own timestamp (the formatter's asctime, to the millisecond)."""
-    return datetime.strptime(event["time"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: ScalerProcess,
