@@ -72,7 +72,7 @@ class ManagementProxy:
     def _answer(self, request: BaseHTTPRequestHandler) -> None:
         fault = self.fault
         if fault == "slow":
-            self._released.wait(HTTP_TIMEOUT_S * 3)
+            self._released.wait(HTTP_TIMEOUT_S * 3)  # past the scaler's timeout; clear() ends it early
         if fault in ("500", "401"):
             status, body = int(fault), b'{"error":"injected by the test"}'
         else:
