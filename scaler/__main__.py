@@ -57,7 +57,10 @@ def _live_queue(settings: Settings) -> LiveQueue:
     parameters = pika.ConnectionParameters(
         host=settings.rabbitmq_host, port=settings.rabbitmq_port, virtual_host=settings.rabbitmq_vhost,
         credentials=pika.PlainCredentials(settings.rabbitmq_user, password),
+        # stack_timeout bounds the whole AMQP handshake (pika's default is 15 s): a broker that
+        # accepts the connection and says nothing must cost no more than any other timeout.
         connection_attempts=1, socket_timeout=settings.scaler_http_timeout_seconds,
+        stack_timeout=settings.scaler_http_timeout_seconds,
         blocked_connection_timeout=settings.scaler_http_timeout_seconds,
     )
     return LiveQueue(management=management, parameters=parameters, queue=settings.queue_name)

@@ -9,6 +9,7 @@ management API.
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from scaler.queue_depth import ManagementClient, QueueCounts, QueueReadError
 
@@ -44,6 +45,7 @@ class LiveQueue:
             if exc.reply_code == 404:  # not declared yet: no upload has arrived
                 return 0, 0
             raise QueueReadError(f"AMQP passive declare refused: {exc.reply_code} {exc.reply_text}") from None
-        except pika.exceptions.AMQPError as exc:
+        except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
+            # A handshake that times out raises from pika's connection workflow, outside AMQPError.
             self._connection = None
             raise QueueReadError(f"AMQP unreachable: {type(exc).__name__}: {exc}") from None
