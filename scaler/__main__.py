@@ -63,7 +63,8 @@ def _live_queue(settings: Settings) -> LiveQueue:
         stack_timeout=settings.scaler_http_timeout_seconds,
         blocked_connection_timeout=settings.scaler_http_timeout_seconds,
     )
-    return LiveQueue(management=management, parameters=parameters, queue=settings.queue_name)
+    return LiveQueue(management=management, parameters=parameters, queue=settings.queue_name,
+                     timeout_s=settings.scaler_http_timeout_seconds)
 
 
 def _limits(settings: Settings) -> Limits:

@@ -9,6 +9,7 @@ from producer import message
 from scaler.queue_depth import ManagementClient, QueueReadError, StatsNotReady
 from scaler.queue_live import LiveQueue
 from tests.conftest import Broker
+from tests.tcp_proxy import TcpProxy
 
 
 def live(broker: Broker, queue: str, *, port: int | None = None) -> LiveQueue:
@@ -16,7 +17,7 @@ def live(broker: Broker, queue: str, *, port: int | None = None) -> LiveQueue:
                                   vhost="/", queue=queue, timeout_s=5)
     parameters = pika.ConnectionParameters(host=broker.host, port=port or broker.port, connection_attempts=1,
                                            credentials=pika.PlainCredentials(broker.user, broker.password))
-    return LiveQueue(management=management, parameters=parameters, queue=queue)
+    return LiveQueue(management=management, parameters=parameters, queue=queue, timeout_s=2)
 
 
 def counted(reader: LiveQueue) -> None:
@@ -83,3 +84,24 @@ def test_an_unreachable_broker_is_an_error_not_zero(broker: Broker, queue_name: 
     reader = live(broker, queue_name, port=1)
     with pytest.raises(QueueReadError, match="AMQP unreachable"):
         reader.read()
+
+
+@pytest.mark.parametrize("how", ["blackhole", "freeze"])
+def test_a_silent_broker_costs_one_timeout_and_the_next_read_reconnects(
+    broker: Broker, queue_name: str, how: str
+) -> None:
+    """"freeze" silences the connection already open; "blackhole" answers no new one."""
+    publish(broker, queue_name, 25)
+    proxy = TcpProxy(broker.port)
+    reader = live(broker, queue_name, port=proxy.port)
+    counted(reader)
+    assert reader.read().messages_ready == 25
+    proxy.cut(how)
+    began = time.monotonic()
+    with pytest.raises(QueueReadError, match="AMQP"):
+        reader.read()
+    assert time.monotonic() - began < 2 + 1  # the reader's 2 s timeout, with room
+    proxy.restore()
+    assert reader.read().messages_ready == 25
+    reader.close()
+    proxy.close()
