@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     )
     scaler_http_timeout_seconds: float = Field(
         5.0, gt=0,
-        description="Timeout of each call to the management API and the Kubernetes API.",
+        description=("Timeout of each management API call and AMQP read; Kubernetes calls get it "
+                     "to connect and again to read."),
     )
     scaler_job_template: str = Field(
         "",
