@@ -1,5 +1,7 @@
 """What worker Jobs need in a test namespace, and when a Job has ended: shared by the e2e tests."""
 
+import secrets
+
 import yaml
 from kubernetes import client
 
@@ -18,6 +20,13 @@ def create_credentials(kube_cluster, ns: str, broker) -> None:
     """The Secret rabbitmq-credentials the pods' secretKeyRefs name, holding the test broker's account."""
     kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", "-n", ns,
                          f"--from-literal=username={broker.user}", f"--from-literal=password={broker.password}")
+
+
+def create_upload_token(kube_cluster, ns: str) -> str:
+    """The Secret upload-token the producer's pod requires; returns the token."""
+    token = secrets.token_urlsafe(18)
+    kube_cluster.kubectl("create", "secret", "generic", "upload-token", "-n", ns, f"--from-literal=token={token}")
+    return token
 
 
 def apply(kube_cluster, ns: str, docs: list[dict]) -> None:

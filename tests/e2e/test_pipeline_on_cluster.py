@@ -14,19 +14,24 @@ import httpx
 import pytest
 from kubernetes import client
 
-from tests.e2e.cluster_config import apply, create_credentials, finished, manifests
+from tests.e2e.cluster_config import apply, create_credentials, create_upload_token, finished, manifests
 from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
 
 
-def deploy(kube_cluster, ns: str, *, queue: str, port: int, record_dir, broker) -> None:
-    """Apply infra/k8s (without the RabbitMQ workload) into `ns`, set for this test's queue and port."""
+def deploy(kube_cluster, ns: str, *, queue: str, port: int, record_dir, broker) -> str:
+    """Apply infra/k8s (without the RabbitMQ workload) into `ns`, set for this test's queue and port.
+
+    Returns the upload token the producer's pod was given.
+    """
     docs = manifests(QUEUE_NAME=queue, PRODUCER_PORT=str(port), E2E_RECORD_DIR=str(record_dir),
                      WORKER_HANDLER="tests.e2e.recording_handler:record_row")
     create_credentials(kube_cluster, ns, broker)
+    token = create_upload_token(kube_cluster, ns)
     apply(kube_cluster, ns, docs)
+    return token
 
 
 def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, node_agent, broker, queue_name,
@@ -38,11 +43,18 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
     subprocess.run([sys.executable, str(REPO_ROOT / "data" / "generate_data.py"), "--rows", str(ROWS),
                     "--out", str(data)], check=True, capture_output=True)
     try:
-        deploy(kube_cluster, ns, queue=queue_name, port=port, record_dir=record_dir, broker=broker)
+        token = deploy(kube_cluster, ns, queue=queue_name, port=port, record_dir=record_dir, broker=broker)
         url = f"http://127.0.0.1:{port}"
         wait_for(lambda: _answers(url + "/healthz"), what="the producer pod to answer", timeout=90)
+        for refused in ({}, {"Authorization": "Bearer not-the-token"}):  # the manifests turn the token on
+            with data.open("rb") as f:
+                response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
+                                      headers=refused, timeout=120)
+            assert response.status_code == 401, response.text
+        assert not broker.exists(queue_name) or broker.depth(queue_name) == 0  # nothing published
         with data.open("rb") as f:
-            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")}, timeout=120)
+            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert response.status_code < 300 and response.json()["rows"] == ROWS, response.text
 
         batch = client.BatchV1Api(kube_cluster.api_client())

@@ -15,3 +15,11 @@ def manifest(name: str, kind: str, object_name: str) -> dict:
 def test_the_shipped_rabbitmq_config_is_the_local_one() -> None:
     shipped = manifest("rabbitmq.yaml", "ConfigMap", "rabbitmq-config")["data"]["20-kube-job.conf"]
     assert shipped == (ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
+
+
+def test_the_deployed_producer_requires_an_upload_token_from_a_secret() -> None:
+    container = manifest("producer.yaml", "Deployment", "producer")["spec"]["template"]["spec"]["containers"][0]
+    token = next(e for e in container["env"] if e["name"] == "UPLOAD_TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "upload-token"
+    assert token["valueFrom"]["secretKeyRef"]["key"] == "token"
+    assert not token["valueFrom"]["secretKeyRef"].get("optional", False)  # off only by an explicit edit

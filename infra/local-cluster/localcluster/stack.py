@@ -112,13 +112,19 @@ def kubectl(cp: ControlPlane, *args: str, input: str | None = None) -> str:
                           check=True, capture_output=True, text=True).stdout
 
 
-def password(state: pathlib.Path) -> str:
-    """The generated RabbitMQ password, kept in the state dir across `up`s."""
-    path = state / "rabbitmq-password"
+def generated(state: pathlib.Path, name: str) -> str:
+    """A random secret (the RabbitMQ password, the upload token), kept in the state dir across `up`s."""
+    path = state / name
     if not path.exists():
         path.write_text(secrets.token_urlsafe(18))
         path.chmod(0o600)
     return path.read_text().strip()
+
+
+def apply_secret(cp: ControlPlane, name: str, **values: str) -> None:
+    """Create or update a Secret; the values go through stdin, never on a command line."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values}
+    kubectl(cp, "apply", "-f", "-", input=json.dumps(secret))
 
 
 def wait_producer(timeout: float = 120.0) -> None:
@@ -145,14 +151,14 @@ def up(state: pathlib.Path) -> None:
     cp.up()
     start_agent(cp)
     wait_node(cp)
-    secret = password(state)
+    secret = generated(state, "rabbitmq-password")
     ensure_user(secret)
-    kubectl(cp, "apply", "-f", "-", input=kubectl(
-        cp, "create", "secret", "generic", "rabbitmq-credentials", f"--from-literal=username={USER}",
-        f"--from-literal=password={secret}", "--dry-run=client", "-o", "yaml"))
+    apply_secret(cp, "rabbitmq-credentials", username=USER, password=secret)
+    apply_secret(cp, "upload-token", token=generated(state, "upload-token"))
     print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
     wait_producer()
-    print(f"\nupload:     curl -F file=@data.csv {PRODUCER}/upload\n"
+    print(f"\nupload:     curl -H \"Authorization: Bearer $(cat {state / 'upload-token'})\" "
+          f"-F file=@data.csv {PRODUCER}/upload\n"
           f"management: http://localhost:15672 (user {USER}, password in {state / 'rabbitmq-password'})\n"
           f"kubectl:    export KUBECONFIG={cp.kubeconfig}")
 
