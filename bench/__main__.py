@@ -9,7 +9,10 @@ from pathlib import Path
 
 from bench import drain, ingest, memory, reaction, scaleout
 
-BENCHMARKS = {"ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run, "scaleout": scaleout.run}
+BENCHMARKS = {
+    "ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run,
+    "scaleout": scaleout.run,
+}
 RESULTS = Path(__file__).with_name("results.json")
 
 

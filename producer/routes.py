@@ -59,11 +59,14 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
     expected = settings.upload_token.get_secret_value()
     given = credentials.credentials if credentials else ""
     if expected and not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(status_code=401, detail="a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(status_code=401, detail="a valid bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
 
 
 @router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult, responses=UPLOAD_ERRORS)
-async def upload(file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep) -> UploadResult:
+async def upload(
+    file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep
+) -> UploadResult:
     """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
     started = time.monotonic()
     rows = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes)
@@ -75,7 +78,8 @@ async def upload(file: Annotated[UploadFile, File(description="The CSV; its firs
             await publisher.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
         await publisher.wait_for_confirms()
     elapsed = time.monotonic() - started
-    log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name, "seconds": round(elapsed, 3)})
+    log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name,
+                                        "seconds": round(elapsed, 3)})
     return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name)
 
 

@@ -6,7 +6,6 @@ import sys
 import threading
 
 import pika
-
 from kubernetes.config import ConfigException
 
 from scaler import job_template, logs

@@ -109,9 +109,12 @@ class Consumer:
             self._connection.process_data_events(time_limit=0.2)
             self._settle()
         self._settle()
-        log.info("stopped on SIGTERM", extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
+        log.info("stopped on SIGTERM",
+                 extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
 
-    def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes) -> None:
+    def _on_message(
+        self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
+    ) -> None:
         self._in_flight += 1
         self._todo.put(Delivery(method.delivery_tag, properties, body))
 

@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 
-import pika
 from kubernetes import client, watch
 
 from producer.message import dead_letter_queue, encode, queue_arguments

@@ -53,7 +53,9 @@ def restartable_broker(broker: Broker):
     rabbitmqctl("await_startup")
 
 
-def test_a_broker_restart_mid_upload_gets_503_and_the_producer_recovers(restartable_broker: Broker, queue_name: str) -> None:
+def test_a_broker_restart_mid_upload_gets_503_and_the_producer_recovers(
+    restartable_broker: Broker, queue_name: str
+) -> None:
     broker = restartable_broker
     small, big = support.sample_csv(100), support.sample_csv(300_000)
     with support.producer(queue_name) as (url, _pid):

@@ -38,7 +38,8 @@ def publish(broker: Broker, queue: str, count: int) -> None:
         channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
         channel.confirm_delivery()
         for number in range(count):
-            channel.basic_publish("", queue, *message.encode({"n": str(number)}, upload_id="t", row_number=number, line=1))
+            body, properties = message.encode({"n": str(number)}, upload_id="t", row_number=number, line=1)
+            channel.basic_publish("", queue, body, properties)
 
 
 def test_an_undeclared_queue_reads_empty(broker: Broker, queue_name: str) -> None:

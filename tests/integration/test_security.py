@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
@@ -56,7 +55,8 @@ def restricted_namespace(kube_cluster: KubeCluster):
 @pytest.mark.parametrize(("name", "template"), pod_templates(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_pod_passes_the_restricted_pod_security_standard(restricted_namespace, name: str, template: dict) -> None:
     namespace, core = restricted_namespace
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "psa-", **template.get("metadata", {})}, "spec": template["spec"]}
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "psa-", **template.get("metadata", {})},
+           "spec": template["spec"]}
     try:
         core.create_namespaced_pod(namespace, pod, dry_run="All")
     except client.ApiException as exc:
@@ -119,7 +119,9 @@ def logs_of(service: str, env: dict[str, str], *, seconds: float = 6) -> str:
         ("scaler", {"RABBITMQ_MANAGEMENT_URL": f"http://nobody:{SECRET}@localhost:15672"}, "must not hold credentials"),
     ],
 )
-def test_no_log_line_holds_the_password(kube_cluster: KubeCluster, service: str, env: dict[str, str], expected: str) -> None:
+def test_no_log_line_holds_the_password(
+    kube_cluster: KubeCluster, service: str, env: dict[str, str], expected: str
+) -> None:
     output = logs_of(service, env | {"KUBECONFIG": str(kube_cluster.kubeconfig)})
     assert expected in output, f"{service} did not log the failure, so this test proves nothing:\n{output}"
     assert SECRET not in output, output

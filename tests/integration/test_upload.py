@@ -120,7 +120,9 @@ def test_readyz_reports_a_reachable_broker(client: TestClient) -> None:
         ({}, "no content type"),
     ],
 )
-def test_a_body_that_is_not_a_form_gets_415(client: TestClient, broker: Broker, queue_name: str, kwargs: dict, content_type: str) -> None:
+def test_a_body_that_is_not_a_form_gets_415(
+    client: TestClient, broker: Broker, queue_name: str, kwargs: dict, content_type: str
+) -> None:
     response = client.post("/upload", **kwargs)
     assert response.status_code == 415
     assert content_type in response.json()["error"]
@@ -137,7 +139,9 @@ def test_a_body_that_is_not_a_form_gets_415(client: TestClient, broker: Broker, 
     ],
     ids=["bom", "crlf", "quoted-newline", "blank-lines"],
 )
-def test_valid_variants_upload_exactly_their_rows(client: TestClient, broker: Broker, queue_name: str, data: bytes, rows: list) -> None:
+def test_valid_variants_upload_exactly_their_rows(
+    client: TestClient, broker: Broker, queue_name: str, data: bytes, rows: list
+) -> None:
     response = upload(client, data)
     assert response.status_code == 200, response.text
     assert [json.loads(body) for _, body in broker.drain(queue_name)] == rows

@@ -118,6 +118,7 @@ def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tm
 )
 def test_a_bad_handler_setting_stops_the_worker_at_start(queue_name: str, spec: str, error: str) -> None:
     environment = os.environ | {"QUEUE_NAME": queue_name, "WORKER_HANDLER": spec}
-    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=environment, capture_output=True, timeout=30)
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=environment,
+                            capture_output=True, timeout=30)
     assert result.returncode != 0
     assert error in result.stderr.decode()
