@@ -24,13 +24,13 @@ rabbitmq: ## Start a local RabbitMQ with the management UI (installs Debian's pa
 demo: install rabbitmq ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install rabbitmq ## Run the whole test suite against real RabbitMQ and Kubernetes
+test: install rabbitmq cluster ## Run the whole test suite against real RabbitMQ and Kubernetes
 	$(PY) -m pytest
 
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit
 
-bench: install rabbitmq ## Run the benchmarks (not part of make test); figures in bench/results.json
+bench: install rabbitmq cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
 
 images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
