@@ -156,6 +156,9 @@ def up(state: pathlib.Path) -> None:
     apply_secret(cp, "rabbitmq-credentials", username=USER, password=secret)
     apply_secret(cp, "upload-token", token=generated(state, "upload-token"))
     print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
+    # An `up` that changed a Deployment must not report the pods it is replacing as ready.
+    for deployment in ("producer", "scaler"):
+        kubectl(cp, "rollout", "status", f"deployment/{deployment}", "--timeout=120s")
     wait_producer()
     print(f"\nupload:     curl -H \"Authorization: Bearer $(cat {state / 'upload-token'})\" "
           f"-F file=@data.csv {PRODUCER}/upload\n"
