@@ -12,6 +12,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from producer import message
+
 pytest_plugins = ["tests.fixtures_kube"]
 
 
@@ -38,6 +40,17 @@ class Broker:
         """Messages ready in `queue` right now (passive declare, not the lagging stats)."""
         with self.connection() as conn:
             return conn.channel().queue_declare(queue, passive=True).method.message_count
+
+    def publish_rows(self, queue: str, rows: list[dict[str, str]]) -> None:
+        """Declare `queue` and its dead-letter queue as the producer does; one confirmed message per row."""
+        with self.connection() as conn:
+            channel = conn.channel()
+            channel.queue_declare(message.dead_letter_queue(queue), durable=True)
+            channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
+            channel.confirm_delivery()
+            for number, row in enumerate(rows, start=1):
+                channel.basic_publish("", queue, *message.encode(row, upload_id="t", row_number=number,
+                                                                 line=number + 1))
 
     def exists(self, queue: str) -> bool:
         with self.connection() as conn:
@@ -83,3 +96,11 @@ def queue_name(broker: Broker):
     yield name
     broker.delete_queue(name)
     broker.delete_queue(f"{name}.dead")
+
+
+def answers(url: str) -> bool:
+    """True when `url` answers 200 now (a service's health endpoint while it starts)."""
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

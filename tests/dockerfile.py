@@ -88,11 +88,11 @@ def _dockerignore(context: Path) -> list[str]:
 
 def _copy(source: Path, target: Path, ignored: list[str]) -> None:
     def skip(directory: str, names: list[str]) -> set[str]:
-        relative = Path(directory).relative_to(source.parent if source.is_file() else source)
+        relative = Path(directory).relative_to(source)
         return {n for n in names if any(fnmatch.fnmatch(str(relative / n), p) or fnmatch.fnmatch(n, p)
                                         for p in ignored)}
 
     if source.is_dir():
         shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
     else:
-        shutil.copy2(source, target / source.name if target.is_dir() or str(target).endswith("/") else target)
+        shutil.copy2(source, target)  # into `target` when it is a folder, as `COPY file ./` does

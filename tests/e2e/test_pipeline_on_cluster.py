@@ -14,6 +14,7 @@ import httpx
 import pytest
 from kubernetes import client
 
+from tests.conftest import answers
 from tests.e2e.cluster_config import apply, create_credentials, create_upload_token, finished, manifests
 from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
 
@@ -45,7 +46,7 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
     try:
         token = deploy(kube_cluster, ns, queue=queue_name, port=port, record_dir=record_dir, broker=broker)
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _answers(url + "/healthz"), what="the producer pod to answer", timeout=90)
+        wait_for(lambda: answers(url + "/healthz"), what="the producer pod to answer", timeout=90)
         for refused in ({}, {"Authorization": "Bearer not-the-token"}):  # the manifests turn the token on
             with data.open("rb") as f:
                 response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
@@ -76,13 +77,6 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
         print(f"{ROWS} rows handled by {len(jobs)} Jobs (per Job: {counts})")
     finally:
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _handled_in_log(text: str) -> int:

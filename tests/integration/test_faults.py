@@ -13,12 +13,12 @@ import pytest
 
 from bench import support
 from tests.conftest import Broker
-from tests.integration.test_worker import handled, publish, start_worker, wait_for
+from tests.integration.test_worker import handled, start_worker, wait_for
 
 
 def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record, rows, prefetch = tmp_path / "handled", 3000, 20
-    publish(broker, queue_name, [{"id": str(i)} for i in range(rows)])
+    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(rows)])
     env = {"SLOW_SECONDS": "0.002", "WORKER_PREFETCH": str(prefetch)}
     workers = [start_worker(queue_name, record, "slow", **env) for _ in range(3)]
     chance, kills = random.Random(20261128), 0

@@ -6,13 +6,10 @@ or data file left out of the copy, a package missing from the service's own requ
 a read-only filesystem, a CMD that does not start the service.
 """
 
-import time
-
 import httpx
 from kubernetes import client
 
-from producer.message import dead_letter_queue, encode, queue_arguments
-from tests.conftest import Broker
+from tests.conftest import Broker, answers
 from tests.dockerfile import Image, build
 from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
 
@@ -32,7 +29,7 @@ def test_the_producer_image_takes_an_upload(broker: Broker, queue_name: str, tmp
                                                  QUEUE_NAME=queue_name)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: process.poll() is not None or _answers(url + "/healthz"),
+        wait_for(lambda: process.poll() is not None or answers(url + "/healthz"),
                  what="the producer image to answer", timeout=60)
         assert process.poll() is None, (tmp_path / "producer.log").read_text()
         response = httpx.post(url + "/upload", files={"file": ("a.csv", b"id,name\n1,a\n2,b\n", "text/csv")},
@@ -44,13 +41,7 @@ def test_the_producer_image_takes_an_upload(broker: Broker, queue_name: str, tmp
 
 
 def test_the_worker_image_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tmp_path) -> None:
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(dead_letter_queue(queue_name), durable=True)
-        channel.queue_declare(queue_name, durable=True, arguments=queue_arguments(queue_name))
-        channel.confirm_delivery()
-        for n in range(50):
-            channel.basic_publish("", queue_name, *encode({"id": str(n)}, upload_id="img", row_number=n, line=n + 2))
+    broker.publish_rows(queue_name, [{"id": str(n)} for n in range(50)])
     log = tmp_path / "worker.log"
     process = image("worker", tmp_path).start(log, QUEUE_NAME=queue_name, WORKER_IDLE_SECONDS="1")
     assert process.wait(timeout=60) == 0, log.read_text()
@@ -61,11 +52,7 @@ def test_the_worker_image_drains_the_queue_and_exits_0(broker: Broker, queue_nam
 def test_the_scaler_image_creates_a_job_for_a_backlog(kube_cluster, broker: Broker, queue_name: str,
                                                       tmp_path) -> None:
     ns = kube_cluster.namespace()
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(queue_name, durable=True, arguments=queue_arguments(queue_name))
-        for n in range(30):  # above the default threshold of 20
-            channel.basic_publish("", queue_name, *encode({"id": str(n)}, upload_id="img", row_number=n, line=n + 2))
+    broker.publish_rows(queue_name, [{"id": str(n)} for n in range(30)])  # above the default threshold, 20
     log = tmp_path / "scaler.log"
     process = image("scaler", tmp_path).start(log, KUBECONFIG=str(kube_cluster.kubeconfig), POD_NAMESPACE=ns,
                                               QUEUE_NAME=queue_name, SCALER_POLL_SECONDS="0.5")
@@ -80,10 +67,3 @@ def test_the_scaler_image_creates_a_job_for_a_backlog(kube_cluster, broker: Brok
         stop(process)
         kube_cluster.kubectl("delete", "namespace", ns, "--wait=false")
 
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        time.sleep(0.2)
-        return False

@@ -5,7 +5,6 @@ import time
 import pika
 import pytest
 
-from producer import message
 from scaler.queue_depth import ManagementClient, QueueReadError, StatsNotReady
 from scaler.queue_live import LiveQueue
 from tests.conftest import Broker
@@ -32,14 +31,7 @@ def counted(reader: LiveQueue) -> None:
 
 
 def publish(broker: Broker, queue: str, count: int) -> None:
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
-        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
-        channel.confirm_delivery()
-        for number in range(count):
-            body, properties = message.encode({"n": str(number)}, upload_id="t", row_number=number, line=1)
-            channel.basic_publish("", queue, body, properties)
+    broker.publish_rows(queue, [{"n": str(n)} for n in range(count)])
 
 
 def test_an_undeclared_queue_reads_empty(broker: Broker, queue_name: str) -> None:

@@ -16,16 +16,6 @@ from tests.conftest import Broker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def publish(broker: Broker, queue: str, rows: list[dict[str, str]]) -> None:
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
-        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
-        channel.confirm_delivery()
-        for number, row in enumerate(rows, start=1):
-            channel.basic_publish("", queue, *message.encode(row, upload_id="t", row_number=number, line=number + 1))
-
-
 def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
     environment = os.environ | {
         "QUEUE_NAME": queue,
@@ -48,7 +38,7 @@ def wait_for(condition, timeout: float = 30) -> None:
 
 
 def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tmp_path: Path) -> None:
-    publish(broker, queue_name, [{"id": str(i)} for i in range(500)])
+    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(500)])
     worker = start_worker(queue_name, tmp_path / "handled")
     assert worker.wait(timeout=60) == 0
     assert handled(tmp_path / "handled") == collections.Counter(str(i) for i in range(500))
@@ -57,7 +47,7 @@ def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tm
 
 def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    publish(broker, queue_name, [{"id": str(i)} for i in range(200)])
+    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(200)])
     first = start_worker(queue_name, record, "slow", SLOW_SECONDS="0.02", WORKER_PREFETCH="20")
     wait_for(lambda: sum(handled(record).values()) >= 30)
     first.send_signal(signal.SIGKILL)
@@ -72,7 +62,7 @@ def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_nam
 def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
     rows = [{"id": str(i), "poison": "yes" if i == 5 else "no"} for i in range(20)]
-    publish(broker, queue_name, rows)
+    broker.publish_rows(queue_name, rows)
     worker = start_worker(queue_name, record, "fail_poison", WORKER_MAX_ATTEMPTS="4")
     assert worker.wait(timeout=60) == 0
     counts = handled(record)
@@ -88,7 +78,7 @@ def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue
 
 def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    publish(broker, queue_name, [{"id": str(i)} for i in range(10)])
+    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(10)])
     worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="2", WORKER_PREFETCH="5")
     time.sleep(3)  # the first row is done, the second is in hand
     worker.send_signal(signal.SIGTERM)
@@ -100,7 +90,7 @@ def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, q
 
 def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    publish(broker, queue_name, [{"id": "1"}])
+    broker.publish_rows(queue_name, [{"id": "1"}])
     # With a 1 s heartbeat the broker drops a client that is silent for a few seconds.
     worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="6", WORKER_HEARTBEAT_SECONDS="1")
     assert worker.wait(timeout=30) == 0
