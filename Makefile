@@ -34,7 +34,7 @@ bench: install rabbitmq cluster ## Run the benchmarks (not part of make test); f
 	$(PY) -m bench
 
 images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
-	@for image in $(IMAGES); do docker build -t $$image:latest ./$$image || exit 1; done
+	@for image in $(IMAGES); do docker build --build-arg SERVICE=$$image -t $$image:latest . || exit 1; done
 
 clean: ## Remove .venv, .run and caches kept in the repo
 	rm -rf $(VENV) .run .pytest_cache .hypothesis

@@ -16,7 +16,7 @@ import pika
 import psutil
 
 from data.generate_data import main as generate_data
-from producer import message
+from kubejob import message
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".run" / "bench"

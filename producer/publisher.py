@@ -12,25 +12,12 @@ import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.spec import Basic
 
-from producer.message import dead_letter_queue, queue_arguments
+from kubejob.message import dead_letter_queue, queue_arguments
 from producer.settings import Settings
 
 
 class BrokerUnavailable(Exception):
     """RabbitMQ could not be reached, or did not confirm every message."""
-
-
-def connection_parameters(settings: Settings) -> pika.ConnectionParameters:
-    credentials = pika.PlainCredentials(settings.rabbitmq_user, settings.rabbitmq_password.get_secret_value())
-    return pika.ConnectionParameters(
-        host=settings.rabbitmq_host,
-        port=settings.rabbitmq_port,
-        virtual_host=settings.rabbitmq_vhost,
-        credentials=credentials,
-        connection_attempts=1,
-        socket_timeout=5,
-        blocked_connection_timeout=settings.confirm_timeout_seconds,
-    )
 
 
 class ConfirmingPublisher:
@@ -51,7 +38,10 @@ class ConfirmingPublisher:
 
     async def __aenter__(self) -> "ConfirmingPublisher":
         self._connection = AsyncioConnection(
-            connection_parameters(self._settings),
+            self._settings.connection_parameters(
+                connection_attempts=1, socket_timeout=5,
+                blocked_connection_timeout=self._settings.confirm_timeout_seconds,
+            ),
             on_open_callback=lambda conn: conn.channel(on_open_callback=self._on_channel),
             on_open_error_callback=lambda _conn, error: self._fail(f"cannot connect to RabbitMQ: {error!r}"),
             on_close_callback=self._on_connection_closed,

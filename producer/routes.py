@@ -11,7 +11,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from producer import csv_stream, message
+from kubejob import message
+from producer import csv_stream
 from producer.publisher import ConfirmingPublisher
 from producer.settings import Settings
 

@@ -1,18 +1,13 @@
 """The producer's settings, read once from environment variables."""
 
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings
+
+from kubejob.settings import ServiceSettings
 
 
-class Settings(BaseSettings):
-    """Every field is an environment variable of the same name in upper case."""
+class Settings(ServiceSettings):
+    """The broker settings every service has, and the upload API's own."""
 
-    rabbitmq_host: str = Field("localhost", description="RabbitMQ host name.")
-    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ AMQP port.")
-    rabbitmq_user: str = Field("guest", description="RabbitMQ user.")
-    rabbitmq_password: SecretStr = Field(SecretStr("guest"), description="RabbitMQ password.")
-    rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host.")
-    queue_name: str = Field("rows", min_length=1, description="Durable queue that receives one message per row.")
     producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
     max_line_bytes: int = Field(1024**2, gt=0, description="Longest accepted CSV line; longer gets 400.")
@@ -25,4 +20,3 @@ class Settings(BaseSettings):
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
     )
-    log_level: str = Field("INFO", description="Python log level.")

@@ -5,26 +5,24 @@ import signal
 import sys
 import threading
 
-import pika
 from kubernetes.config import ConfigException
 
-from scaler import job_template, logs
+from kubejob import logs
+from kubejob.settings import load_or_exit
+from scaler import job_template
 from scaler.jobs import Jobs, batch_api
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
 from scaler.queue_live import LiveQueue
-from scaler.settings import Settings, SettingsError, load_settings
+from scaler.settings import Settings
 
 log = logging.getLogger("scaler")
 
 
 def main() -> None:
     """Run the scaler; exit non-zero only for configuration that can never work."""
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        sys.exit(f"scaler: invalid configuration: {exc}")
-    logs.configure(settings.log_level, secrets=[settings.rabbitmq_password.get_secret_value()])
+    settings = load_or_exit(Settings, "scaler")
+    logs.configure(settings.log_level, secrets=settings.secrets())
     template = settings.job_template()
     for problem in job_template.restricted_violations(template):
         log.warning("job template is not restricted", extra={"problem": problem})
@@ -53,9 +51,7 @@ def _live_queue(settings: Settings) -> LiveQueue:
         password=password, vhost=settings.rabbitmq_vhost,
         queue=settings.queue_name, timeout_s=settings.scaler_http_timeout_seconds,
     )
-    parameters = pika.ConnectionParameters(
-        host=settings.rabbitmq_host, port=settings.rabbitmq_port, virtual_host=settings.rabbitmq_vhost,
-        credentials=pika.PlainCredentials(settings.rabbitmq_user, password),
+    parameters = settings.connection_parameters(
         # stack_timeout bounds the whole AMQP handshake (pika's default is 15 s): a broker that
         # accepts the connection and says nothing must cost no more than any other timeout.
         connection_attempts=1, socket_timeout=settings.scaler_http_timeout_seconds,

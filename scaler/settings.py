@@ -1,54 +1,19 @@
 """The scaler's configuration, read once from environment variables."""
 
-from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
 
+from kubejob.settings import ServiceSettings
 from scaler import job_template
 
 
-class SettingsError(Exception):
-    """The environment holds a setting the scaler cannot run with."""
+class Settings(ServiceSettings):
+    """The broker settings every service has, and the scaler's own."""
 
-
-class Settings(BaseSettings):
-    """Every field is read from the environment variable of the same name, upper-cased."""
-
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
-
-    rabbitmq_host: str = Field(
-        "localhost",
-        description="AMQP host of the broker (shared by all services; the scaler uses HTTP).",
-    )
-    rabbitmq_port: int = Field(
-        5672, ge=1, le=65535,
-        description="AMQP port of the broker.",
-    )
-    rabbitmq_user: str = Field(
-        "guest", min_length=1,
-        description="User for AMQP and the management API.",
-    )
-    rabbitmq_password: SecretStr = Field(
-        SecretStr("guest"),
-        description="Password of RABBITMQ_USER; never logged.",
-    )
-    rabbitmq_vhost: str = Field(
-        "/", min_length=1,
-        description="Virtual host that holds the queue.",
-    )
     rabbitmq_management_url: str = Field(
         "http://localhost:15672",
         description="Base URL of the RabbitMQ management HTTP API, without credentials.",
-    )
-    queue_name: str = Field(
-        "rows", min_length=1,
-        description="Queue whose depth drives the scaling.",
-    )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
-        "INFO",
-        description="Lowest level that is logged.",
     )
 
     scaler_threshold: int = Field(
@@ -91,11 +56,6 @@ class Settings(BaseSettings):
         description="Namespace the Jobs are listed and created in.",
     )
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
-
     @field_validator("rabbitmq_management_url")
     @classmethod
     def _plain_http_url(cls, value: str) -> str:
@@ -117,16 +77,3 @@ class Settings(BaseSettings):
         """The Job manifest the scaler creates, already validated."""
         return job_template.load(self.scaler_job_template)
 
-
-def load_settings() -> Settings:
-    """Read the settings, or raise SettingsError naming each bad variable."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
-
-
-def _describe(exc: ValidationError) -> str:
-    # Built by hand because pydantic's own text repeats the input, which may be a password.
-    problems = [f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-    return "; ".join(problems)

@@ -12,7 +12,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from producer import message
+from kubejob import message
 
 pytest_plugins = ["tests.fixtures_kube"]
 

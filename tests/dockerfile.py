@@ -1,4 +1,4 @@
-"""Each service's Dockerfile carried out without Docker, for the tests (there is no daemon here).
+"""The Dockerfile carried out for each service without Docker, for the tests (there is no daemon here).
 
 Only the instructions our Dockerfiles use are understood, and any other one fails the test, so
 the emulation cannot drift quietly from the files. The base image is this machine's Python
@@ -11,6 +11,7 @@ import json
 import os
 import shlex
 import shutil
+import string
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -41,33 +42,37 @@ class Image:
                                     stdout=out, stderr=subprocess.STDOUT)
 
 
-def build(context: Path, root: Path) -> Image:
-    """Carry out `context`/Dockerfile into `root`; raise on an instruction it does not know."""
+def build(context: Path, root: Path, **build_args: str) -> Image:
+    """Carry out `context`/Dockerfile into `root` with `build_args`; raise on an instruction it does not know."""
     venv = root / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     image = Image(root=root / "fs", venv=venv)
     image.root.mkdir()
     ignored = _dockerignore(context)
-    for instruction, argument in _instructions(context / "Dockerfile"):
+    for instruction, raw in _instructions(context / "Dockerfile"):
+        argument = string.Template(raw).substitute(build_args) if instruction != "CMD" else raw
         if instruction in IGNORED:
             continue
-        if instruction == "ENV":
+        if instruction == "ARG":
+            if argument not in build_args:
+                raise ValueError(f"Dockerfile: build argument {argument} is not given")
+        elif instruction == "ENV":
             image.env.update(item.split("=", 1) for item in shlex.split(argument))
         elif instruction == "WORKDIR":
             image.workdir = image.root / argument.lstrip("/")
             image.workdir.mkdir(parents=True, exist_ok=True)
         elif instruction == "COPY":
             source, target = shlex.split(argument)
-            _copy(context / source, image.workdir / target, ignored)
+            _copy(context, source, image.workdir, target, ignored)
         elif instruction == "RUN" and argument.startswith("pip install"):
             subprocess.run(argument, shell=True, cwd=image.workdir, env=image.environment(), check=True,
                            capture_output=True)
         elif instruction == "RUN" and argument.startswith("useradd"):
             continue  # the uid is USER's business, which the pods' securityContext checks
         elif instruction == "CMD":
-            image.cmd = json.loads(argument)  # the exec form, as all three use
+            image.cmd = json.loads(argument)  # the exec form
         else:
-            raise NotImplementedError(f"{context.name}/Dockerfile: {instruction} {argument} is not emulated")
+            raise NotImplementedError(f"Dockerfile: {instruction} {argument} is not emulated")
     for path in image.root.rglob("*"):
         path.chmod(path.stat().st_mode & ~0o222)
     return image
@@ -86,13 +91,27 @@ def _dockerignore(context: Path) -> list[str]:
     return [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
 
 
-def _copy(source: Path, target: Path, ignored: list[str]) -> None:
-    def skip(directory: str, names: list[str]) -> set[str]:
-        relative = Path(directory).relative_to(source)
-        return {n for n in names if any(fnmatch.fnmatch(str(relative / n), p) or fnmatch.fnmatch(n, p)
-                                        for p in ignored)}
+def _excluded(relative: Path, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern that matches the path or a folder above it decides; `!` keeps."""
+    candidates = [str(relative), *map(str, relative.parents)][:-1]
+    excluded = False
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        if any(fnmatch.fnmatch(candidate, pattern.lstrip("!")) for candidate in candidates):
+            excluded = not keep
+    return excluded
 
-    if source.is_dir():
-        shutil.copytree(source, target, ignore=skip, dirs_exist_ok=True)
+
+def _copy(context: Path, source: str, workdir: Path, target: str, ignored: list[str]) -> None:
+    def skip(directory: str, names: list[str]) -> set[str]:
+        relative = Path(directory).relative_to(context)
+        return {n for n in names if _excluded(relative / n, ignored)}
+
+    path = context / source
+    if path.is_dir():
+        shutil.copytree(path, workdir / target, ignore=skip, dirs_exist_ok=True)
+    elif target.endswith("/"):  # `COPY file dir/` creates the folder and copies into it
+        (workdir / target).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, workdir / target)
     else:
-        shutil.copy2(source, target)  # into `target` when it is a folder, as `COPY file ./` does
+        shutil.copy2(path, workdir / target)

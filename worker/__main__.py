@@ -3,18 +3,15 @@
 import logging
 import sys
 
-from worker import handlers, logs
+from kubejob import logs
+from kubejob.settings import load_or_exit
 from worker.consumer import BrokerError, Consumer, install_sigterm
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
-settings = Settings()
-logs.configure(settings.log_level)
-try:
-    consumer = Consumer(settings, handlers.load(settings.worker_handler))
-except handlers.HandlerNotFound as exc:
-    log.error("bad setting", extra={"error": str(exc)})
-    sys.exit(2)
+settings = load_or_exit(Settings, "worker")
+logs.configure(settings.log_level, secrets=settings.secrets())
+consumer = Consumer(settings, settings.handler())
 install_sigterm(consumer)
 try:
     consumer.run()

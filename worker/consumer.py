@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pika
 import pika.exceptions
 
-from worker import message
+from kubejob import message
 from worker.handlers import Handler
 from worker.settings import Settings
 
@@ -41,19 +41,6 @@ class Outcome:
     error: Exception | None
 
 
-def connection_parameters(settings: Settings) -> pika.ConnectionParameters:
-    credentials = pika.PlainCredentials(settings.rabbitmq_user, settings.rabbitmq_password.get_secret_value())
-    return pika.ConnectionParameters(
-        host=settings.rabbitmq_host,
-        port=settings.rabbitmq_port,
-        virtual_host=settings.rabbitmq_vhost,
-        credentials=credentials,
-        heartbeat=settings.worker_heartbeat_seconds,
-        connection_attempts=3,
-        retry_delay=2,
-    )
-
-
 class Consumer:
     """Drains one queue until it has been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
 
@@ -70,12 +57,16 @@ class Consumer:
     def run(self) -> None:
         """Consume until idle or stopped; raises BrokerError if the connection fails."""
         try:
-            self._connection = pika.BlockingConnection(connection_parameters(self.settings))
+            self._connection = pika.BlockingConnection(self.settings.connection_parameters(
+                heartbeat=self.settings.worker_heartbeat_seconds, connection_attempts=3, retry_delay=2,
+            ))
             self._channel = self._connection.channel()
             self._declare()
             self._consume()
         except pika.exceptions.AMQPError as exc:
-            raise BrokerError(f"{type(exc).__name__}: {exc}") from None
+            # pika's repr carries the reason (its str is often empty).
+            where = f"{self.settings.rabbitmq_host}:{self.settings.rabbitmq_port}"
+            raise BrokerError(f"RabbitMQ at {where}: {exc!r}") from None
         finally:
             self._todo.put(None)
 
@@ -129,7 +120,10 @@ class Consumer:
             except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
                 error = exc
             self._done.append(Outcome(delivery, row, error))
-            self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
+            try:
+                self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
+            except pika.exceptions.ConnectionWrongStateError:
+                break  # the connection closed under us: the broker requeues what was not acked
         self._handler_idle.set()
 
     def _settle(self) -> bool:

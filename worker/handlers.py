@@ -31,7 +31,7 @@ def load(spec: str) -> Handler:
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
-        raise HandlerNotFound(f"WORKER_HANDLER={spec!r} cannot be imported: {exc}") from None
+        raise HandlerNotFound(f"cannot import {spec!r}: {exc}") from None
     if not callable(handler):
-        raise HandlerNotFound(f"WORKER_HANDLER={spec!r} is not callable")
+        raise HandlerNotFound(f"{spec!r} is not callable")
     return handler

@@ -1,18 +1,14 @@
 """The worker's settings, read once from environment variables."""
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings
+from pydantic import Field, field_validator
+
+from kubejob.settings import ServiceSettings
+from worker import handlers
 
 
-class Settings(BaseSettings):
-    """Every field is an environment variable of the same name in upper case."""
+class Settings(ServiceSettings):
+    """The broker settings every service has, and the worker's own."""
 
-    rabbitmq_host: str = Field("localhost", description="RabbitMQ host name.")
-    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ AMQP port.")
-    rabbitmq_user: str = Field("guest", description="RabbitMQ user.")
-    rabbitmq_password: SecretStr = Field(SecretStr("guest"), description="RabbitMQ password.")
-    rabbitmq_vhost: str = Field("/", description="RabbitMQ virtual host.")
-    queue_name: str = Field("rows", min_length=1, description="Queue to drain.")
     worker_handler: str = Field(
         "worker.handlers:checksum_row",
         pattern=r"^[\w.]+:\w+$",
@@ -25,4 +21,13 @@ class Settings(BaseSettings):
         20.0, gt=0, description="On SIGTERM, how long the row in hand may finish before it is returned."
     )
     worker_heartbeat_seconds: int = Field(30, ge=0, description="AMQP heartbeat; kept up while a handler runs.")
-    log_level: str = Field("INFO", description="Python log level.")
+
+    @field_validator("worker_handler")
+    @classmethod
+    def _importable(cls, value: str) -> str:
+        handlers.load(value)  # fails at start, not at the first row
+        return value
+
+    def handler(self) -> handlers.Handler:
+        """The function WORKER_HANDLER names, already checked to import."""
+        return handlers.load(self.worker_handler)

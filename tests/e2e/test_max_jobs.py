@@ -10,7 +10,7 @@ import uuid
 
 from kubernetes import client, watch
 
-from producer.message import dead_letter_queue, encode, queue_arguments
+from kubejob.message import dead_letter_queue, encode, queue_arguments
 from tests.e2e.cluster_config import apply, create_credentials, finished, manifests
 from tests.fixtures_kube import wait_for
 from tests.scaler_process import ScalerProcess

@@ -1,4 +1,4 @@
-"""Each service as its Dockerfile lays it out (tests/dockerfile.py), run against the real services.
+"""Each service as the Dockerfile lays it out (tests/dockerfile.py), run against the real services.
 
 `docker build` cannot run here. This catches what a build would expose at run time: a module
 or data file left out of the copy, a package missing from the service's own requirements.txt
@@ -15,7 +15,7 @@ from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
 
 
 def image(service: str, tmp_path) -> Image:
-    return build(REPO_ROOT / service, tmp_path / "image")
+    return build(REPO_ROOT, tmp_path / "image", SERVICE=service)
 
 
 def stop(process) -> int:

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from kubernetes import client
 
-from producer.message import dead_letter_queue, queue_arguments
+from kubejob.message import dead_letter_queue, queue_arguments
 from scaler import job_template
 from scaler.decide import decide
 from scaler.jobs import Jobs, KubeError

@@ -1,4 +1,4 @@
-"""Scaler logging: one JSON object per line, and the password masked wherever it appears."""
+"""Logging of all three services: one JSON object per line, and the password masked wherever it appears."""
 
 import io
 import json
@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from scaler import logs
+from kubejob import logs
 
 SECRET = "pw-0d9e1c"
 
@@ -27,7 +27,8 @@ def json_lines():
 def test_poll_line_is_json_with_its_numbers(json_lines):
     logging.getLogger("scaler.loop").info("poll", extra={"depth": 42, "create": 2, "reason": "r"})
     (line,) = json_lines()
-    assert (line["message"], line["level"]) == ("poll", "INFO")
+    assert set(line) == {"time", "level", "logger", "message", "depth", "create", "reason"}
+    assert (line["message"], line["level"], line["logger"]) == ("poll", "INFO", "scaler.loop")
     assert (line["depth"], line["create"], line["reason"]) == (42, 2, "r")
 
 

@@ -9,10 +9,23 @@ The queue is durable and dead-letters to "<queue>.dead".
 """
 
 import json
+from dataclasses import dataclass
 
 import pika
 
 CONTENT_TYPE = "application/json"
+
+
+class BadMessage(ValueError):
+    """A message that no retry can make valid."""
+
+
+@dataclass(frozen=True)
+class Row:
+    data: dict[str, str]
+    upload_id: str
+    row: int
+    attempt: int
 
 
 def dead_letter_queue(queue: str) -> str:
@@ -20,7 +33,7 @@ def dead_letter_queue(queue: str) -> str:
 
 
 def queue_arguments(queue: str) -> dict[str, str | int]:
-    """Arguments the queue is declared with; producer and worker must declare it alike.
+    """Arguments the queue is declared with, by whichever service declares it first.
 
     Version 2 and lazy mode write persistent messages straight to disk instead of also
     keeping them in memory, which let RabbitMQ 3.10 confirm about 1.7 times as many per second
@@ -44,3 +57,31 @@ def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -
         headers={"upload_id": upload_id, "row": row_number, "line": line},
     )
     return body, properties
+
+
+def decode(body: bytes, properties: pika.BasicProperties) -> Row:
+    """The row a message carries; raises BadMessage if the body is not a JSON object."""
+    headers = properties.headers or {}
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadMessage(f"body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise BadMessage("body is not a JSON object")
+    return Row(
+        data=data,
+        upload_id=str(headers.get("upload_id", "")),
+        row=int(headers.get("row", 0)),
+        attempt=int(headers.get("attempt", 1)),
+    )
+
+
+def retry_properties(properties: pika.BasicProperties, *, attempt: int) -> pika.BasicProperties:
+    """The same message's properties for its next attempt."""
+    headers = dict(properties.headers or {}, attempt=attempt)
+    return pika.BasicProperties(
+        content_type=properties.content_type,
+        delivery_mode=pika.DeliveryMode.Persistent,
+        message_id=properties.message_id,
+        headers=headers,
+    )

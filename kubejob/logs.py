@@ -6,7 +6,7 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 MASK = "***"
-_QUIET = ("pika", "urllib3", "kubernetes", "httpx", "httpcore")
+_QUIET = ("urllib3", "kubernetes", "httpx", "httpcore")
 
 
 class RedactSecrets(logging.Filter):
@@ -49,3 +49,6 @@ def configure(level: str, *, secrets: list[str]) -> None:
     # httpx logs every request at INFO: one line per poll is the scaler's own.
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pika logs each failed connection about ten times at ERROR; its errors reach our code as
+    # exceptions, which each service logs once with what it was doing.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)

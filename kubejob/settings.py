@@ -1,0 +1,76 @@
+"""Settings every service reads, and the one way a service loads its own.
+
+Each service's Settings class subclasses `ServiceSettings`; `load` turns a bad value into one
+line that names the environment variable, as the README promises.
+"""
+
+import sys
+from typing import Literal, TypeVar
+
+import pika
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Every field is read from the environment variable of the same name, upper-cased."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    rabbitmq_host: str = Field("localhost", min_length=1, description="RabbitMQ host name.")
+    rabbitmq_port: int = Field(5672, ge=1, le=65535, description="RabbitMQ AMQP port.")
+    rabbitmq_user: str = Field("guest", min_length=1, description="RabbitMQ user.")
+    rabbitmq_password: SecretStr = Field(SecretStr("guest"), description="Password of RABBITMQ_USER; never logged.")
+    rabbitmq_vhost: str = Field("/", min_length=1, description="RabbitMQ virtual host that holds the queue.")
+    queue_name: str = Field(
+        "rows", min_length=1, description="The durable queue of rows; failed rows go to `<QUEUE_NAME>.dead`."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Lowest level that is logged."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line."""
+        return [value.get_secret_value() for value in self.__dict__.values() if isinstance(value, SecretStr)]
+
+    def connection_parameters(self, **options: object) -> pika.ConnectionParameters:
+        """AMQP parameters for this broker; `options` are each service's timeouts and retries."""
+        credentials = pika.PlainCredentials(self.rabbitmq_user, self.rabbitmq_password.get_secret_value())
+        return pika.ConnectionParameters(
+            host=self.rabbitmq_host, port=self.rabbitmq_port, virtual_host=self.rabbitmq_vhost,
+            credentials=credentials, **options,
+        )
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+class SettingsError(Exception):
+    """The environment holds a setting the service cannot run with."""
+
+
+def load(settings_class: type[S]) -> S:
+    """Read the settings, or raise SettingsError naming each bad variable."""
+    try:
+        return settings_class()
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+
+
+def load_or_exit(settings_class: type[S], service: str) -> S:
+    """`load` for an entry point: a bad value ends the process with one line on stderr."""
+    try:
+        return load(settings_class)
+    except SettingsError as exc:
+        sys.exit(f"{service}: invalid configuration: {exc}")
+
+
+def describe(exc: ValidationError) -> str:
+    """One clause per bad variable, named as the environment spells it."""
+    # Built by hand because pydantic's own text repeats the input, which may be a password.
+    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())

@@ -1,0 +1,36 @@
+"""Every service refuses a bad setting at start with one line that names the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PASSWORD = "s3cret-pw"
+
+CASES = [
+    ("producer", "LOG_LEVEL", "chatty", "Input should be 'DEBUG', 'INFO'"),
+    ("worker", "LOG_LEVEL", "chatty", "Input should be 'DEBUG', 'INFO'"),
+    ("scaler", "LOG_LEVEL", "chatty", "Input should be 'DEBUG', 'INFO'"),
+    ("producer", "RABBITMQ_PORT", "0", "greater than or equal to 1"),
+    ("worker", "RABBITMQ_PORT", "amqp", "valid integer"),
+    ("producer", "MAX_UPLOAD_BYTES", "-1", "greater than 0"),
+    ("worker", "WORKER_PREFETCH", "0", "greater than or equal to 1"),
+    ("worker", "WORKER_HANDLER", "not-a-spec", "should match pattern"),
+    ("worker", "WORKER_HANDLER", "no.such.module:f", "cannot import 'no.such.module:f'"),
+    ("worker", "WORKER_HANDLER", "worker.handlers:missing", "cannot import 'worker.handlers:missing'"),
+    ("scaler", "SCALER_MAX_JOBS", "none", "valid integer"),
+]
+
+
+@pytest.mark.parametrize("service, name, value, reason", CASES)
+def test_the_process_exits_at_start_naming_the_variable(service: str, name: str, value: str, reason: str) -> None:
+    env = {**os.environ, name: value, "RABBITMQ_PASSWORD": PASSWORD}
+    result = subprocess.run([sys.executable, "-m", service], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    (line,) = result.stderr.splitlines()  # one line, not a traceback
+    assert line.startswith(f"{service}: invalid configuration: {name}: ") and reason in line, line
+    assert PASSWORD not in result.stderr + result.stdout
