@@ -1,8 +1,8 @@
 """`make up` / `make down`: RabbitMQ, the control plane, the node agent and kube-job's manifests.
 
 RabbitMQ runs beside the control plane, not as a pod: one that already answers on
-5672/15672 is reused, otherwise one is started with all its files under the state
-dir. The rabbitmq Service and ConfigMap are applied; its StatefulSet is not. What
+5672/15672 is reused, otherwise scripts/rabbitmq.sh starts one (as `make rabbitmq`
+does). The rabbitmq Service and ConfigMap are applied; its StatefulSet is not. What
 `up` started is recorded in the state dir, and `down` stops exactly that.
 """
 
@@ -26,8 +26,6 @@ from localcluster import processes
 from localcluster.agent import AGENT, start_agent, stop_agent, wait_node
 from localcluster.control_plane import REPO_ROOT, ControlPlane, default_state
 
-RABBIT_BIN = pathlib.Path("/usr/lib/rabbitmq/bin")  # not /usr/sbin's wrapper, which su's to `rabbitmq`
-NODE = "kube-job@localhost"
 USER = "kube-job"
 ADMIN = (os.environ.get("RABBITMQ_ADMIN_USER", "guest"), os.environ.get("RABBITMQ_ADMIN_PASSWORD", "guest"))
 PRODUCER = "http://localhost:8000"
@@ -40,41 +38,16 @@ def answers(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def start_rabbitmq(state: pathlib.Path, *, amqp_port: int = 5672, http_port: int = 15672) -> bool:
-    """Start a RabbitMQ with files under `state/rabbitmq` unless one answers; True if we started it."""
-    if answers(amqp_port) and answers(http_port):
-        return False
-    if answers(amqp_port) or answers(http_port):
-        sys.exit(f"only one of ports {amqp_port}/{http_port} answers: not a RabbitMQ this can reuse")
-    if not (RABBIT_BIN / "rabbitmq-server").exists():
-        sys.exit("no RabbitMQ answers and none is installed: apt-get install rabbitmq-server (or make rabbitmq)")
-    base = state / "rabbitmq"
-    base.mkdir(parents=True, exist_ok=True)
-    (base / "enabled_plugins").write_text("[rabbitmq_management].\n")
-    # The project's settings (shipped to Kubernetes too), plus where this broker listens.
-    shared = (REPO_ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
-    (base / "rabbitmq.conf").write_text(f"{shared}\nlisteners.tcp.default = {amqp_port}\n"
-                                        f"management.tcp.port = {http_port}\n")
-    env = {**os.environ, "RABBITMQ_NODENAME": NODE, "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-           "RABBITMQ_LOG_BASE": str(base / "log"), "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-           "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-           "RABBITMQ_PID_FILE": str(base / "pid"), "RABBITMQ_DIST_PORT": str(amqp_port + 20000)}
-    subprocess.run([str(RABBIT_BIN / "rabbitmq-server"), "-detached"], env=env, check=True)
-    deadline = time.monotonic() + 120
-    while True:  # -detached returns before the node is up; the management API answers last
-        try:
-            management("GET", "overview", http_port=http_port)
-            break
-        except (urllib.error.URLError, OSError):
-            if time.monotonic() > deadline:
-                sys.exit(f"RabbitMQ management did not answer on {http_port}; see {base / 'log'}")
-            time.sleep(1)
-    return True
+def start_rabbitmq() -> bool:
+    """Make sure RabbitMQ answers, the way `make rabbitmq` does; True if it was not running before."""
+    running = answers(5672) and answers(15672)
+    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "rabbitmq.sh")], check=True)
+    return not running
 
 
 def stop_rabbitmq() -> None:
-    """Stop the RabbitMQ node that `up` started."""
-    subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), "-n", NODE, "stop"], check=False, stdout=subprocess.DEVNULL)
+    """Stop the RabbitMQ that `up` started."""
+    subprocess.run(["rabbitmqctl", "stop"], check=False, stdout=subprocess.DEVNULL)
 
 
 def management(method: str, path: str, body: dict | None = None, *, http_port: int = 15672) -> None:
@@ -145,7 +118,7 @@ def up(state: pathlib.Path) -> None:
     state.mkdir(parents=True, exist_ok=True)
     if answers(8000) and not processes.running(AGENT, state=state):
         sys.exit("something already listens on localhost:8000, where the producer pod must listen")
-    record["rabbitmq_started"] = start_rabbitmq(state) or record["rabbitmq_started"]
+    record["rabbitmq_started"] = start_rabbitmq() or record["rabbitmq_started"]
     record_path.write_text(json.dumps(record))
     cp = ControlPlane(state)
     cp.up()
