@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -32,6 +32,7 @@ class UploadResult(BaseModel):
     upload_id: str
     rows: int
     queue: str
+    delimiter: str
 
 
 class Health(BaseModel):
@@ -46,7 +47,7 @@ class Error(BaseModel):
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
-    400: {"model": Error, "description": "The CSV is malformed; nothing was published"},
+    400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
@@ -65,22 +66,27 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
 
 @router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult, responses=UPLOAD_ERRORS)
 async def upload(
-    file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep
+    file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
+    settings: SettingsDep,
+    delimiter: Annotated[str | None, Form(description="`,` `;` `\\t` `|` or comma, semicolon, tab, pipe; "
+                                                      "detected from the header when left out.")] = None,
 ) -> UploadResult:
     """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
     started = time.monotonic()
-    rows = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes)
+    chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
+    rows, used = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
+                                         delimiter=chosen)
     file.file.seek(0)
     upload_id = uuid.uuid4().hex
     async with ConfirmingPublisher(settings) as publisher:
-        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes)
+        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes, delimiter=used)
         for number, (line, row) in enumerate(records, start=1):
             await publisher.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
         await publisher.wait_for_confirms()
     elapsed = time.monotonic() - started
     log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name,
                                         "seconds": round(elapsed, 3)})
-    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name)
+    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name, delimiter=used)
 
 
 @router.get("/healthz")
