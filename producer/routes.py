@@ -51,7 +51,7 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
-    422: {"model": Error, "description": "The form has no `file` field"},
+    422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
     503: {"model": Error, "description": "RabbitMQ is unreachable or did not confirm; nothing acknowledged"},
 }
 
@@ -64,7 +64,18 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-@router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult, responses=UPLOAD_ERRORS)
+async def one_file(request: Request) -> None:
+    """Refuse a form whose `file` is not a single file upload (FastAPI would keep the last one)."""
+    parts = (await request.form()).getlist("file")  # the form FastAPI parsed, cached on the request
+    if len(parts) > 1:
+        raise HTTPException(status_code=422, detail=f"the form has {len(parts)} `file` fields; send exactly one file")
+    if parts and isinstance(parts[0], str):
+        raise HTTPException(status_code=422,
+                            detail="the `file` field must be a file upload, e.g. curl -F file=@data.csv")
+
+
+@router.post("/upload", dependencies=[Depends(require_token), Depends(one_file)], response_model=UploadResult,
+             responses=UPLOAD_ERRORS)
 async def upload(
     file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
     settings: SettingsDep,

@@ -28,6 +28,11 @@ def upload(client: TestClient, data: bytes, **kwargs):
     return client.post("/upload", files={"file": ("data.csv", data, "text/csv")}, **kwargs)
 
 
+def form(*parts: tuple[str, tuple]) -> dict:
+    """A multipart request of exactly these parts; a part whose filename is None is a plain field."""
+    return {"files": list(parts)}
+
+
 def csv_file(data: bytes, **fields: str) -> dict:
     return {"files": {"file": ("data.csv", data, "text/csv")}, "data": fields}
 
@@ -96,6 +101,10 @@ def test_a_large_upload_is_published_in_full(broker: Broker, queue_name: str) ->
                      "upload is larger than the limit of 65536 bytes", None, id="too-large"),
         pytest.param(csv_file(GOOD, delimiter=":"), 400, 'delimiter must be one of "," ";" "\\t" "|"', None,
                      id="unknown-delimiter"),
+        pytest.param(form(("file", ("a.csv", GOOD, "text/csv")), ("file", ("b.csv", GOOD, "text/csv"))), 422,
+                     "the form has 2 `file` fields; send exactly one file", None, id="two-files"),
+        pytest.param(form(("file", (None, GOOD))), 422,
+                     "the `file` field must be a file upload, e.g. curl -F file=@data.csv", None, id="file-not-a-file"),
     ],
 )
 def test_bad_files_are_rejected_and_nothing_is_published(
