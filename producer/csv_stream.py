@@ -1,10 +1,25 @@
-"""Reads an uploaded CSV file row by row and says precisely what is wrong with a bad one."""
+"""Reads an uploaded CSV file row by row and says precisely what is wrong with a bad one.
 
+It takes files as spreadsheets save them: comma, semicolon, tab or pipe between fields; UTF-8
+with or without a BOM, or UTF-16 with one; LF, CRLF or CR at line ends; unnamed empty columns
+at the end of the header.
+"""
+
+import codecs
 import csv
+import io
+import re
 from collections.abc import Iterator
-from typing import BinaryIO
+from itertools import chain
+from typing import BinaryIO, NamedTuple
 
-BOM = b"\xef\xbb\xbf"
+# The delimiters we detect or accept, with the word a form may give instead; the first wins a tie.
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
+_BY_NAME = {**{char: char for char in DELIMITERS}, **{name: char for char, name in DELIMITERS.items()}, "\\t": "\t"}
+SAVE_AS_UTF8 = 'save the file as "CSV UTF-8"'
+# A byte that does not decode is kept as a lone surrogate (surrogateescape / surrogatepass), so
+# the csv parser can say which field it is in before we refuse it.
+_UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
 class CsvError(ValueError):
@@ -15,63 +30,211 @@ class CsvError(ValueError):
         self.message, self.line = message, line
 
 
-def _lines(file: BinaryIO, max_line_bytes: int) -> Iterator[str]:
-    """Decode the file line by line so that a decoding error names its line."""
-    number = 0
-    while raw := file.readline(max_line_bytes + 1):
-        number += 1
-        if number == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM) :]
-        if len(raw) > max_line_bytes:
-            raise CsvError(f"line is longer than the limit of {max_line_bytes} bytes", number)
-        if b"\x00" in raw:
-            raise CsvError("line contains a NUL byte; is this a binary file?", number)
+class Summary(NamedTuple):
+    rows: int
+    delimiter: str
+
+
+def delimiter_named(value: str) -> str:
+    """The delimiter a form field names: the character itself, `\\t`, or comma/semicolon/tab/pipe."""
+    key = value if value in DELIMITERS else value.strip().lower()
+    if key not in _BY_NAME:
+        raise CsvError(f'delimiter must be one of "," ";" "\\t" "|" or comma, semicolon, tab, pipe, not {value!r};'
+                       " leave it out to detect it from the header")
+    return _BY_NAME[key]
+
+
+def _encoding(file: BinaryIO) -> str:
+    """UTF-16 when the file starts with its byte-order mark, else UTF-8 (a UTF-8 BOM is dropped)."""
+    start = file.tell()
+    head = file.read(2)
+    file.seek(start)
+    return "utf-16" if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
+
+
+class _Lines:
+    """The file's lines as they stream in, each checked against the limits, and where we are."""
+
+    def __init__(self, text: io.TextIOWrapper, max_line_bytes: int) -> None:
+        self.text, self.max_line_bytes = text, max_line_bytes
+        self.number = 0
+        self.undecodable: int | None = None  # the first line holding a byte that did not decode
+        self.record_start = 1  # set by the reader after each record
+        self.open_quote = 0  # the line where the last quoted field left open so far opened
+        self._in_quotes = False
+
+    def __iter__(self) -> "_Lines":
+        return self
+
+    def __next__(self) -> str:
         try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CsvError(f"text is not valid UTF-8 (byte {exc.start} of the line)", number) from None
+            line = self.text.readline(self.max_line_bytes + 1)
+        except UnicodeDecodeError:
+            raise CsvError(f"the UTF-16 text ends in the middle of a character; {SAVE_AS_UTF8}",
+                           self.number + 1) from None
+        if not line:
+            raise StopIteration
+        self.number += 1
+        self._check(line)
+        self._track_quotes(line)
+        return line
+
+    def _check(self, line: str) -> None:
+        # Measured as UTF-8, so the limit means the same for a UTF-16 file; encoding only the
+        # lines that could be over it keeps the common case cheap.
+        if len(line) > self.max_line_bytes or (
+            len(line) * 4 > self.max_line_bytes and not line.isascii()
+            and len(line.encode("utf-8", "surrogatepass")) > self.max_line_bytes
+        ):
+            raise CsvError(f"line is longer than the limit of {self.max_line_bytes} bytes", self.number)
+        if "\x00" in line:
+            raise CsvError('line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', self.number)
+        if self.undecodable is None and not line.isascii() and _UNDECODABLE.search(line):
+            self.undecodable = self.number
+
+    def _track_quotes(self, line: str) -> None:
+        if self.number == self.record_start:
+            self._in_quotes = False
+        quotes = line.count('"')
+        if not quotes:
+            return
+        self._in_quotes ^= quotes % 2 == 1
+        # Still open after an even number: this line closed a field and opened another, unless
+        # every quote on it was doubled (a quote inside the field).
+        if self._in_quotes and (quotes % 2 or line.replace('""', "").count('"')):
+            self.open_quote = self.number
 
 
-def _check_header(header: list[str]) -> list[str]:
-    names = [name.strip() for name in header]
-    if any(not name for name in names):
-        raise CsvError("the header has an empty column name", 1)
-    seen: set[str] = set()
-    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
-    if duplicates:
-        raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", 1)
-    return names
+class _Header:
+    """The column names, and how many unnamed empty columns the header ends with."""
+
+    def __init__(self, record: list[str], line: int) -> None:
+        names = [name.strip() for name in record]
+        self.width = len(names)
+        while not names[-1]:  # the record has a non-empty field, so this stops
+            names.pop()
+        if "" in names:
+            raise CsvError(f"column {names.index('') + 1} of the header has no name; name it, or delete the column",
+                           line)
+        seen: set[str] = set()
+        duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+        if duplicates:
+            raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
+        self.names = names
+
+    def row(self, record: list[str], line: int) -> dict[str, str]:
+        named = len(self.names)
+        if len(record) == named:
+            return dict(zip(self.names, record))
+        if not named <= len(record) <= self.width:
+            raise CsvError(f"expected {named} fields, found {len(record)}", line)
+        for column in range(named, len(record)):
+            if record[column].strip():
+                raise CsvError(f"column {column + 1} has a value but no name in the header; name the column, "
+                               "or delete the value", line)
+        return dict(zip(self.names, record))
 
 
-def read_rows(file: BinaryIO, *, max_line_bytes: int) -> Iterator[tuple[int, dict[str, str]]]:
+def _width(line: str, delimiter: str) -> int:
+    return len(next(csv.reader([line], delimiter=delimiter)))
+
+
+def _detect(header_line: str) -> str:
+    """The delimiter that splits the header line into the most fields; comma on a tie."""
+    return max(DELIMITERS, key=lambda delimiter: _width(header_line, delimiter))
+
+
+def _undecodable(lines: _Lines, record: list[str], header: _Header | None, encoding: str) -> CsvError:
+    where = f"line {lines.undecodable}"
+    column = next((i for i, field in enumerate(record) if _UNDECODABLE.search(field)), None)
+    if column is not None:
+        name = header.names[column] if header and column < len(header.names) else ""
+        where += f", column {column + 1}" + (f' ("{name}")' if name else "")
+    if encoding == "utf-16":
+        return CsvError(f"{where}: the text is not valid UTF-16; {SAVE_AS_UTF8}", lines.undecodable)
+    return CsvError(f'{where}: the text is not UTF-8 (Excel\'s plain "CSV" saves Windows-1252); {SAVE_AS_UTF8}',
+                    lines.undecodable)
+
+
+def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
+    opened = max(lines.open_quote, start)
+    if str(exc) == "unexpected end of data":
+        return CsvError('a quote opened on this line is not closed; end the quoted field with " '
+                        '(a quote inside a field is written "")', opened)
+    if str(exc).startswith("field larger than field limit"):
+        return CsvError(f"a quoted field opened on this line is longer than the limit of {lines.max_line_bytes} "
+                        "bytes; is its closing quote missing?", opened)
+    if str(exc).endswith("expected after '\"'"):
+        return CsvError('a quoted field goes on after its closing quote; write a quote inside a field as ""',
+                        lines.number)
+    return CsvError(f"malformed CSV: {exc}", lines.number)
+
+
+class _Reader:
+    """The data rows of one file; `delimiter` is the one used once reading has begun."""
+
+    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None) -> None:
+        self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
+        encoding = _encoding(self.file)
+        # newline="" ends a line at LF, CRLF or a lone CR, and leaves line ends inside quoted
+        # fields as they were written.
+        errors = "surrogatepass" if encoding == "utf-16" else "surrogateescape"
+        text = io.TextIOWrapper(self.file, encoding=encoding, errors=errors, newline="")
+        try:
+            yield from self._rows(_Lines(text, self.max_line_bytes), encoding)
+        finally:
+            text.detach()  # the upload's file stays open for the second pass
+
+    def _rows(self, lines: _Lines, encoding: str) -> Iterator[tuple[int, dict[str, str]]]:
+        header_line = next((line for line in lines if line.strip()), None)
+        if header_line is None:
+            raise CsvError("the file is empty")
+        # The csv module's own field limit (131,072 characters) would otherwise cap a field below
+        # MAX_LINE_BYTES; it is process-wide, and every upload in a process has the same limit.
+        csv.field_size_limit(self.max_line_bytes)
+        self.delimiter = self.delimiter or _detect(header_line)
+        reader = csv.reader(chain([header_line], lines), delimiter=self.delimiter, strict=True)
+        header: _Header | None = None
+        last = lines.number - 1
+        try:
+            for record in reader:
+                start, last = last + 1, lines.number
+                lines.record_start = last + 1
+                if lines.undecodable:
+                    raise _undecodable(lines, record, header, encoding)
+                if not "".join(record).strip():
+                    continue
+                if header is None:
+                    header = _Header(record, start)
+                else:
+                    yield start, header.row(record, start)
+        except csv.Error as exc:
+            if lines.undecodable:
+                raise _undecodable(lines, [], header, encoding) from None
+            raise _malformed(exc, lines, last + 1) from None
+        if header is None:
+            raise CsvError("the file is empty")
+
+
+def read_rows(
+    file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None
+) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line, row) for every data row; raise CsvError at the first problem.
 
-    `line` is the line the row starts on. Blank lines are skipped; quoted fields may hold
-    newlines; a BOM at the start is ignored.
+    `line` is the line the row starts on. Blank rows (nothing but spaces and delimiters) are
+    skipped; quoted fields may hold delimiters and line breaks. Without `delimiter`, the header
+    line decides it.
     """
-    reader = csv.reader(_lines(file, max_line_bytes), strict=True)
-    header: list[str] | None = None
-    last_line = 0
-    try:
-        for record in reader:
-            start, last_line = last_line + 1, reader.line_num
-            if not record:
-                continue
-            if header is None:
-                header = _check_header(record)
-            elif len(record) != len(header):
-                raise CsvError(f"expected {len(header)} fields, found {len(record)}", start)
-            else:
-                yield start, dict(zip(header, record))
-    except csv.Error as exc:
-        raise CsvError(f"malformed CSV: {exc}", reader.line_num or 1) from None
-    if header is None:
-        raise CsvError("the file is empty")
+    return iter(_Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter))
 
 
-def count_rows(file: BinaryIO, *, max_line_bytes: int) -> int:
-    """Validate the whole file and return its number of data rows (at least one)."""
-    rows = sum(1 for _ in read_rows(file, max_line_bytes=max_line_bytes))
+def count_rows(file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None) -> Summary:
+    """Validate the whole file: its number of data rows (at least one), and the delimiter used."""
+    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter)
+    rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)
-    return rows
+    assert reader.delimiter is not None  # set once the header is read, and an empty file raised
+    return Summary(rows, reader.delimiter)

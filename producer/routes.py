@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
@@ -33,6 +33,7 @@ class UploadResult(BaseModel):
     upload_id: str
     rows: int
     queue: str
+    delimiter: str
 
 
 class Health(BaseModel):
@@ -47,11 +48,11 @@ class Error(BaseModel):
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
-    400: {"model": Error, "description": "The CSV is malformed; nothing was published"},
+    400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
-    422: {"model": Error, "description": "The form has no `file` field"},
+    422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
     503: {"model": Error, "description": "RabbitMQ is unreachable or did not confirm; nothing acknowledged"},
 }
 
@@ -64,24 +65,40 @@ def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-@router.post("/upload", dependencies=[Depends(require_token)], response_model=UploadResult, responses=UPLOAD_ERRORS)
+async def one_file(request: Request) -> None:
+    """Refuse a form whose `file` is not a single file upload (FastAPI would keep the last one)."""
+    parts = (await request.form()).getlist("file")  # the form FastAPI parsed, cached on the request
+    if len(parts) > 1:
+        raise HTTPException(status_code=422, detail=f"the form has {len(parts)} `file` fields; send exactly one file")
+    if parts and isinstance(parts[0], str):
+        raise HTTPException(status_code=422,
+                            detail="the `file` field must be a file upload, e.g. curl -F file=@data.csv")
+
+
+@router.post("/upload", dependencies=[Depends(require_token), Depends(one_file)], response_model=UploadResult,
+             responses=UPLOAD_ERRORS)
 async def upload(
-    file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")], settings: SettingsDep
+    file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
+    settings: SettingsDep,
+    delimiter: Annotated[str | None, Form(description="`,` `;` `\\t` `|` or comma, semicolon, tab, pipe; "
+                                                      "detected from the header when left out.")] = None,
 ) -> UploadResult:
     """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
     started = time.monotonic()
-    rows = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes)
+    chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
+    rows, used = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
+                                         delimiter=chosen)
     file.file.seek(0)
     upload_id = uuid.uuid4().hex
     async with ConfirmingPublisher(settings) as publisher:
-        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes)
+        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes, delimiter=used)
         for number, (line, row) in enumerate(records, start=1):
             await publisher.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
         await publisher.wait_for_confirms()
     elapsed = time.monotonic() - started
     log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name,
                                         "seconds": round(elapsed, 3)})
-    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name)
+    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name, delimiter=used)
 
 
 @router.get("/healthz")

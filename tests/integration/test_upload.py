@@ -28,11 +28,23 @@ def upload(client: TestClient, data: bytes, **kwargs):
     return client.post("/upload", files={"file": ("data.csv", data, "text/csv")}, **kwargs)
 
 
+def form(*parts: tuple[str, tuple]) -> dict:
+    """A multipart request of exactly these parts; a part whose filename is None is a plain field."""
+    return {"files": list(parts)}
+
+
+def csv_file(data: bytes, **fields: str) -> dict:
+    return {"files": {"file": ("data.csv", data, "text/csv")}, "data": fields}
+
+
+SAVE_AS = 'save the file as "CSV UTF-8"'
+
+
 def test_each_row_becomes_one_persistent_message(client: TestClient, broker: Broker, queue_name: str) -> None:
     response = upload(client, GOOD)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert result["rows"] == 3 and result["queue"] == queue_name
+    assert result["rows"] == 3 and result["queue"] == queue_name and result["delimiter"] == ","
     messages = broker.drain(queue_name)
     assert [json.loads(body) for _, body in messages] == [
         {"id": "1", "name": "Ada", "amount": "10.5"},
@@ -56,27 +68,52 @@ def test_a_large_upload_is_published_in_full(broker: Broker, queue_name: str) ->
 
 
 @pytest.mark.parametrize(
-    ("data", "status", "error", "line"),
+    ("request_", "status", "error", "line"),
     [
-        (b"", 400, "the file is empty", None),
-        (b"id,name\n", 400, "the file has a header but no data rows", 2),
-        (b"id,id\n1,2\n", 400, "the header repeats column names: id", 1),
-        (b"id,,x\n1,2,3\n", 400, "the header has an empty column name", 1),
-        (b"id,name\n1,a\n2,b,c\n", 400, "expected 2 fields, found 3", 3),
-        (b"id,name\n1,a\n2,\xe9t\xe9\n", 400, "text is not valid UTF-8 (byte 2 of the line)", 3),
-        (b"id,name\n1,\"open\n", 400, "malformed CSV: unexpected end of data", 2),
-        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", 400, "text is not valid UTF-8 (byte 0 of the line)", 1),
-        (b"id,name\n1," + b"x" * 5000 + b"\n", 400, "line is longer than the limit of 1024 bytes", 2),
-        (b"id,name\n" + b"1,abcdefghij\n" * 7000, 413, "upload is larger than the limit of 65536 bytes", None),
+        pytest.param(csv_file(b""), 400, "the file is empty", None, id="empty"),
+        pytest.param(csv_file(b" \n,,\n"), 400, "the file is empty", None, id="only-empty-rows"),
+        pytest.param(csv_file(b"id,name\n"), 400, "the file has a header but no data rows", 2, id="header-only"),
+        pytest.param(csv_file(b"id,id\n1,2\n"), 400, "the header repeats column names: id", 1, id="repeated-name"),
+        pytest.param(csv_file(b"id,,x\n1,2,3\n"), 400, "column 2 of the header has no name", 1, id="unnamed-column"),
+        pytest.param(csv_file(b"a,b,c,,,\n1,2,3,,x,\n"), 400, "column 5 has a value but no name in the header", 2,
+                     id="value-in-unnamed-column"),
+        pytest.param(csv_file(b"id,name\n1,a\n2,b,c\n"), 400, "expected 2 fields, found 3", 3, id="wide-row"),
+        pytest.param(csv_file(b"id;name\n1;a\n2;Caf\xe9\n"), 400, 'line 3, column 2 ("name"): the text is not UTF-8',
+                     3, id="cp1252"),
+        pytest.param(csv_file(b"id;name\n1;a\n2;Caf\xe9\n"), 400, SAVE_AS, 3, id="cp1252-says-what-to-do"),
+        pytest.param(csv_file("id,name\n1,\ud800\n".encode("utf-16", "surrogatepass")), 400,
+                     f'line 2, column 2 ("name"): the text is not valid UTF-16; {SAVE_AS}', 2, id="bad-utf16"),
+        pytest.param(csv_file("id,name\n1,a\n".encode("utf-16-le")), 400, "NUL byte", 1, id="utf16-without-bom"),
+        pytest.param(csv_file(b"id,name\n1,\"open\n"), 400, "a quote opened on this line is not closed", 2,
+                     id="unterminated-quote"),
+        pytest.param(csv_file(b"id,name\n1,\"open\n2,b\n3,c\n"), 400, "a quote opened on this line is not closed", 2,
+                     id="unterminated-quote-mid-file"),
+        pytest.param(csv_file(b"id,name\r1,a\r2,\"open\r3,c\r"), 400, "a quote opened on this line is not closed", 3,
+                     id="unterminated-quote-cr"),
+        pytest.param(csv_file(b"id,name\n1,\"open\n" + b"more\n" * 300), 400,
+                     "a quoted field opened on this line is longer than the limit of 1024 bytes", 2,
+                     id="unterminated-quote-past-the-limit"),
+        pytest.param(csv_file(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), 400, "line 1, column 1: the text is not UTF-8",
+                     1, id="png"),
+        pytest.param(csv_file(b"id,name\n1," + b"x" * 5000 + b"\n"), 400, "line is longer than the limit of 1024 bytes",
+                     2, id="long-line"),
+        pytest.param(csv_file(b"id,name\n" + b"1,abcdefghij\n" * 7000), 413,
+                     "upload is larger than the limit of 65536 bytes", None, id="too-large"),
+        pytest.param(csv_file(GOOD, delimiter=":"), 400, 'delimiter must be one of "," ";" "\\t" "|"', None,
+                     id="unknown-delimiter"),
+        pytest.param(form(("file", ("a.csv", GOOD, "text/csv")), ("file", ("b.csv", GOOD, "text/csv"))), 422,
+                     "the form has 2 `file` fields; send exactly one file", None, id="two-files"),
+        pytest.param(form(("file", (None, GOOD))), 422,
+                     "the `file` field must be a file upload, e.g. curl -F file=@data.csv", None, id="file-not-a-file"),
     ],
 )
 def test_bad_files_are_rejected_and_nothing_is_published(
-    client: TestClient, broker: Broker, queue_name: str, data: bytes, status: int, error: str, line: int | None
+    client: TestClient, broker: Broker, queue_name: str, request_: dict, status: int, error: str, line: int | None
 ) -> None:
     assert upload(client, GOOD).status_code == 200
-    response = upload(client, data)
-    assert response.status_code == status
-    assert response.json()["error"] == error
+    response = client.post("/upload", **request_)
+    assert response.status_code == status, response.text
+    assert error in response.json()["error"]
     assert response.json().get("line") == line
     assert broker.depth(queue_name) == 3
     assert client.get("/healthz").status_code == 200
@@ -129,22 +166,59 @@ def test_a_body_that_is_not_a_form_gets_415(
     assert not broker.exists(queue_name)
 
 
+JOSE = {"name": "Jose", "city": "Paris", "amount": "150"}
+ANA = {"name": "Ana", "city": "São Paulo", "amount": "7,5"}
+
+
 @pytest.mark.parametrize(
-    ("data", "rows"),
+    ("request_", "delimiter", "rows"),
     [
-        (b"\xef\xbb\xbfid,name\n1,a\n", [{"id": "1", "name": "a"}]),
-        (b"id,name\r\n1,a\r\n2,b\r\n", [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]),
-        (b'id,note\n1,"two\nlines, and ""quotes"""\n', [{"id": "1", "note": 'two\nlines, and "quotes"'}]),
-        (b"id,name\n\n1,a\n\n", [{"id": "1", "name": "a"}]),
+        pytest.param(csv_file(b"\xef\xbb\xbfid,name\n1,a\n"), ",", [{"id": "1", "name": "a"}], id="bom"),
+        pytest.param(csv_file(b"id,name\r\n1,a\r\n2,b\r\n"), ",", [{"id": "1", "name": "a"}, {"id": "2", "name": "b"}],
+                     id="crlf"),
+        pytest.param(csv_file(b'id,note\n1,"two\nlines, and ""quotes"""\n'), ",",
+                     [{"id": "1", "note": 'two\nlines, and "quotes"'}], id="quoted-newline"),
+        pytest.param(csv_file(b"id,name\n\n1,a\n\n"), ",", [{"id": "1", "name": "a"}], id="blank-lines"),
+        pytest.param(csv_file(b"name;city;amount\r\nJose;Paris;150\r\nAna;S\xc3\xa3o Paulo;\"7,5\"\r\n"), ";",
+                     [JOSE, ANA], id="semicolon"),
+        pytest.param(csv_file(b"name\tcity\tamount\nJose\tParis\t150\nAna\tS\xc3\xa3o Paulo\t7,5\n"), "\t",
+                     [JOSE, ANA], id="tab"),
+        pytest.param(csv_file(b'name|city|amount\nJose|Paris|150\nAna|"S\xc3\xa3o Paulo"|7,5\n'), "|", [JOSE, ANA],
+                     id="pipe"),
+        pytest.param(csv_file(b"name;city;amount\nJose;Paris;150\n", delimiter="semicolon"), ";", [JOSE],
+                     id="delimiter-by-name"),
+        pytest.param(csv_file(b"name;city;amount\nJose;Paris;150\n", delimiter=";"), ";", [JOSE],
+                     id="delimiter-by-character"),
+        pytest.param(csv_file(b"name;city\nJose;Paris\n", delimiter=","), ",", [{"name;city": "Jose;Paris"}],
+                     id="delimiter-overrides-detection"),
+        pytest.param(csv_file("name\tcity\tamount\r\nJose\tParis\t150\r\nAna\tSão Paulo\t7,5\r\n".encode("utf-16")),
+                     "\t", [JOSE, ANA], id="utf16-unicode-text"),
+        pytest.param(csv_file(b"\xfe\xff" + "name,city,amount\nJose,Paris,150\n".encode("utf-16-be")), ",", [JOSE],
+                     id="utf16-be"),
+        pytest.param(csv_file(b"name,city,amount,,,\r\nJose,Paris,150,,,\r\n,,,,,\r\nAna,S\xc3\xa3o Paulo,\"7,5\"\r\n"),
+                     ",", [JOSE, ANA], id="excel-trailing-empty-columns"),
+        pytest.param(csv_file(b"name,city,amount\n,,\nJose,Paris,150\n   \n,,\n"), ",", [JOSE], id="empty-rows"),
+        pytest.param(csv_file(b"name,city,amount\rJose,Paris,150\rAna,S\xc3\xa3o Paulo,\"7,5\"\r"), ",", [JOSE, ANA],
+                     id="cr-only"),
+        pytest.param(csv_file(b"id,value\r" + b"".join(b"%d,v\r" % i for i in range(300))), ",",
+                     [{"id": str(i), "value": "v"} for i in range(300)], id="cr-only-past-the-line-limit"),
     ],
-    ids=["bom", "crlf", "quoted-newline", "blank-lines"],
 )
 def test_valid_variants_upload_exactly_their_rows(
-    client: TestClient, broker: Broker, queue_name: str, data: bytes, rows: list
+    client: TestClient, broker: Broker, queue_name: str, request_: dict, delimiter: str, rows: list
 ) -> None:
-    response = upload(client, data)
+    response = client.post("/upload", **request_)
     assert response.status_code == 200, response.text
+    assert response.json()["delimiter"] == delimiter and response.json()["rows"] == len(rows)
     assert [json.loads(body) for _, body in broker.drain(queue_name)] == rows
+
+
+def test_a_field_longer_than_the_csv_modules_default_limit_is_published(broker: Broker, queue_name: str) -> None:
+    blob = "x" * 200_000  # csv's own limit is 131,072 characters; MAX_LINE_BYTES is what counts
+    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
+        response = upload(client, f"id,blob\n1,{blob}\n".encode())
+    assert response.status_code == 200, response.text
+    assert [json.loads(body) for _, body in broker.drain(queue_name)] == [{"id": "1", "blob": blob}]
 
 
 def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, queue_name: str) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from producer.app import create_app
+from producer.csv_stream import DELIMITERS
 from producer.settings import Settings
 from tests.conftest import Broker
 
@@ -19,28 +20,60 @@ from tests.conftest import Broker
 TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12)
 # Header names are trimmed and a leading BOM is the file's, so generate them that way.
 NAME = TEXT.map(str.strip).filter(lambda name: name and not name.startswith("\ufeff"))
+# A name the header line can be split by without ambiguity: no delimiter, quote or line break.
+PLAIN_NAME = NAME.filter(lambda name: not set(name) & {*DELIMITERS, '"', "\r", "\n"})
 
 
 @st.composite
-def tables(draw: st.DrawFn) -> tuple[list[str], list[list[str]]]:
-    header = draw(st.lists(NAME, min_size=1, max_size=5, unique=True))
+def tables(
+    draw: st.DrawFn, names: st.SearchStrategy[str] = NAME, min_columns: int = 1
+) -> tuple[list[str], list[list[str]]]:
+    header = draw(st.lists(names, min_size=min_columns, max_size=5, unique=True))
     row = st.lists(TEXT, min_size=len(header), max_size=len(header))
-    return header, draw(st.lists(row, min_size=1, max_size=15))
+    # At least one row with something in it: rows of empty fields are skipped like blank lines.
+    return header, draw(st.lists(row, min_size=1, max_size=15).filter(lambda rows: any(map(published, rows))))
+
+
+def published(row: list[str]) -> bool:
+    return any(field.strip() for field in row)
+
+
+def upload_table(broker: Broker, queue_name: str, data: bytes, **fields: str) -> tuple[str, list[dict]]:
+    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
+        response = client.post("/upload", files={"file": ("t.csv", data, "text/csv")}, data=fields)
+    assert response.status_code == 200, response.text
+    return response.json()["delimiter"], [json.loads(body) for _, body in broker.drain(queue_name)]
+
+
+def written(header: list[str], rows: list[list[str]], delimiter: str, encoding: str) -> bytes:
+    out = io.StringIO(newline="")
+    csv.writer(out, delimiter=delimiter).writerows([header, *rows])
+    return out.getvalue().encode(encoding)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(table=tables())
+@given(table=tables(), delimiter=st.sampled_from(list(DELIMITERS)), by_name=st.booleans(),
+       encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16"]))
 def test_any_table_written_by_the_csv_module_uploads_as_exactly_those_rows(
-    broker: Broker, queue_name: str, table: tuple[list[str], list[list[str]]]
+    broker: Broker, queue_name: str, table: tuple[list[str], list[list[str]]], delimiter: str, by_name: bool,
+    encoding: str
 ) -> None:
     header, rows = table
-    out = io.StringIO(newline="")
-    csv.writer(out).writerows([header, *rows])
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        response = client.post("/upload", files={"file": ("t.csv", out.getvalue().encode(), "text/csv")})
-    assert response.status_code == 200, response.text
-    published = [json.loads(body) for _, body in broker.drain(queue_name)]
-    assert published == [dict(zip(header, row)) for row in rows]
+    given_as = DELIMITERS[delimiter] if by_name else delimiter
+    used, bodies = upload_table(broker, queue_name, written(header, rows, delimiter, encoding), delimiter=given_as)
+    assert used == delimiter
+    assert bodies == [dict(zip(header, row)) for row in rows if published(row)]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(table=tables(PLAIN_NAME, min_columns=2), delimiter=st.sampled_from(list(DELIMITERS)))
+def test_the_delimiter_of_a_table_with_two_or_more_columns_is_detected(
+    broker: Broker, queue_name: str, table: tuple[list[str], list[list[str]]], delimiter: str
+) -> None:
+    header, rows = table
+    used, bodies = upload_table(broker, queue_name, written(header, rows, delimiter, "utf-8"))
+    assert used == delimiter
+    assert bodies == [dict(zip(header, row)) for row in rows if published(row)]
 
 
 @pytest.fixture(scope="module")

@@ -1,14 +1,19 @@
 """How the producer reads a CSV: what is a row, and how a bad file is described."""
 
+import csv
 import io
 
 import pytest
 
-from producer.csv_stream import CsvError, count_rows, read_rows
+from producer.csv_stream import CsvError, Summary, count_rows, delimiter_named, read_rows
+
+SAVE_AS = 'save the file as "CSV UTF-8"'
+NOT_CLOSED = ('a quote opened on this line is not closed; end the quoted field with " '
+              '(a quote inside a field is written "")')
 
 
-def rows(data: bytes, max_line_bytes: int = 1024) -> list[tuple[int, dict[str, str]]]:
-    return list(read_rows(io.BytesIO(data), max_line_bytes=max_line_bytes))
+def rows(data: bytes, max_line_bytes: int = 1024, delimiter: str | None = None) -> list[tuple[int, dict[str, str]]]:
+    return list(read_rows(io.BytesIO(data), max_line_bytes=max_line_bytes, delimiter=delimiter))
 
 
 def test_rows_are_header_to_value_with_their_line() -> None:
@@ -25,19 +30,150 @@ def test_header_names_are_trimmed() -> None:
 
 
 @pytest.mark.parametrize(
+    ("data", "delimiter"),
+    [
+        (b"name,city,amount\nJose,Paris,150\n", ","),
+        (b"name;city;amount\nJose;Paris;150\n", ";"),
+        (b"name\tcity\tamount\nJose\tParis\t150\n", "\t"),
+        (b"name|city|amount\nJose|Paris|150\n", "|"),
+    ],
+    ids=["comma", "semicolon", "tab", "pipe"],
+)
+def test_the_delimiter_is_detected_from_the_header(data: bytes, delimiter: str) -> None:
+    summary = count_rows(io.BytesIO(data), max_line_bytes=1024)
+    assert summary == Summary(rows=1, delimiter=delimiter)
+    assert rows(data) == [(2, {"name": "Jose", "city": "Paris", "amount": "150"})]
+
+
+@pytest.mark.parametrize(
+    ("header", "delimiter"),
+    [
+        (b"amount\n", ","),  # one column: no delimiter to see
+        (b"a;b,c;d\n", ";"),  # the one that gives the most columns
+        (b"a,b;c|d\n", ","),  # a tie goes to comma
+        (b'"last; first",city\n', ","),  # a delimiter inside a quoted name does not count
+    ],
+)
+def test_detection_takes_the_delimiter_giving_the_most_columns(header: bytes, delimiter: str) -> None:
+    assert count_rows(io.BytesIO(header + header), max_line_bytes=1024).delimiter == delimiter
+
+
+def test_quoted_fields_hold_the_delimiter_whatever_it_is() -> None:
+    data = b'name;note\n"Jose";"a; b"\n"Ana";"two\nlines; ""quoted"""\n'
+    assert rows(data) == [(2, {"name": "Jose", "note": "a; b"}), (3, {"name": "Ana", "note": 'two\nlines; "quoted"'})]
+
+
+def test_a_given_delimiter_overrides_detection() -> None:
+    data = b"name;city\nJose;Paris\n"
+    assert rows(data, delimiter=",") == [(2, {"name;city": "Jose;Paris"})]
+
+
+@pytest.mark.parametrize(
+    ("value", "delimiter"),
+    [(",", ","), (";", ";"), ("\t", "\t"), ("\\t", "\t"), ("|", "|"),
+     ("comma", ","), ("Semicolon", ";"), (" tab ", "\t"), ("PIPE", "|")],
+)
+def test_a_delimiter_is_named_by_its_character_or_its_word(value: str, delimiter: str) -> None:
+    assert delimiter_named(value) == delimiter
+
+
+@pytest.mark.parametrize("value", [":", "space", ",;", "x"])
+def test_an_unknown_delimiter_is_refused_naming_the_allowed_ones(value: str) -> None:
+    with pytest.raises(CsvError) as caught:
+        delimiter_named(value)
+    assert caught.value.message.startswith('delimiter must be one of "," ";" "\\t" "|" or comma, semicolon, tab, pipe')
+    assert repr(value) in caught.value.message and caught.value.line is None
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_with_a_bom_is_read_with_its_lines(codec: str) -> None:
+    text = '\ufeffname\tcity\r\nCafé\t"Zoë\r\nsur mer"\r\n\r\nJosé\tSão Paulo\r\n'
+    assert rows(text.encode(codec)) == [
+        (2, {"name": "Café", "city": "Zoë\r\nsur mer"}),
+        (5, {"name": "José", "city": "São Paulo"}),
+    ]
+
+
+def test_a_large_utf16_file_streams_through() -> None:
+    body = "".join(f"{i},Zoë {i}\r\n" for i in range(50_000))
+    data = ("id,name\r\n" + body).encode("utf-16")
+    assert count_rows(io.BytesIO(data), max_line_bytes=64) == Summary(50_000, ",")
+    assert rows(data, max_line_bytes=64)[-1] == (50_001, {"id": "49999", "name": "Zoë 49999"})
+
+
+def test_trailing_unnamed_empty_columns_are_dropped() -> None:
+    data = b"a,b,c,,,\r\n1,2,3,,,\r\n4,5,6\r\n7,8,9,\r\n"
+    assert rows(data) == [
+        (2, {"a": "1", "b": "2", "c": "3"}),
+        (3, {"a": "4", "b": "5", "c": "6"}),
+        (4, {"a": "7", "b": "8", "c": "9"}),
+    ]
+
+
+def test_rows_of_empty_fields_and_lines_of_spaces_are_skipped_like_blank_lines() -> None:
+    data = b"\n  \na,b,c\n,,\n1,2,3\n   \n, ,\n\t\n4,5,6\n,,\n"
+    assert rows(data) == [(5, {"a": "1", "b": "2", "c": "3"}), (9, {"a": "4", "b": "5", "c": "6"})]
+
+
+def test_cr_only_line_ends_are_line_ends() -> None:
+    data = b'id,note\r1,a\r2,"two\rlines"\r\r3,c\r'
+    assert rows(data) == [(2, {"id": "1", "note": "a"}), (3, {"id": "2", "note": "two\rlines"}),
+                          (6, {"id": "3", "note": "c"})]
+
+
+def test_a_large_cr_only_file_is_not_one_long_line() -> None:
+    data = b"id,value\r" + b"".join(b"%d,v%d\r" % (i, i) for i in range(5000))
+    assert count_rows(io.BytesIO(data), max_line_bytes=64) == Summary(5000, ",")
+
+
+def test_a_field_may_be_as_long_as_max_line_bytes() -> None:
+    limit = 4 * 131_072  # four times the csv module's own default field limit
+    value = "x" * (limit - len("\n"))
+    assert rows(f"blob\n{value}\n".encode(), max_line_bytes=limit) == [(2, {"blob": value})]
+    quoted = "y\n" * (limit // 2 - 2)  # one field over many lines, just under the limit
+    assert rows(f'id,blob\n1,"{quoted}"\n'.encode(), max_line_bytes=limit) == [(2, {"id": "1", "blob": quoted})]
+
+
+@pytest.mark.parametrize(
     ("data", "message", "line"),
     [
         (b"", "the file is empty", None),
         (b"\n\n", "the file is empty", None),
+        (b" \n,,\n", "the file is empty", None),
         (b"id,name\n", "the file has a header but no data rows", 2),
+        (b"id,name\n,\n", "the file has a header but no data rows", 2),
         (b"id,id\n1,2\n", "the header repeats column names: id", 1),
-        (b"id,\n1,2\n", "the header has an empty column name", 1),
+        (b"id,,x\n1,2,3\n", "column 2 of the header has no name; name it, or delete the column", 1),
+        (b"\n\n a ; ; c\n1;2;3\n", "column 2 of the header has no name; name it, or delete the column", 3),
         (b"id,name\n1,a\n2\n", "expected 2 fields, found 1", 3),
         (b"id,name\n1,a,b\n", "expected 2 fields, found 3", 2),
-        (b"id,name\n1,\xff\xfe\n", "text is not valid UTF-8 (byte 2 of the line)", 2),
-        (b'id,name\n1,"open\n2,b\n', "malformed CSV: unexpected end of data", 3),
-        (b"id,name\n1,a\x00b\n", "line contains a NUL byte; is this a binary file?", 2),
+        (b"id,name,,\n1,a,,,\n", "expected 2 fields, found 5", 2),
+        (b"id,name,,\n1,a,,\n2,b,,x\n",
+         "column 4 has a value but no name in the header; name the column, or delete the value", 3),
+        (b"id;name\n1;Caf\xe9\n",
+         f'line 2, column 2 ("name"): the text is not UTF-8 (Excel\'s plain "CSV" saves Windows-1252); {SAVE_AS}', 2),
+        (b'id,name\n1,"two\nCaf\xe9"\n',
+         f'line 3, column 2 ("name"): the text is not UTF-8 (Excel\'s plain "CSV" saves Windows-1252); {SAVE_AS}', 3),
+        (b"id,caf\xe9\n1,2\n",
+         f'line 1, column 2: the text is not UTF-8 (Excel\'s plain "CSV" saves Windows-1252); {SAVE_AS}', 1),
+        ("id,name\n1,\ud800\n".encode("utf-16", "surrogatepass"),
+         f'line 2, column 2 ("name"): the text is not valid UTF-16; {SAVE_AS}', 2),
+        ("id,name\n1,a\n".encode("utf-16")[:-1], f"the UTF-16 text ends in the middle of a character; {SAVE_AS}", 2),
+        (b'id,name\n1,"open\n2,b\n',
+         NOT_CLOSED, 2),
+        (b'id,a,b\n1,"x\ny","open\n2,b,c\n',
+         NOT_CLOSED, 3),
+        (b'id,name\r1,a\r2,"open\r3,c\r',
+         NOT_CLOSED, 3),
+        (b'id,name\n1,"a"b\n', 'a quoted field goes on after its closing quote; write a quote inside a field as ""', 2),
+        (b'id,name\n1,"open\n' + b"more\n" * 300,
+         "a quoted field opened on this line is longer than the limit of 1024 bytes; is its closing quote missing?", 2),
+        (b"id,name\n1,a\x00b\n", 'line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', 2),
+        ("id,name\n1,a\n".encode("utf-16-le"),
+         'line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', 1),
         (b"id,name\n1," + b"x" * 2000 + b"\n", "line is longer than the limit of 1024 bytes", 2),
+        (b"id,name\n1," + "é".encode() * 600 + b"\n", "line is longer than the limit of 1024 bytes", 2),
+        (b"id,name\r1," + b"x" * 2000 + b"\r", "line is longer than the limit of 1024 bytes", 2),
     ],
 )
 def test_bad_files_are_described_with_their_line(data: bytes, message: str, line: int | None) -> None:
@@ -46,5 +182,18 @@ def test_bad_files_are_described_with_their_line(data: bytes, message: str, line
     assert (caught.value.message, caught.value.line) == (message, line)
 
 
+def test_no_message_counts_bytes_from_zero() -> None:
+    with pytest.raises(CsvError) as caught:
+        count_rows(io.BytesIO(b"id,name\n1,a\n2,\xe9t\xe9\n"), max_line_bytes=1024)
+    assert "byte" not in caught.value.message and caught.value.line == 3
+
+
 def test_count_rows_counts_data_rows() -> None:
-    assert count_rows(io.BytesIO(b"a\n1\n2\n3\n"), max_line_bytes=64) == 3
+    assert count_rows(io.BytesIO(b"a\n1\n2\n3\n"), max_line_bytes=64) == Summary(rows=3, delimiter=",")
+
+
+def test_reading_leaves_the_upload_open_for_the_second_pass() -> None:
+    file = io.BytesIO(b"a;b\n1;2\n")
+    summary = count_rows(file, max_line_bytes=64)
+    file.seek(0)
+    assert list(read_rows(file, max_line_bytes=64, delimiter=summary.delimiter)) == [(2, {"a": "1", "b": "2"})]
