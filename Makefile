@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq demo test test-unit bench images clean
+.PHONY: help install rabbitmq postgres demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,16 +21,19 @@ install: $(PY) ## Create .venv with the services' and the tests' requirements
 rabbitmq: ## Start a local RabbitMQ with the management UI (installs Debian's package if needed)
 	bash scripts/rabbitmq.sh
 
-demo: install rabbitmq ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
+postgres: ## Start a local PostgreSQL with the role and database kubejob (installs Debian's package if needed)
+	bash scripts/postgres.sh
+
+demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install rabbitmq cluster ## Run the whole test suite against real RabbitMQ and Kubernetes
+test: install rabbitmq postgres cluster ## Run the whole test suite against real RabbitMQ, PostgreSQL and Kubernetes
 	$(PY) -m pytest
 
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit
 
-bench: install rabbitmq cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
+bench: install rabbitmq postgres cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
 
 images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
@@ -46,7 +49,7 @@ LOCAL_CLUSTER := PYTHONPATH=infra/local-cluster $(PY)
 cluster: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (first time: minutes)
 	infra/local-cluster/build.sh
 
-up: install cluster ## Start RabbitMQ (unless one runs), local Kubernetes, node agent and the app; print URLs
+up: install cluster ## Start RabbitMQ and PostgreSQL (unless they run), local Kubernetes, node agent and the app; print URLs
 	$(LOCAL_CLUSTER) -m localcluster.stack up
 
 down: ## Stop what `make up` started, and only that

@@ -25,6 +25,9 @@ def _drain_seconds(api: client.ApiClient, path, *, max_jobs: int) -> float:
     secret = client.V1Secret(metadata=client.V1ObjectMeta(name="rabbitmq-credentials"),
                              string_data={"username": "guest", "password": "guest"})
     core.create_namespaced_secret(namespace, secret)
+    database = client.V1Secret(metadata=client.V1ObjectMeta(name="postgres-credentials"),
+                               string_data={"username": "kubejob", "password": "kubejob"})  # scripts/postgres.sh's
+    core.create_namespaced_secret(namespace, database)
     docs = cluster.app_documents(QUEUE_NAME=queue, SCALER_MAX_JOBS=str(max_jobs))
     # The producer runs beside the cluster: a second producer pod would want port 8000 too.
     docs = [d for d in docs if d["metadata"]["name"] != "producer"]

@@ -17,9 +17,11 @@ def manifests(**settings: str) -> list[dict]:
 
 
 def create_credentials(kube_cluster, ns: str, broker) -> None:
-    """The Secret rabbitmq-credentials the pods' secretKeyRefs name, holding the test broker's account."""
+    """The Secrets the pods' secretKeyRefs name: the test broker's account and scripts/postgres.sh's."""
     kube_cluster.kubectl("create", "secret", "generic", "rabbitmq-credentials", "-n", ns,
                          f"--from-literal=username={broker.user}", f"--from-literal=password={broker.password}")
+    kube_cluster.kubectl("create", "secret", "generic", "postgres-credentials", "-n", ns,
+                         "--from-literal=username=kubejob", "--from-literal=password=kubejob")
 
 
 def create_upload_token(kube_cluster, ns: str) -> str:

@@ -128,13 +128,16 @@ def test_pod_acts_as_its_own_service_account(kube_cluster, node_agent, ns):
         "jobs 0", "secret 403", f"whoami system:serviceaccount:{ns}:scaler"]
 
 
-def test_env_sources_and_broker_address_reach_the_process(kube_cluster, node_agent, ns):
+def test_env_sources_and_service_addresses_reach_the_process(kube_cluster, node_agent, ns):
     kube_cluster.kubectl("create", "configmap", "settings", "--from-literal=QUEUE_NAME=rows",
                          "--from-literal=RABBITMQ_MANAGEMENT_URL=http://rabbitmq:15672", "-n", ns)
     kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", ns)
     env = [{"name": "RABBITMQ_HOST", "value": "rabbitmq"},
            {"name": "AMQP_URL", "value": "amqp://u:p@rabbitmq:5672/"},
            {"name": "NOT_A_HOST", "value": "rabbitmq-operator says hi"},
+           {"name": "DATABASE_URL", "value": "postgresql://postgres:5432/kubejob"},
+           {"name": "PGUSER", "value": "postgres"},
+           {"name": "USER_NOT_HOST", "value": "postgresql://postgres:pw@db.example:5432/x"},
            {"name": "RABBITMQ_USER", "valueFrom": {"secretKeyRef": {"name": "rabbitmq-credentials",
                                                                     "key": "username"}}},
            {"name": "Q", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "QUEUE_NAME"}}},
@@ -150,12 +153,15 @@ def test_env_sources_and_broker_address_reach_the_process(kube_cluster, node_age
     core = client.CoreV1Api(kube_cluster.api_client())
     wait_for(lambda: phase(core, "env", ns) == "Succeeded", what="the env pod to succeed")
     seen = yaml.safe_load(kube_cluster.kubectl("logs", "env", "-n", ns).stdout)
-    assert {k: seen.get(k) for k in ("RABBITMQ_HOST", "AMQP_URL", "NOT_A_HOST", "RABBITMQ_USER", "Q",
+    assert {k: seen.get(k) for k in ("RABBITMQ_HOST", "AMQP_URL", "NOT_A_HOST", "DATABASE_URL", "PGUSER",
+                                     "USER_NOT_HOST", "RABBITMQ_USER", "Q",
                                      "POD_NAMESPACE", "POD_NAME", "EXPANDED", "QUEUE_NAME",
                                      "RABBITMQ_MANAGEMENT_URL", "S_password", "KUBECONFIG",
                                      "KUBERNETES_SERVICE_HOST")} == {
         "RABBITMQ_HOST": "127.0.0.1", "AMQP_URL": "amqp://u:p@127.0.0.1:5672/",
-        "NOT_A_HOST": "rabbitmq-operator says hi", "RABBITMQ_USER": "kube-job", "Q": "rows",
+        "NOT_A_HOST": "rabbitmq-operator says hi", "DATABASE_URL": "postgresql://127.0.0.1:5432/kubejob",
+        "PGUSER": "postgres", "USER_NOT_HOST": "postgresql://postgres:pw@db.example:5432/x",
+        "RABBITMQ_USER": "kube-job", "Q": "rows",
         "POD_NAMESPACE": ns, "POD_NAME": "env", "EXPANDED": "rows-x", "QUEUE_NAME": "rows",
         "RABBITMQ_MANAGEMENT_URL": "http://127.0.0.1:15672", "S_password": "not-used",
         "KUBECONFIG": None, "KUBERNETES_SERVICE_HOST": None}

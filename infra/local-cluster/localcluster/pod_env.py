@@ -13,10 +13,12 @@ Only the last path segment of the image counts and a missing tag means
 agent's interpreter) and `args` are appended, as in a real container runtime.
 An image that is not mapped and has no `command` cannot start (ErrImageNeverPull).
 
-The broker runs beside the control plane, not as a pod, so env values that name
-the `rabbitmq` Service are pointed at 127.0.0.1: a value equal to `rabbitmq`,
-and `rabbitmq` as the host in `//rabbitmq:`, `@rabbitmq:` or `rabbitmq:5672`
-forms (with or without `.<namespace>.svc[.cluster.local]`).
+RabbitMQ and PostgreSQL run beside the control plane, not as pods, so env values
+that name the `rabbitmq` or `postgres` Service are pointed at 127.0.0.1: either
+name as the host in `//rabbitmq:`, `@postgres:` or `//postgres/` forms (with or
+without `.<namespace>.svc[.cluster.local]`), and `rabbitmq` also as a whole value
+or in `rabbitmq:5672`. A bare `postgres` is left alone: it is as often a user or
+database name as a host.
 """
 
 import base64
@@ -31,7 +33,9 @@ IMAGES = {
     "producer:latest": ["python", "-m", "producer"],
     "scaler:latest": ["python", "-m", "scaler"],
 }
-BROKER_HOST = re.compile(r"(^|//|@)rabbitmq(?:\.[a-z0-9-]+(?:\.svc(?:\.cluster\.local)?)?)?(?=[:/]|$)")
+# A name followed by `:...@` is the user of a URL (postgresql://postgres:pw@db/x), not its host.
+_IN_NAMESPACE = r"(?:\.[a-z0-9-]+(?:\.svc(?:\.cluster\.local)?)?)?(?=[:/]|$)(?![^/@]*@)"
+LOCAL_HOST = re.compile(rf"(^|//|@)rabbitmq{_IN_NAMESPACE}|(//|@)postgres{_IN_NAMESPACE}")
 # What a process needs from the host to start at all; everything else comes from the pod.
 HOST_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ")
 
@@ -56,9 +60,9 @@ def command_for(container: client.V1Container) -> list[str]:
     return argv + list(container.args or [])
 
 
-def local_broker(value: str) -> str:
-    """Point a value that names the rabbitmq Service at the broker on 127.0.0.1."""
-    return BROKER_HOST.sub(lambda m: m.group(1) + "127.0.0.1", value)
+def local_services(value: str) -> str:
+    """Point a value that names the rabbitmq or postgres Service at the server on 127.0.0.1."""
+    return LOCAL_HOST.sub(lambda m: (m.group(1) or m.group(2) or "") + "127.0.0.1", value)
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
@@ -112,7 +116,7 @@ class EnvResolver:
             value = _expand(var.value or "", env) if var.value_from is None else self._value_from(var.value_from)
             if value is not None:
                 env[var.name] = value
-        return {k: local_broker(v) for k, v in env.items()}
+        return {k: local_services(v) for k, v in env.items()}
 
 
 def process_env(pod_env: dict[str, str], *, pod_name: str, kubeconfig: str | None) -> dict[str, str]:

@@ -1,9 +1,12 @@
-"""`make up` / `make down`: RabbitMQ, the control plane, the node agent and kube-job's manifests.
+"""`make up` / `make down`: RabbitMQ, PostgreSQL, the control plane, the node agent and kube-job's manifests.
 
 RabbitMQ runs beside the control plane, not as a pod: one that already answers on
 5672/15672 is reused, otherwise scripts/rabbitmq.sh starts one (as `make rabbitmq`
-does). The rabbitmq Service and ConfigMap are applied; its StatefulSet is not. What
-`up` started is recorded in the state dir, and `down` stops exactly that.
+does). PostgreSQL too: scripts/postgres.sh (`make postgres`) reuses or starts the
+machine's own, and the pods log in as a role of their own that acts as kubejob, so
+they share the database with everything run on the host. The Services and the
+ConfigMap are applied; the two StatefulSets are not. What `up` started is recorded
+in the state dir, and `down` stops exactly that.
 """
 
 import argparse
@@ -29,6 +32,8 @@ from localcluster.control_plane import REPO_ROOT, ControlPlane, default_state
 USER = "kube-job"
 ADMIN = (os.environ.get("RABBITMQ_ADMIN_USER", "guest"), os.environ.get("RABBITMQ_ADMIN_PASSWORD", "guest"))
 PRODUCER = "http://localhost:8000"
+POSTGRES_SCRIPT = REPO_ROOT / "scripts" / "postgres.sh"
+OUTSIDE = ("rabbitmq", "postgres")  # the StatefulSets whose servers run beside the cluster
 
 
 def answers(port: int) -> bool:
@@ -48,6 +53,39 @@ def start_rabbitmq() -> bool:
 def stop_rabbitmq() -> None:
     """Stop the RabbitMQ that `up` started."""
     subprocess.run(["rabbitmqctl", "stop"], check=False, stdout=subprocess.DEVNULL)
+
+
+def start_postgres(port: int = 5432) -> bool:
+    """Make sure scripts/postgres.sh's PostgreSQL answers; True if it had to start it."""
+    was_running = answers(port)
+    subprocess.run(["bash", str(POSTGRES_SCRIPT)], check=True)
+    return not was_running
+
+
+def stop_postgres() -> None:
+    """Stop the PostgreSQL that `up` started."""
+    subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop"], check=False)
+
+
+def ensure_postgres_role(password: str) -> None:
+    """Create or update the pods' role: it logs in with `password` and acts as kubejob.
+
+    Acting as kubejob (the role scripts/postgres.sh makes) gives the pods its rights on the
+    kubejob database and makes kubejob the owner of whatever they create, so the host's
+    services, which log in as kubejob, can use it too. Over the unix socket as the postgres
+    OS user, as scripts/postgres.sh does; the SQL goes through stdin, never a command line.
+    """
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else ["sudo", "-u", "postgres"]
+    literal = "'" + password.replace("'", "''") + "'"
+    sql = ("SET client_min_messages = warning;\n"  # not "already a member" on every `up`
+           f"SELECT 'CREATE ROLE \"{USER}\"' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{USER}') \\gexec\n"
+           f'ALTER ROLE "{USER}" LOGIN PASSWORD {literal};\n'
+           f'GRANT kubejob TO "{USER}";\n'
+           f"ALTER ROLE \"{USER}\" SET role = 'kubejob';\n")
+    psql = subprocess.run([*as_postgres, "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1"], input=sql, text=True,
+                          check=False, stdout=subprocess.DEVNULL)
+    if psql.returncode:
+        sys.exit(f"could not create the PostgreSQL role {USER} as the postgres OS user (see above)")
 
 
 def management(method: str, path: str, body: dict | None = None, *, http_port: int = 15672) -> None:
@@ -71,11 +109,11 @@ def ensure_user(password: str, *, http_port: int = 15672) -> None:
 
 
 def manifests() -> str:
-    """Every document in infra/k8s except the RabbitMQ workload, which runs outside the cluster."""
+    """Every document in infra/k8s except the RabbitMQ and PostgreSQL workloads, which run outside the cluster."""
     docs = []
     for path in sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml")):
         docs += [d for d in yaml.safe_load_all(path.read_text())
-                 if d and not (d["kind"] in ("StatefulSet", "Deployment") and d["metadata"]["name"] == "rabbitmq")]
+                 if d and not (d["kind"] in ("StatefulSet", "Deployment") and d["metadata"]["name"] in OUTSIDE)]
     return yaml.safe_dump_all(docs)
 
 
@@ -86,7 +124,7 @@ def kubectl(cp: ControlPlane, *args: str, input: str | None = None) -> str:
 
 
 def generated(state: pathlib.Path, name: str) -> str:
-    """A random secret (the RabbitMQ password, the upload token), kept in the state dir across `up`s."""
+    """A random secret (the RabbitMQ and PostgreSQL passwords, the upload token), kept in the state dir across `up`s."""
     path = state / name
     if not path.exists():
         path.write_text(secrets.token_urlsafe(18))
@@ -114,11 +152,14 @@ def wait_producer(timeout: float = 120.0) -> None:
 def up(state: pathlib.Path) -> None:
     """Start what is not running yet and apply the manifests; print where things are."""
     record_path = state / "stack.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"rabbitmq_started": False}
+    record = {"rabbitmq_started": False, "postgres_started": False}
+    record.update(json.loads(record_path.read_text()) if record_path.exists() else {})
     state.mkdir(parents=True, exist_ok=True)
     if answers(8000) and not processes.running(AGENT, state=state):
         sys.exit("something already listens on localhost:8000, where the producer pod must listen")
     record["rabbitmq_started"] = start_rabbitmq() or record["rabbitmq_started"]
+    record_path.write_text(json.dumps(record))
+    record["postgres_started"] = start_postgres() or record["postgres_started"]
     record_path.write_text(json.dumps(record))
     cp = ControlPlane(state)
     cp.up()
@@ -127,6 +168,9 @@ def up(state: pathlib.Path) -> None:
     secret = generated(state, "rabbitmq-password")
     ensure_user(secret)
     apply_secret(cp, "rabbitmq-credentials", username=USER, password=secret)
+    postgres_secret = generated(state, "postgres-password")
+    ensure_postgres_role(postgres_secret)
+    apply_secret(cp, "postgres-credentials", username=USER, password=postgres_secret)
     apply_secret(cp, "upload-token", token=generated(state, "upload-token"))
     print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
     # An `up` that changed a Deployment must not report the pods it is replacing as ready.
@@ -136,18 +180,23 @@ def up(state: pathlib.Path) -> None:
     print(f"\nupload:     curl -H \"Authorization: Bearer $(cat {state / 'upload-token'})\" "
           f"-F file=@data.csv {PRODUCER}/upload\n"
           f"management: http://localhost:15672 (user {USER}, password in {state / 'rabbitmq-password'})\n"
+          f"postgres:   postgresql://localhost:5432/kubejob (user {USER}, password in {state / 'postgres-password'})\n"
           f"kubectl:    export KUBECONFIG={cp.kubeconfig}")
 
 
 def down(state: pathlib.Path) -> None:
-    """Stop the node agent (and so every pod), the control plane, and a RabbitMQ we started."""
+    """Stop the node agent (and so every pod), the control plane, and a RabbitMQ or PostgreSQL we started."""
     cp = ControlPlane(state)
     stopped = stop_agent(cp) + cp.down()
     record_path = state / "stack.json"
-    if record_path.exists() and json.loads(record_path.read_text()).get("rabbitmq_started"):
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    if record.get("rabbitmq_started"):
         stop_rabbitmq()
         stopped.append("rabbitmq")
-        record_path.unlink()
+    if record.get("postgres_started"):
+        stop_postgres()
+        stopped.append("postgres")
+    record_path.unlink(missing_ok=True)
     print("stopped:", " ".join(stopped) or "nothing")
 
 
