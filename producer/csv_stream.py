@@ -33,6 +33,7 @@ class CsvError(ValueError):
 class Summary(NamedTuple):
     rows: int
     delimiter: str
+    columns: list[str]
 
 
 def delimiter_named(value: str) -> str:
@@ -175,6 +176,7 @@ class _Reader:
 
     def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None) -> None:
         self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+        self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
         encoding = _encoding(self.file)
@@ -208,6 +210,7 @@ class _Reader:
                     continue
                 if header is None:
                     header = _Header(record, start)
+                    self.columns = header.names
                 else:
                     yield start, header.row(record, start)
         except csv.Error as exc:
@@ -231,10 +234,10 @@ def read_rows(
 
 
 def count_rows(file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None) -> Summary:
-    """Validate the whole file: its number of data rows (at least one), and the delimiter used."""
+    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns."""
     reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter)
     rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)
     assert reader.delimiter is not None  # set once the header is read, and an empty file raised
-    return Summary(rows, reader.delimiter)
+    return Summary(rows, reader.delimiter, reader.columns)

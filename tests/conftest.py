@@ -6,9 +6,11 @@ start it. A missing broker fails the run instead of skipping tests.
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pika
+import psycopg
 import pika.exceptions
 import pytest
 
@@ -76,6 +78,33 @@ class Broker:
     def delete_queue(self, queue: str) -> None:
         with self.connection() as conn:
             conn.channel().queue_delete(queue)
+
+
+LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ledger_database() -> Iterator[str]:
+    """A database of its own for this run, in the local PostgreSQL; every service started by a test uses it.
+
+    Set in the environment, so Settings() in this process and every child process finds it.
+    """
+    name = f"kubejob_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {LEDGER_ADMIN_URL} (make postgres): {exc}", pytrace=False)
+    url = LEDGER_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    yield url
+    if saved is None:
+        del os.environ["DATABASE_URL"]
+    else:
+        os.environ["DATABASE_URL"] = saved
+    with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,12 @@
 
 from pydantic import Field, field_validator
 
-from kubejob.settings import ServiceSettings
+from kubejob.settings import LedgerSettings
 from worker import handlers
 
 
-class Settings(ServiceSettings):
-    """The broker settings every service has, and the worker's own."""
+class Settings(LedgerSettings):
+    """The broker and ledger settings, and the worker's own."""
 
     worker_handler: str = Field(
         "worker.handlers:checksum_row",

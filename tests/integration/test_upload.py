@@ -130,7 +130,11 @@ def test_broker_unreachable_means_503_not_success(queue_name: str) -> None:
     with TestClient(create_app(settings)) as client:
         response = upload(client, GOOD)
         assert response.status_code == 503
-        assert "RabbitMQ unavailable" in response.json()["error"]
+        body = response.json()
+        assert "cannot connect to RabbitMQ" in body["error"] and "Idempotency-Key" in body["error"]
+        assert (body["rows"], body["confirmed"]) == (3, 0)
+        status = client.get(f"/uploads/{body['upload_id']}").json()
+        assert (status["state"], status["confirmed"]) == ("publishing", 0)
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
 
