@@ -51,6 +51,12 @@ MIGRATIONS = [
 ]
 
 
+def reason(exc: psycopg.Error) -> str:
+    """The first line of what PostgreSQL or libpq said; libpq repeats it once per address tried."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
 def migrate(conninfo: str, *, connect_timeout: float = 10) -> int:
     """Bring the schema up to date; return its version. Safe to call from many processes at once."""
     with psycopg.connect(conninfo, connect_timeout=int(max(1, connect_timeout))) as conn, conn.transaction():

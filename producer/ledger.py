@@ -14,6 +14,8 @@ import psycopg
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from kubejob import ledger as schema
+
 
 class LedgerUnavailable(Exception):
     """PostgreSQL could not be reached or did not answer."""
@@ -92,7 +94,7 @@ class Ledger:
                 assert created is not None
                 return created
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def _claim(self, conn: psycopg.AsyncConnection, *, key: str, sha256: str | None,
                      publisher: str) -> Upload | None:
@@ -136,7 +138,7 @@ class Ledger:
                 await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
                 return await cursor.fetchone()
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def recent(self, *, limit: int, offset: int) -> list[Upload]:
         """Uploads newest first."""
@@ -146,7 +148,7 @@ class Ledger:
                 await cursor.execute(_UPLOAD + " ORDER BY created_at DESC, id LIMIT %s OFFSET %s", (limit, offset))
                 return await cursor.fetchall()
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def failed_rows(self, upload_id: str) -> AsyncIterator[FailedRow]:
         """The upload's dead-lettered rows in row order, streamed from a server-side cursor."""
@@ -159,7 +161,7 @@ class Ledger:
                 async for row in cursor:
                     yield row
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def forget_older_than(self, age: timedelta) -> int:
         """Delete uploads and row outcomes older than `age`; return how many uploads went."""
@@ -169,7 +171,7 @@ class Ledger:
                 deleted = await conn.execute("DELETE FROM uploads WHERE created_at < now() - %s", (age,))
                 return deleted.rowcount
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def ping(self) -> None:
         await self._execute("SELECT 1", ())
@@ -179,10 +181,5 @@ class Ledger:
             async with self._pool.connection() as conn:
                 await conn.execute(statement, params)
         except psycopg.Error as exc:
-            raise LedgerUnavailable(_reason(exc)) from None
+            raise LedgerUnavailable(schema.reason(exc)) from None
 
-
-def _reason(exc: psycopg.Error) -> str:
-    # The first line of PostgreSQL's text; libpq's connection errors repeat it per address tried.
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"

@@ -43,16 +43,27 @@ class Broker:
         with self.connection() as conn:
             return conn.channel().queue_declare(queue, passive=True).method.message_count
 
-    def publish_rows(self, queue: str, rows: list[dict[str, str]]) -> None:
-        """Declare `queue` and its dead-letter queue as the producer does; one confirmed message per row."""
+    def publish_rows(self, queue: str, rows: list[dict[str, str]]) -> str:
+        """Declare `queue` and its dead-letter queue as the producer does; one confirmed message per row.
+
+        Returns the upload id the messages carry, new for each call (the ledger keys rows by it).
+        """
+        upload_id = uuid.uuid4().hex
         with self.connection() as conn:
             channel = conn.channel()
             channel.queue_declare(message.dead_letter_queue(queue), durable=True)
             channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
             channel.confirm_delivery()
             for number, row in enumerate(rows, start=1):
-                channel.basic_publish("", queue, *message.encode(row, upload_id="t", row_number=number,
+                channel.basic_publish("", queue, *message.encode(row, upload_id=upload_id, row_number=number,
                                                                  line=number + 1))
+        return upload_id
+
+    def counts(self, queue: str) -> dict[str, int]:
+        """The queue's counts from the management API (as fresh as its statistics interval)."""
+        response = httpx.get(f"{self.management_url}/api/queues/%2F/{queue}", auth=CREDENTIALS, timeout=5)
+        response.raise_for_status()
+        return response.json()
 
     def exists(self, queue: str) -> bool:
         with self.connection() as conn:

@@ -1,8 +1,10 @@
-"""Consumes the queue: a row is acked only after its handler has returned.
+"""Consumes the queue: a row is acked only after its handler has returned and its outcome is in the ledger.
 
 The handler runs on a thread of its own, so this thread keeps the connection's I/O going
 (heartbeats, deliveries, acks) however long a row takes. Rows are handled one at a time,
-in delivery order, which is what lets one `multiple` ack settle a run of successes.
+in delivery order, which is what lets one `multiple` ack settle a run of successes. The
+outcomes finished since the last settle are recorded in one ledger transaction before any
+of them is acked: a crash in between costs a redelivery, never an outcome.
 """
 
 import collections
@@ -18,6 +20,7 @@ import pika.exceptions
 
 from kubejob import message
 from worker.handlers import Handler
+from worker.ledger import Ledger, LedgerUnavailable, RowOutcome
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,16 @@ class BrokerError(Exception):
     """The connection to RabbitMQ failed; unacked rows go back to the queue."""
 
 
+class LedgerDown(Exception):
+    """PostgreSQL stayed unreachable for WORKER_DATABASE_RETRY_SECONDS; unacked rows go back to the queue."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     tag: int
     properties: pika.BasicProperties
     body: bytes
+    redelivered: bool
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,37 @@ class Outcome:
     delivery: Delivery
     row: message.Row | None
     error: Exception | None
+    already_recorded: bool = False  # a redelivery of a row the ledger has: acked, not handled again
+
+
+class Retry:
+    """When to try an unreachable ledger again: doubling waits, and a deadline to give up at."""
+
+    def __init__(self, *, give_up_after_s: float, first_wait_s: float = 0.5, max_wait_s: float = 5.0) -> None:
+        self._give_up_after_s, self._first_wait_s, self._max_wait_s = give_up_after_s, first_wait_s, max_wait_s
+        self.failing_since: float | None = None
+        self._wait_s, self._next = first_wait_s, 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def failed(self, now: float) -> bool:
+        """Note a failure; True when it has failed for longer than allowed."""
+        if self.failing_since is None:
+            self.failing_since, self._wait_s = now, self._first_wait_s
+        self._next, self._wait_s = now + self._wait_s, min(self._wait_s * 2, self._max_wait_s)
+        return now - self.failing_since >= self._give_up_after_s
+
+    def succeeded(self) -> None:
+        self.failing_since, self._next = None, 0.0
 
 
 class Consumer:
     """Drains one queue until it has been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
 
-    def __init__(self, settings: Settings, handler: Handler) -> None:
-        self.settings, self.handler = settings, handler
+    def __init__(self, settings: Settings, handler: Handler, ledger: Ledger) -> None:
+        self.settings, self.handler, self.ledger = settings, handler, ledger
+        self._ledger_retry = Retry(give_up_after_s=settings.worker_database_retry_seconds)
         self.queue = settings.queue_name
         self.stopping = threading.Event()
         self._todo: queue.Queue[Delivery | None] = queue.Queue()
@@ -82,7 +114,7 @@ class Consumer:
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=0.5)
-            if self._settle() or self._in_flight:
+            if self._settle_when_due() or self._in_flight:
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
                 log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
@@ -98,8 +130,8 @@ class Consumer:
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
         while not self._handler_idle.is_set() and time.monotonic() < deadline:
             self._connection.process_data_events(time_limit=0.2)
-            self._settle()
-        self._settle()
+            self._settle_when_due()
+        self._settle_when_due()
         log.info("stopped on SIGTERM",
                  extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
 
@@ -107,31 +139,55 @@ class Consumer:
         self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
         self._in_flight += 1
-        self._todo.put(Delivery(method.delivery_tag, properties, body))
+        self._todo.put(Delivery(method.delivery_tag, properties, body, bool(method.redelivered)))
 
     def _work(self) -> None:
         while (delivery := self._todo.get()) is not None:
             if self.stopping.is_set():
                 continue  # not started, so not acked: the broker requeues it
-            row, error = None, None
+            row, error, recorded = None, None, False
             try:
                 row = message.decode(delivery.body, delivery.properties)
-                self.handler(row.data)
+                recorded = delivery.redelivered and self.ledger.has(row.upload_id, row.row)
+                if not recorded:
+                    self.handler(row.data)
             except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
                 error = exc
-            self._done.append(Outcome(delivery, row, error))
+            self._done.append(Outcome(delivery, row, error, recorded))
             try:
                 self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
             except pika.exceptions.ConnectionWrongStateError:
                 break  # the connection closed under us: the broker requeues what was not acked
         self._handler_idle.set()
 
+    def _settle_when_due(self) -> bool:
+        """Settle what has finished, unless the ledger is down and its next try is not due yet."""
+        now = time.monotonic()
+        if not self._done or not self._ledger_retry.due(now):
+            return False
+        try:
+            settled = self._settle()
+        except LedgerUnavailable as exc:
+            if self._ledger_retry.failing_since is None:
+                log.warning("ledger unavailable, acking nothing", extra={"error": str(exc), "held": self._in_flight})
+            if self._ledger_retry.failed(now):
+                raise LedgerDown(str(exc)) from None
+            return False
+        if self._ledger_retry.failing_since is not None:
+            log.info("ledger back", extra={"down_s": round(now - self._ledger_retry.failing_since, 1)})
+            self._ledger_retry.succeeded()
+        return settled
+
     def _settle(self) -> bool:
-        """Ack, retry or dead-letter every finished row, in delivery order."""
-        settled, last_success = False, 0
-        while self._done:
-            outcome = self._done.popleft()
-            settled, self._in_flight = True, self._in_flight - 1
+        """Record every finished row in the ledger, then ack, retry or dead-letter it, in delivery order."""
+        finished = list(self._done)  # the handler thread only appends, so these stay at the front
+        self.ledger.record([o for o in map(self._recorded_outcome, finished) if o is not None],
+                           redelivered=collections.Counter(o.row.upload_id for o in finished
+                                                           if o.already_recorded and o.row))
+        last_success = 0
+        for outcome in finished:
+            self._done.popleft()
+            self._in_flight -= 1
             if outcome.error is None:
                 last_success, self.handled = outcome.delivery.tag, self.handled + 1
                 continue
@@ -141,7 +197,19 @@ class Consumer:
             self._settle_failure(outcome)
         if last_success:
             self._channel.basic_ack(last_success, multiple=True)
-        return settled
+        return True
+
+    def _recorded_outcome(self, outcome: Outcome) -> RowOutcome | None:
+        """What the ledger keeps of a finished row; None for one that will be tried again, or is recorded."""
+        row = outcome.row
+        # A message that is not a row names no upload to count it in.
+        if row is None or outcome.already_recorded:
+            return None
+        if outcome.error is None:
+            return RowOutcome(row.upload_id, row.row, row.attempt)
+        if row.attempt < self.settings.worker_max_attempts:
+            return None
+        return RowOutcome(row.upload_id, row.row, row.attempt, error=_describe(outcome.error), data=row.data)
 
     def _settle_failure(self, outcome: Outcome) -> None:
         delivery, row = outcome.delivery, outcome.row
@@ -155,6 +223,10 @@ class Consumer:
         self._channel.basic_publish("", self.queue, delivery.body, retry, mandatory=True)
         self._channel.basic_ack(delivery.tag)
         log.warning("row failed, will retry", extra=fields | {"attempt": row.attempt})
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def install_sigterm(consumer: Consumer) -> None:

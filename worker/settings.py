@@ -21,6 +21,9 @@ class Settings(LedgerSettings):
         20.0, gt=0, description="On SIGTERM, how long the row in hand may finish before it is returned."
     )
     worker_heartbeat_seconds: int = Field(30, ge=0, description="AMQP heartbeat; kept up while a handler runs.")
+    worker_database_retry_seconds: float = Field(
+        60.0, gt=0, description="How long an unreachable PostgreSQL is retried before the worker exits 3."
+    )
 
     @field_validator("worker_handler")
     @classmethod

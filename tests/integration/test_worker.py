@@ -32,11 +32,12 @@ def handled(record: Path) -> collections.Counter[str]:
     return collections.Counter(record.read_text().split()) if record.exists() else collections.Counter()
 
 
-def wait_for(condition, timeout: float = 30) -> None:
+def wait_for(condition, timeout: float = 30):
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+    return value
 
 
 def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tmp_path: Path) -> None:
@@ -64,7 +65,7 @@ def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_nam
 def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
     rows = [{"id": str(i), "poison": "yes" if i == 5 else "no"} for i in range(20)]
-    broker.publish_rows(queue_name, rows)
+    upload_id = broker.publish_rows(queue_name, rows)
     worker = start_worker(queue_name, record, "fail_poison", WORKER_MAX_ATTEMPTS="4")
     assert worker.wait(timeout=60) == 0
     counts = handled(record)
@@ -74,7 +75,7 @@ def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue
     assert len(dead) == 1
     properties, body = dead[0]
     assert body == b'{"id":"5","poison":"yes"}'
-    assert properties.headers["attempt"] == 4 and properties.message_id == "t:6"
+    assert properties.headers["attempt"] == 4 and properties.message_id == f"{upload_id}:6"
     assert broker.depth(queue_name) == 0
 
 
