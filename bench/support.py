@@ -66,12 +66,13 @@ def sample_csv_of_size(size_bytes: int) -> Path:
     return sample_csv(rows)
 
 
-def encoded_messages(path: Path, limit: int | None = None) -> list[tuple[bytes, pika.BasicProperties]]:
+def encoded_messages(path: Path, limit: int | None = None,
+                     upload_id: str = "bench") -> list[tuple[bytes, pika.BasicProperties]]:
     """The messages the producer would publish for `path`, built the same way."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f)
         return [
-            message.encode(row, upload_id="bench", row_number=n, line=n + 1)
+            message.encode(row, upload_id=upload_id, row_number=n, line=n + 1)
             for n, row in enumerate(rows, start=1)
             if limit is None or n <= limit
         ]
