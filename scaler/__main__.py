@@ -8,7 +8,7 @@ import threading
 import pika
 from kubernetes.config import ConfigException
 
-from scaler import job_template, logs
+from scaler import logs
 from scaler.jobs import Jobs, batch_api
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
@@ -26,8 +26,6 @@ def main() -> None:
         sys.exit(f"scaler: invalid configuration: {exc}")
     logs.configure(settings.log_level, secrets=[settings.rabbitmq_password.get_secret_value()])
     template = settings.job_template()
-    for problem in job_template.restricted_violations(template):
-        log.warning("job template is not restricted", extra={"problem": problem})
     try:
         api = batch_api()
     except ConfigException as exc:
