@@ -12,17 +12,19 @@ import httpx
 import pytest
 
 from bench import support
-from tests.conftest import Broker
-from tests.integration.test_worker import handled, start_worker, wait_for
+from tests.helpers import wait_for
+from tests.helpers.broker import Broker, rows
+from tests.helpers.producer import producer, upload
+from tests.helpers.worker import handled, start_worker
 
 
 def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, tmp_path: Path) -> None:
-    record, rows, prefetch = tmp_path / "handled", 3000, 20
-    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(rows)])
+    record, count, prefetch = tmp_path / "handled", 3000, 20
+    broker.publish_rows(queue_name, rows(count))
     env = {"SLOW_SECONDS": "0.002", "WORKER_PREFETCH": str(prefetch)}
     workers = [start_worker(queue_name, record, "slow", **env) for _ in range(3)]
     chance, kills = random.Random(20261128), 0
-    while kills < 8 and sum(handled(record).values()) < rows * 0.8:
+    while kills < 8 and sum(handled(record).values()) < count * 0.8:
         time.sleep(chance.uniform(0.2, 0.8))
         # The oldest worker has been consuming longest, so it holds a full prefetch.
         victim = workers.pop(0)
@@ -34,8 +36,8 @@ def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, t
         assert worker.wait(timeout=120) in (0, -signal.SIGKILL)
     counts = handled(record)
     twice = sum(n - 1 for n in counts.values())
-    print(f"\n{kills} workers SIGKILLed while draining {rows} rows: {twice} rows handled twice")
-    assert set(counts) == {str(i) for i in range(rows)}
+    print(f"\n{kills} workers SIGKILLed while draining {count} rows: {twice} rows handled twice")
+    assert set(counts) == {str(i) for i in range(count)}
     assert kills >= 3
     assert twice <= kills * prefetch, "a kill can only return the rows that worker held"
     assert broker.depth(queue_name) == 0
@@ -58,15 +60,19 @@ def test_a_broker_restart_mid_upload_gets_503_and_the_producer_recovers(
 ) -> None:
     broker = restartable_broker
     small, big = support.sample_csv(100), support.sample_csv(300_000)
-    with support.producer(queue_name) as (url, _pid):
-        _, first = support.upload(url, small)
+    with producer(queue_name) as (url, _pid):
+        _, first = upload(url, small)
         outcome: dict[str, httpx.Response] = {}
         with open(big, "rb") as f:
             uploading = threading.Thread(
                 target=lambda: outcome.update(response=httpx.post(f"{url}/upload", files={"file": f}, timeout=120))
             )
             uploading.start()
-            time.sleep(2)  # validated, and publishing
+            # The restart must land mid-publish: rows of the big file are in the queue, and its
+            # answer has not come yet.
+            wait_for(lambda: broker.depth(queue_name) > 1_000, what="the big upload to start publishing",
+                     timeout=60, interval=0.05)
+            assert uploading.is_alive(), outcome
             rabbitmqctl("stop_app")
             uploading.join(timeout=120)
         rabbitmqctl("start_app")
@@ -74,8 +80,8 @@ def test_a_broker_restart_mid_upload_gets_503_and_the_producer_recovers(
         response = outcome["response"]
         assert response.status_code == 503, response.text
         assert "RabbitMQ unavailable" in response.json()["error"]
-        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout=30)
-        _, again = support.upload(url, small)
+        wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="the producer ready again", timeout=30)
+        _, again = upload(url, small)
     assert again["rows"] == 100
     survivors = collections.Counter(props.headers["upload_id"] for props, _ in broker.drain(queue_name))
     assert survivors[first["upload_id"]] == 100, "rows confirmed before the restart were lost"

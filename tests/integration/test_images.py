@@ -9,9 +9,9 @@ a read-only filesystem, a CMD that does not start the service.
 import httpx
 from kubernetes import client
 
-from tests.conftest import Broker, answers
 from tests.dockerfile import Image, build
-from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
+from tests.helpers import REPO_ROOT, answers, free_port, wait_for
+from tests.helpers.broker import Broker
 
 
 def image(service: str, tmp_path) -> Image:
