@@ -27,18 +27,18 @@ class Unrecorded(Ledger):
 
 
 def _fill(queue: str, messages: list) -> None:
-    support.delete_queue(queue)
-    with support.connection() as conn:
+    support.broker.delete_queue(queue)
+    with support.broker.connection() as conn:
         channel = conn.channel()
-        support.declare(channel, queue)
+        support.broker.declare(channel, queue)
         for body, properties in messages:
             channel.basic_publish("", queue, body, properties)
-    while support.depth(queue) < len(messages):
+    while support.broker.depth(queue) < len(messages):
         time.sleep(0.1)
 
 
 def _bare_consume(queue: str, count: int, prefetch: int) -> float:
-    with support.connection() as conn:
+    with support.broker.connection() as conn:
         channel = conn.channel()
         channel.basic_qos(prefetch_count=prefetch)
         seen = 0
@@ -90,7 +90,7 @@ def run(messages: int = 100_000, prefetch: int = 1000) -> dict[str, float]:
     _fill(queue, batch)
     recorded = _worker(queue, messages, prefetch, Ledger)
     assert _recorded(upload_id) == messages, "the ledger lost rows"
-    support.delete_queue(queue)
+    support.broker.delete_queue(queue)
     return {
         "drain_msgs_per_s": round(unrecorded),
         "drain_ceiling_msgs_per_s": round(ceiling),

@@ -1,6 +1,6 @@
 """Scale-out: seconds to drain 100k rows end to end on the local cluster, 1 Job allowed and 4.
 
-From the start of POST /upload until the queue is empty and every worker Job is Complete.
+From the start of POST /upload until the queue is empty and every worker Job has finished.
 The scaler and the workers run as pods on the node agent with the shipped settings (only
 SCALER_MAX_JOBS changes); the producer is the same code, run beside the cluster.
 """
@@ -10,12 +10,15 @@ import time
 from kubernetes import client, utils
 
 from bench import cluster, support
+from scaler.job_template import LABEL_SELECTOR
+from scaler.jobs import is_finished
+from tests.helpers.kube import app_documents
+from tests.helpers.producer import producer, upload
 
 
 def _unfinished(batch: client.BatchV1Api, namespace: str) -> int:
-    jobs = batch.list_namespaced_job(namespace, label_selector="app=worker-job").items
-    done = {"Complete", "Failed"}
-    return sum(1 for job in jobs if not any(c.type in done and c.status == "True" for c in job.status.conditions or []))
+    jobs = batch.list_namespaced_job(namespace, label_selector=LABEL_SELECTOR).items
+    return sum(1 for job in jobs if not is_finished(job))
 
 
 def _drain_seconds(api: client.ApiClient, path, *, max_jobs: int) -> float:
@@ -28,21 +31,21 @@ def _drain_seconds(api: client.ApiClient, path, *, max_jobs: int) -> float:
     database = client.V1Secret(metadata=client.V1ObjectMeta(name="postgres-credentials"),
                                string_data={"username": "kubejob", "password": "kubejob"})  # scripts/postgres.sh's
     core.create_namespaced_secret(namespace, database)
-    docs = cluster.app_documents(QUEUE_NAME=queue, SCALER_MAX_JOBS=str(max_jobs))
+    docs = app_documents(QUEUE_NAME=queue, SCALER_MAX_JOBS=str(max_jobs))
     # The producer runs beside the cluster: a second producer pod would want port 8000 too.
     docs = [d for d in docs if d["metadata"]["name"] != "producer"]
-    support.delete_queue(queue)
+    support.broker.delete_queue(queue)
     try:
         utils.create_from_yaml(api, yaml_objects=docs, namespace=namespace)
-        with support.producer(queue) as (url, _pid):
+        with producer(queue) as (url, _pid):
             started = time.perf_counter()
-            support.upload(url, path)
-            while support.depth(queue) or _unfinished(batch, namespace):
+            upload(url, path)
+            while support.broker.depth(queue) or _unfinished(batch, namespace):
                 time.sleep(0.2)
             return time.perf_counter() - started
     finally:
         core.delete_namespace(namespace)
-        support.delete_queue(queue)
+        support.broker.delete_queue(queue)
 
 
 def run(rows: int = 100_000) -> dict[str, float]:

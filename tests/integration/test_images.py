@@ -9,9 +9,10 @@ a read-only filesystem, a CMD that does not start the service.
 import httpx
 from kubernetes import client
 
-from tests.conftest import Broker, answers
+from scaler.job_template import LABEL_SELECTOR
 from tests.dockerfile import Image, build
-from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
+from tests.helpers import REPO_ROOT, answers, free_port, wait_for
+from tests.helpers.broker import Broker
 
 
 def image(service: str, tmp_path) -> Image:
@@ -59,7 +60,7 @@ def test_the_scaler_image_creates_a_job_for_a_backlog(kube_cluster, broker: Brok
     batch = client.BatchV1Api(kube_cluster.api_client())
     try:
         jobs = wait_for(lambda: process.poll() is not None or
-                        batch.list_namespaced_job(ns, label_selector="app=worker-job").items,
+                        batch.list_namespaced_job(ns, label_selector=LABEL_SELECTOR).items,
                         what="the scaler image to create a Job", timeout=60)
         assert process.poll() is None, log.read_text()
         assert len(jobs) == 1, [j.metadata.name for j in jobs]

@@ -14,9 +14,10 @@ from fastapi.testclient import TestClient
 
 from producer.app import create_app
 from producer.settings import Settings
-from tests.conftest import Broker
-from tests.integration.test_worker import handled, start_worker, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.helpers import wait_for
+from tests.helpers.broker import Broker
+from tests.helpers.tcp_proxy import TcpProxy
+from tests.helpers.worker import handled, start_worker
 
 
 def csv_file(rows: int, poison: set[int] = frozenset()) -> bytes:
@@ -76,7 +77,8 @@ def test_a_killed_workers_rows_are_each_recorded_once(client: TestClient, queue_
     record, rows = tmp_path / "handled", 3000
     upload_id = upload(client, csv_file(rows)).json()["upload_id"]
     first = start_worker(queue_name, record, "slow", SLOW_SECONDS="0.002", WORKER_PREFETCH="50")
-    wait_for(lambda: sum(handled(record).values()) >= 500)
+    wait_for(lambda: sum(handled(record).values()) >= 500, what="the first worker to handle 500 rows",
+             interval=0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     assert sum(handled(record).values()) < rows, "the kill came too late to test anything"
@@ -100,7 +102,7 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
         upload_id = upload(client, csv_file(rows)).json()["upload_id"]
         worker = start_worker(queue_name, tmp_path / "handled", "slow", SLOW_SECONDS="0.01",
                               DATABASE_URL=through(proxy, ledger_database), WORKER_PREFETCH="50")
-        wait_for(lambda: client.get(f"/uploads/{upload_id}").json()["done"] > 0)
+        wait_for(lambda: client.get(f"/uploads/{upload_id}").json()["done"] > 0, what="rows recorded", interval=0.1)
         proxy.cut("refuse")
         time.sleep(2)  # the worker handles what it holds, and records nothing
         done = client.get(f"/uploads/{upload_id}").json()["done"]
@@ -159,5 +161,5 @@ def test_uploads_older_than_the_retention_are_deleted(queue_name: str, ledger_da
     with psycopg.connect(ledger_database) as conn:
         conn.execute("UPDATE uploads SET created_at = now() - interval '8 days' WHERE id = %s", (old,))
     with TestClient(create_app(Settings(queue_name=queue_name, ledger_retention_days=7))) as client:
-        wait_for(lambda: client.get(f"/uploads/{old}").status_code == 404)
+        wait_for(lambda: client.get(f"/uploads/{old}").status_code == 404, what="the old upload to be deleted")
         assert client.get(f"/uploads/{new}").status_code == 200

@@ -19,13 +19,13 @@ import httpx
 import pytest
 from kubernetes import client
 
-from kubejob.message import dead_letter_queue, queue_arguments
 from scaler import job_template
 from scaler.decide import decide
 from scaler.jobs import Jobs, KubeError
-from tests.fixtures_kube import free_port, wait_for
-from tests.scaler_process import ScalerProcess, seconds
-from tests.tcp_proxy import TcpProxy
+from tests.helpers import free_port, wait_for
+from tests.helpers.broker import rows
+from tests.helpers.scaler_process import ScalerProcess, seconds
+from tests.helpers.tcp_proxy import TcpProxy
 
 POLL_S, MAX_BACKOFF_S, HTTP_TIMEOUT_S = 0.5, 4.0, 1.0
 THRESHOLD, PER_JOB, MAX_JOBS = 20, 500, 5
@@ -91,14 +91,6 @@ class ManagementProxy:
 
 
 @pytest.fixture
-def namespace(kube_cluster):
-    """A fresh namespace, deleted with its Jobs after the test."""
-    name = kube_cluster.namespace()
-    yield name
-    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")
-
-
-@pytest.fixture
 def batch(kube_cluster) -> client.BatchV1Api:
     """The admin's view of the Jobs, straight to the apiserver (never through a proxy)."""
     return client.BatchV1Api(kube_cluster.api_client())
@@ -159,16 +151,6 @@ def start_scaler(kube_cluster, broker, tmp_path):
         scaler.stop()
 
 
-def publish(broker, queue: str, count: int) -> None:
-    """Add `count` messages to `queue`, declared as the producer declares it."""
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(dead_letter_queue(queue), durable=True)
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
-        for n in range(count):
-            channel.basic_publish("", queue, str(n).encode())
-
-
 def jobs_wanted(depth: int, unfinished: int) -> int:
     """Unfinished Jobs once the scaler has acted on `depth`: what decide() adds to what exists."""
     return unfinished + decide(
@@ -178,19 +160,19 @@ def jobs_wanted(depth: int, unfinished: int) -> int:
 
 
 def job_count(batch: client.BatchV1Api, namespace: str) -> int:
-    return len(batch.list_namespaced_job(namespace, label_selector="app=worker-job").items)
+    return len(batch.list_namespaced_job(namespace, label_selector=job_template.LABEL_SELECTOR).items)
 
 
 def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: ScalerProcess,
                         inject, clear, reason: str) -> None:
     """The scenario every fault goes through; `reason` must be in each failed poll's error."""
-    publish(broker, queue, BEFORE)
+    broker.publish_rows(queue, rows(BEFORE))
     before = jobs_wanted(BEFORE, 0)
     wait_for(lambda: job_count(batch, namespace) == before, what=f"{before} Jobs before the fault")
 
     mark = len(scaler.events())
     inject()
-    publish(broker, queue, DURING)  # the backlog now needs another Job, which must wait
+    broker.publish_rows(queue, rows(DURING))  # the backlog now needs another Job, which must wait
 
     def failures():
         failed = [e for e in scaler.events()[mark:] if e.get("message") == "poll failed"]
@@ -250,23 +232,15 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
 
 
 @pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-def test_amqp_cut_creates_nothing_backs_off_and_recovers(
-    broker, queue_name, namespace, batch, amqp_proxy, start_scaler, how
+@pytest.mark.parametrize("service, reason", [("amqp", "AMQP"), ("apiserver", "unreachable")])
+def test_a_network_cut_creates_nothing_backs_off_and_recovers(
+    broker, queue_name, namespace, batch, start_scaler, request, service, reason, how
 ):
-    scaler = start_scaler(queue=queue_name, namespace=namespace, amqp_port=amqp_proxy.port)
+    proxy = request.getfixturevalue(f"{service}_proxy")
+    route = {"amqp_port": proxy.port} if service == "amqp" else {"kubeconfig": proxy.kubeconfig}
+    scaler = start_scaler(queue=queue_name, namespace=namespace, **route)
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=lambda: amqp_proxy.cut(how),
-                        clear=amqp_proxy.restore, reason="AMQP")
-
-
-@pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-def test_apiserver_cut_creates_nothing_backs_off_and_recovers(
-    broker, queue_name, namespace, batch, apiserver_proxy, start_scaler, how
-):
-    scaler = start_scaler(queue=queue_name, namespace=namespace, kubeconfig=apiserver_proxy.kubeconfig)
-    fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=lambda: apiserver_proxy.cut(how),
-                        clear=apiserver_proxy.restore, reason="unreachable")
+                        scaler=scaler, inject=lambda: proxy.cut(how), clear=proxy.restore, reason=reason)
 
 
 def test_a_silent_apiserver_times_out_at_a_fractional_timeout():

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from producer.app import create_app
 from producer.settings import Settings
-from tests.conftest import Broker
+from tests.helpers.broker import Broker
 
 GOOD = b"id,name,amount\n1,Ada,10.5\n2,\"Grace, Admiral\",7\n3,Zo\xc3\xab,0\n"
 

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from producer.app import create_app
 from producer.csv_stream import DELIMITERS
 from producer.settings import Settings
-from tests.conftest import Broker
+from tests.helpers.broker import Broker
 
 # Any text a CSV can hold: no NUL (we reject it as binary) and no lone surrogates (not UTF-8).
 TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12)

@@ -3,7 +3,7 @@
 import socket
 import threading
 
-from tests.fixtures_kube import free_port
+from tests.helpers import free_port
 
 
 class TcpProxy:
