@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq postgres demo test test-unit bench images clean
+.PHONY: help install rabbitmq postgres browser demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,10 +24,13 @@ rabbitmq: ## Start a local RabbitMQ with the management UI (installs Debian's pa
 postgres: ## Start a local PostgreSQL with the role and database kubejob (installs Debian's package if needed)
 	bash scripts/postgres.sh
 
+browser: ## Install Debian's chromium and chromium-driver if missing (the browser test of the page)
+	bash scripts/browser.sh
+
 demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install rabbitmq postgres cluster ## Run the whole test suite against real RabbitMQ, PostgreSQL and Kubernetes
+test: install rabbitmq postgres browser cluster ## Run the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes and Chromium
 	$(PY) -m pytest
 
 test-unit: install ## Run only the unit tests (no services needed)

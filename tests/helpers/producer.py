@@ -28,6 +28,12 @@ def producer(queue: str) -> Iterator[tuple[str, int]]:
         process.wait(timeout=30)
 
 
+def csv_file(rows: int, poison: frozenset[int] = frozenset()) -> bytes:
+    """A CSV of `rows` rows (id, name, poison); the rows numbered in `poison` fail tests.helpers.handlers:fail_poison."""
+    lines = ["id,name,poison"] + [f"{i},name {i},{'yes' if i in poison else 'no'}" for i in range(1, rows + 1)]
+    return ("\n".join(lines) + "\n").encode()
+
+
 def upload(url: str, path: Path) -> tuple[float, dict]:
     """POST the file (streamed from disk); return seconds to the 2xx and its JSON."""
     with open(path, "rb") as f:

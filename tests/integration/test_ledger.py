@@ -16,13 +16,9 @@ from producer.app import create_app
 from producer.settings import Settings
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker
+from tests.helpers.producer import csv_file
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.worker import handled, start_worker
-
-
-def csv_file(rows: int, poison: set[int] = frozenset()) -> bytes:
-    lines = ["id,name,poison"] + [f"{i},name {i},{'yes' if i in poison else 'no'}" for i in range(1, rows + 1)]
-    return ("\n".join(lines) + "\n").encode()
 
 
 def upload(client: TestClient, data: bytes, **headers: str):
@@ -58,7 +54,7 @@ def test_an_upload_drained_by_a_worker_is_done_with_every_row_counted(client: Te
 
 def test_the_failed_rows_come_back_as_csv_with_their_error(client: TestClient, queue_name: str,
                                                            tmp_path: Path) -> None:
-    upload_id = upload(client, csv_file(50, poison={3, 17})).json()["upload_id"]
+    upload_id = upload(client, csv_file(50, poison=frozenset({3, 17}))).json()["upload_id"]
     worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="2")
     assert worker.wait(timeout=60) == 0
     status = client.get(f"/uploads/{upload_id}").json()
@@ -109,9 +105,10 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
         time.sleep(2)
         assert client.get(f"/uploads/{upload_id}").json()["done"] == done
         assert worker.poll() is None, "the worker waits for the ledger"
-        unsettled = broker.counts(queue_name)
-        assert unsettled["messages_ready"] + unsettled["messages_unacknowledged"] == rows - done, \
-            "a row was acked that the ledger does not have"
+        # Every row the ledger lacks is still in the queue (ready, or held by the worker). More may
+        # be: a batch whose commit the cut hid from the worker is recorded but not acked yet. The
+        # management API's counts lag by its statistics interval (1 s), well within the 4 s waited.
+        assert broker.counts(queue_name)["messages"] >= rows - done, "a row was acked that the ledger does not have"
         proxy.restore()
         assert worker.wait(timeout=60) == 0
         status = client.get(f"/uploads/{upload_id}").json()
