@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 
-from kubejob import logs
+from kubejob import logs, metrics
 from kubejob.settings import load_or_exit
 from worker.consumer import BrokerError, Consumer, LedgerDown, Retry, install_sigterm
 from worker.ledger import Ledger, LedgerUnavailable
@@ -36,6 +36,7 @@ def open_ledger(settings: Settings) -> Ledger:
 
 settings = load_or_exit(Settings, "worker")
 logs.configure(settings.log_level, secrets=settings.secrets())
+metrics.serve(settings.worker_metrics_port)
 ledger = open_ledger(settings)
 consumer = Consumer(settings, settings.handler(), ledger)
 install_sigterm(consumer)

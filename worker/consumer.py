@@ -19,6 +19,7 @@ import pika
 import pika.exceptions
 
 from kubejob import message
+from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable, RowOutcome
 from worker.settings import Settings
@@ -145,14 +146,19 @@ class Consumer:
         while (delivery := self._todo.get()) is not None:
             if self.stopping.is_set():
                 continue  # not started, so not acked: the broker requeues it
-            row, error, recorded = None, None, False
+            row, error, recorded, started = None, None, False, 0.0
+            if delivery.redelivered:
+                metrics.REDELIVERIES.inc()
             try:
                 row = message.decode(delivery.body, delivery.properties)
                 recorded = delivery.redelivered and self.ledger.has(row.upload_id, row.row)
                 if not recorded:
+                    started = time.perf_counter()
                     self.handler(row.data)
             except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
                 error = exc
+            if started:
+                metrics.HANDLER_SECONDS.observe(time.perf_counter() - started)
             self._done.append(Outcome(delivery, row, error, recorded))
             try:
                 self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
@@ -184,12 +190,13 @@ class Consumer:
         self.ledger.record([o for o in map(self._recorded_outcome, finished) if o is not None],
                            redelivered=collections.Counter(o.row.upload_id for o in finished
                                                            if o.already_recorded and o.row))
-        last_success = 0
+        last_success, done, already_done = 0, 0, 0
         for outcome in finished:
             self._done.popleft()
             self._in_flight -= 1
             if outcome.error is None:
                 last_success, self.handled = outcome.delivery.tag, self.handled + 1
+                done, already_done = done + (not outcome.already_recorded), already_done + outcome.already_recorded
                 continue
             if last_success:
                 self._channel.basic_ack(last_success, multiple=True)
@@ -197,6 +204,8 @@ class Consumer:
             self._settle_failure(outcome)
         if last_success:
             self._channel.basic_ack(last_success, multiple=True)
+        metrics.DONE.inc(done)
+        metrics.ALREADY_DONE.inc(already_done)
         return True
 
     def _recorded_outcome(self, outcome: Outcome) -> RowOutcome | None:
@@ -217,11 +226,13 @@ class Consumer:
         if row is None or row.attempt >= self.settings.worker_max_attempts:
             log.error("row dead-lettered", extra=fields | {"attempt": row.attempt if row else None})
             self._channel.basic_nack(delivery.tag, requeue=False)
+            metrics.DEAD_LETTERED.inc()
             return
         # Republish first: if we died between the two, the row would be handled twice, never lost.
         retry = message.retry_properties(delivery.properties, attempt=row.attempt + 1)
         self._channel.basic_publish("", self.queue, delivery.body, retry, mandatory=True)
         self._channel.basic_ack(delivery.tag)
+        metrics.RETRIED.inc()
         log.warning("row failed, will retry", extra=fields | {"attempt": row.attempt})
 
 

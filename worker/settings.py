@@ -24,6 +24,9 @@ class Settings(LedgerSettings):
     worker_database_retry_seconds: float = Field(
         60.0, gt=0, description="How long an unreachable PostgreSQL is retried before the worker exits 3."
     )
+    worker_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Port of the worker's Prometheus /metrics while it runs; 0 serves none."
+    )
 
     @field_validator("worker_handler")
     @classmethod

@@ -16,6 +16,8 @@ def start_worker(queue: str, record: Path, handler: str = "record", **env: str) 
         "WORKER_HANDLER": f"tests.helpers.handlers:{handler}",
         "RECORD_FILE": str(record),
         "WORKER_IDLE_SECONDS": "1",
+        # Workers of a test run side by side on this host: only a test that reads metrics gives a port.
+        "WORKER_METRICS_PORT": "0",
     }
     return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment | env)
 

@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kubejob import message
 from tests.helpers import REPO_ROOT, free_port, wait_for
 from tests.helpers.broker import Broker, rows
+from tests.helpers.metrics import Scrape
 from tests.helpers.worker import handled, start_worker
 
 
@@ -80,10 +82,41 @@ def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tm
 
 def test_an_unreachable_broker_is_one_line_that_says_why(queue_name: str, tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
-    environment = os.environ | {"QUEUE_NAME": queue_name, "RABBITMQ_HOST": "127.0.0.1", "RABBITMQ_PORT": str(port)}
+    environment = os.environ | {"QUEUE_NAME": queue_name, "RABBITMQ_HOST": "127.0.0.1", "RABBITMQ_PORT": str(port),
+                                "WORKER_METRICS_PORT": "0"}
     result = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
     assert line["message"] == "broker connection failed"
     assert f"127.0.0.1:{port}" in line["error"] and "Connection refused" in line["error"], line
+
+
+def test_the_metrics_count_each_outcome_exactly(broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    total, poison, attempts = 60, {7, 19, 40}, 3
+    broker.publish_rows(queue_name, [{"id": str(i), "poison": "yes" if i in poison else "no"} for i in range(total)])
+    port = free_port()
+    # Idle long enough to be scraped after the drain, then stopped by the test.
+    worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS=str(attempts),
+                          WORKER_METRICS_PORT=str(port), WORKER_IDLE_SECONDS="60")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        def settled() -> Scrape | None:
+            try:
+                scrape = Scrape(url)
+            except httpx.HTTPError:
+                return None  # not listening yet
+            rows_total = [scrape.value("kubejob_worker_rows_total", outcome=o) for o in ("done", "dead_lettered")]
+            return scrape if sum(rows_total) == total else None
+        scrape = wait_for(settled, what=f"{total} rows settled on /metrics", timeout=60, interval=0.2)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    k = len(poison)
+    assert scrape.value("kubejob_worker_rows_total", outcome="done") == total - k
+    assert scrape.value("kubejob_worker_rows_total", outcome="dead_lettered") == k
+    assert scrape.value("kubejob_worker_rows_total", outcome="retried") == k * (attempts - 1)
+    assert scrape.value("kubejob_worker_rows_total", outcome="already_done") == 0
+    # Every attempt ran the handler once: the good rows once, the poison ones `attempts` times.
+    assert scrape.value("kubejob_worker_handler_duration_seconds_count") == total - k + k * attempts
+    assert scrape.value("kubejob_worker_redeliveries_total") == 0
