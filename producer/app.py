@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
-from producer import routes, status
+from producer import metrics, routes, status
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
+    app.add_middleware(metrics.UploadMetrics)
     app.add_exception_handler(CsvError, csv_error)
     app.add_exception_handler(UploadInterrupted, upload_interrupted)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)

@@ -150,6 +150,17 @@ class Ledger:
         except psycopg.Error as exc:
             raise LedgerUnavailable(schema.reason(exc)) from None
 
+    async def unfinished(self, *, limit: int) -> list[Upload]:
+        """Uploads not done yet, newest first."""
+        try:
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=class_row(Upload))
+                await cursor.execute(_UPLOAD + " WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s",
+                                     (limit,))
+                return await cursor.fetchall()
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(schema.reason(exc)) from None
+
     async def failed_rows(self, upload_id: str) -> AsyncIterator[FailedRow]:
         """The upload's dead-lettered rows in row order, streamed from a server-side cursor."""
         try:

@@ -6,6 +6,7 @@ window of unconfirmed messages lets the broker confirm them in batches.
 
 import asyncio
 import collections
+import time
 from collections.abc import Callable
 
 import pika
@@ -13,6 +14,7 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.spec import Basic
 
 from kubejob.message import dead_letter_queue, queue_arguments
+from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
 
 
@@ -92,9 +94,11 @@ class ConfirmingPublisher:
 
     async def _wait_until(self, done: Callable[[], bool]) -> None:
         # Callbacks run on this loop, so nothing changes between the check and clear().
+        started = time.monotonic()
         while True:
             self._raise_if_failed()
             if done():
+                CONFIRM_WAIT_SECONDS.observe(time.monotonic() - started)
                 return
             self._changed.clear()
             try:

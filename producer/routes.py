@@ -13,7 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from kubejob import message
-from producer import csv_stream
+from producer import csv_stream, metrics
 from producer.ledger import Ledger, LedgerUnavailable, Upload
 from producer.publisher import BrokerUnavailable, ConfirmingPublisher, UploadInterrupted
 from producer.settings import Settings
@@ -143,12 +143,14 @@ async def _publish(upload: Upload, file: BinaryIO, *, delimiter: str, settings: 
                     saved = time.monotonic()
             await broker.wait_for_confirms()
     except (BrokerUnavailable, LedgerUnavailable) as exc:
+        metrics.ROWS_PUBLISHED.inc(broker.confirmed)
         confirmed = skip + broker.confirmed
         try:
             await ledger.release(upload.id, confirmed=confirmed, publisher=publisher)
         except LedgerUnavailable:
             pass  # the claim lapses by itself after its timeout
         raise UploadInterrupted(str(exc), upload_id=upload.id, rows=upload.rows, confirmed=confirmed) from None
+    metrics.ROWS_PUBLISHED.inc(broker.confirmed)
     await ledger.published(upload.id, publisher=publisher)
 
 
