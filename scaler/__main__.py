@@ -2,14 +2,17 @@
 
 import logging
 import signal
+import socket
 import sys
 import threading
 
+from kubernetes import client
 from kubernetes.config import ConfigException
 
-from kubejob import logs
+from kubejob import logs, metrics
 from kubejob.settings import load_or_exit
-from scaler.jobs import Jobs, batch_api
+from scaler.events import Recorder, scaler_reference
+from scaler.jobs import Jobs, api_client
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
 from scaler.queue_live import LiveQueue
@@ -24,21 +27,31 @@ def main() -> None:
     logs.configure(settings.log_level, secrets=settings.secrets())
     template = settings.job_template()
     try:
-        api = batch_api()
+        api = api_client()
     except ConfigException as exc:
         sys.exit(f"scaler: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}")
+    metrics.serve(settings.scaler_metrics_port)
     queue = _live_queue(settings)
-    jobs = Jobs(api, namespace=settings.pod_namespace, template=template,
+    jobs = Jobs(client.BatchV1Api(api), namespace=settings.pod_namespace, template=template,
                 timeout_s=settings.scaler_http_timeout_seconds)
+    events = _recorder(client.EventsV1Api(api), settings)
     log.info("scaler started", extra=_public(settings))
     try:
-        Scaler(queue=queue, jobs=jobs, limits=_limits(settings)).run(
+        Scaler(queue=queue, jobs=jobs, limits=_limits(settings), events=events).run(
             _stop_on_signals(), poll_s=settings.scaler_poll_seconds,
             max_backoff_s=settings.scaler_max_backoff_seconds,
         )
     finally:
         queue.close()
+        events.close(settings.scaler_http_timeout_seconds)
     log.info("scaler stopped")
+
+
+def _recorder(api: client.EventsV1Api, settings: Settings) -> Recorder:
+    scaler = scaler_reference(namespace=settings.pod_namespace, pod_name=settings.pod_name,
+                              pod_uid=settings.pod_uid)
+    return Recorder(api, namespace=settings.pod_namespace, instance=settings.pod_name or socket.gethostname(),
+                    scaler=scaler, timeout_s=settings.scaler_http_timeout_seconds)
 
 
 def _live_queue(settings: Settings) -> LiveQueue:

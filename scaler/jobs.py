@@ -1,11 +1,13 @@
 """Counts and creates the worker Jobs through the Kubernetes API.
 
 Errors: any `ApiException` or connection failure from the client library becomes a
-`KubeError`, so the loop handles one type and never creates Jobs on a count it did not get.
+`KubeError` (in `call`, which scaler/events.py uses too), so the loop handles one type and never
+creates Jobs on a count it did not get.
 """
 
 import json
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import urllib3
@@ -24,11 +26,33 @@ _FINISHED = {"Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"}
 
 
 class KubeError(Exception):
-    """The Kubernetes API could not be reached or refused a request."""
+    """The Kubernetes API could not be reached or refused a request; `status` is its HTTP status if it answered."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
-def batch_api() -> client.BatchV1Api:
-    """A batch/v1 client: from KUBECONFIG if set, else in-cluster inside a pod, else ~/.kube."""
+@dataclass(frozen=True)
+class Unfinished:
+    """Unfinished worker Jobs: `running` have a ready pod, `pending` none yet (starting, or between retries)."""
+
+    pending: int
+    running: int
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.running
+
+
+@dataclass(frozen=True)
+class CreatedJob:
+    name: str
+    uid: str
+
+
+def api_client() -> client.ApiClient:
+    """An API client: from KUBECONFIG if set, else in-cluster inside a pod, else ~/.kube."""
     configuration = client.Configuration()
     # An explicit KUBECONFIG wins: the local node agent sets one for the scaler's pod.
     if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
@@ -41,7 +65,7 @@ def batch_api() -> client.BatchV1Api:
         )
     # The loop retries with backoff; urllib3's own retries would multiply the timeout.
     configuration.retries = 0
-    return client.BatchV1Api(client.ApiClient(configuration))
+    return client.ApiClient(configuration)
 
 
 class Jobs:
@@ -52,29 +76,36 @@ class Jobs:
         self._api, self._namespace, self._template = api, namespace, template
         self._timeout_s = timeout_s
 
-    def count_unfinished(self) -> int:
+    def unfinished(self) -> Unfinished:
         """Jobs labelled app=worker-job that have not completed or failed, read live."""
         listed = self._call(
             "list jobs", self._api.list_namespaced_job, self._namespace,
             label_selector=job_template.LABEL_SELECTOR,
         )
-        return sum(1 for job in listed.items if not is_finished(job))
+        unfinished = [job for job in listed.items if not is_finished(job)]
+        running = sum(1 for job in unfinished if job.status and (job.status.ready or 0) > 0)
+        return Unfinished(pending=len(unfinished) - running, running=running)
 
-    def create(self) -> str:
-        """Create one Job from the template; return its generated name."""
+    def create(self) -> CreatedJob:
+        """Create one Job from the template; return its generated name and uid."""
         body = job_template.render(self._template, namespace=self._namespace)
         created = self._call("create job", self._api.create_namespaced_job, self._namespace, body)
-        return created.metadata.name
+        return CreatedJob(created.metadata.name, created.metadata.uid)
 
     def _call(self, what: str, method, *args, **kwargs):
-        try:
-            # A (connect, read) pair: the client ignores a lone float (it checks for int), and
-            # the setting is a float, so a silent apiserver would hold the loop forever.
-            return method(*args, _request_timeout=(self._timeout_s, self._timeout_s), **kwargs)
-        except client.ApiException as exc:
-            raise KubeError(f"{what}: HTTP {exc.status} {_api_message(exc)}") from None
-        except urllib3.exceptions.HTTPError as exc:
-            raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
+        return call(what, method, *args, timeout_s=self._timeout_s, **kwargs)
+
+
+def call(what: str, method, *args, timeout_s: float, **kwargs):
+    """`method` of a client API with the timeout applied; its failures raise KubeError saying `what` failed."""
+    try:
+        # A (connect, read) pair: the client ignores a lone float (it checks for int), and
+        # the setting is a float, so a silent apiserver would hold the loop forever.
+        return method(*args, _request_timeout=(timeout_s, timeout_s), **kwargs)
+    except client.ApiException as exc:
+        raise KubeError(f"{what}: HTTP {exc.status} {_api_message(exc)}", status=exc.status) from None
+    except urllib3.exceptions.HTTPError as exc:
+        raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
 
 
 def is_finished(job: client.V1Job) -> bool:

@@ -1,4 +1,9 @@
-"""The poll loop: read the queue and the Jobs, decide, create; back off when a read fails."""
+"""The poll loop: read the queue and the Jobs, decide, create; back off when a read fails.
+
+What it logs is what a follower of the log needs: at INFO a poll that created Jobs or changed
+the decision's rule, the first of a run of identical failures and the recovery, and one
+"alive" line every SUMMARY_S; the polls in between are DEBUG.
+"""
 
 import logging
 import threading
@@ -7,11 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from scaler import metrics
 from scaler.decide import Decision, decide
-from scaler.jobs import KubeError
+from scaler.jobs import CreatedJob, KubeError, Unfinished
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
 
 log = logging.getLogger(__name__)
+
+# How often a scaler with nothing new to say logs that it is alive.
+SUMMARY_S = 60.0
 
 
 class QueueReader(Protocol):
@@ -23,9 +32,17 @@ class QueueReader(Protocol):
 class WorkerJobs(Protocol):
     """Where the Jobs are counted and made: scaler.jobs.Jobs; raises KubeError when it can't."""
 
-    def count_unfinished(self) -> int: ...
+    def unfinished(self) -> Unfinished: ...
 
-    def create(self) -> str: ...
+    def create(self) -> CreatedJob: ...
+
+
+class EventRecorder(Protocol):
+    """Where Kubernetes Events go: scaler.events.Recorder."""
+
+    def job_created(self, job: CreatedJob, note: str) -> None: ...
+
+    def warning(self, reason: str, note: str, *, action: str, kind: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -64,52 +81,129 @@ def backoff_s(failures: int, *, poll_s: float, cap_s: float) -> float:
 class Scaler:
     """Polls the queue and the Jobs and creates the Jobs the decision asks for."""
 
-    def __init__(self, *, queue: QueueReader, jobs: WorkerJobs, limits: Limits,
+    def __init__(self, *, queue: QueueReader, jobs: WorkerJobs, limits: Limits, events: EventRecorder,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._queue, self._jobs, self._limits, self._clock = queue, jobs, limits, clock
+        self._events = events
         self._small_backlog = SmallBacklogClock()
+        self._last_kind: str | None = None
+        self._last_error: tuple[str, str] | None = None
+        self._failing_since: float | None = None
+        self._since_summary = {"polls": 0, "failed_polls": 0, "jobs_created": 0}
+        self._last_depth: int | None = None
 
     def poll_once(self) -> Decision:
         """One poll; raises QueueReadError or KubeError before creating anything it can't back."""
         counts = self._queue.read()
-        unfinished = self._jobs.count_unfinished()
-        age = self._small_backlog.age(now=self._clock(), counts=counts, unfinished_jobs=unfinished)
+        unfinished = self._jobs.unfinished()
+        _observe(counts, unfinished)
+        self._last_depth = counts.messages
+        age = self._small_backlog.age(now=self._clock(), counts=counts, unfinished_jobs=unfinished.total)
         decision = decide(
-            depth=counts.messages, unfinished_jobs=unfinished, backlog_age_s=age,
+            depth=counts.messages, unfinished_jobs=unfinished.total, backlog_age_s=age,
             threshold=self._limits.threshold, messages_per_job=self._limits.messages_per_job,
             max_jobs=self._limits.max_jobs, small_backlog_wait_s=self._limits.small_backlog_wait_s,
         )
+        metrics.DECISIONS.labels(decision.kind).inc()
         created: list[str] = []
         try:
             for _ in range(decision.create):
-                created.append(self._jobs.create())
+                job = self._jobs.create()
+                created.append(job.name)
+                metrics.JOBS_CREATED.inc()
+                self._events.job_created(job, self._why(counts.messages, unfinished.total, decision))
+        except KubeError as exc:
+            self._events.warning("JobCreateFailed", str(exc), action="Create", kind=str(exc.status))
+            raise
         finally:
             # Logged even when a create fails part-way, so the line shows what does exist.
-            log.info("poll", extra={
+            self._log_poll(decision, created, {
                 "depth": counts.messages, "ready": counts.messages_ready,
                 "unacked": counts.messages_unacknowledged, "consumers": counts.consumers,
-                "unfinished_jobs": unfinished, "backlog_age_s": round(age, 1),
-                "create": decision.create, "reason": decision.reason, "jobs_created": created,
+                "unfinished_jobs": unfinished.total, "pending_jobs": unfinished.pending,
+                "running_jobs": unfinished.running, "backlog_age_s": round(age, 1),
+                "create": decision.create, "reason": decision.reason, "kind": decision.kind, "jobs_created": created,
             })
         return decision
 
-    def run(self, stop: threading.Event, *, poll_s: float, max_backoff_s: float) -> None:
+    def run(self, stop: threading.Event, *, poll_s: float, max_backoff_s: float, summary_s: float = SUMMARY_S) -> None:
         """Poll until `stop` is set; errors are logged and retried, never raised."""
-        failures = 0
+        failures, next_summary = 0, self._clock() + summary_s
         while not stop.is_set():
+            started = time.perf_counter()
             try:
                 self.poll_once()
+                self._recovered(failures)
                 failures = 0
             except StatsNotReady as exc:
                 # The broker is healthy, so backing off would only delay the first Job.
-                log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))
+                self._failed(exc, failures, poll_s, max_backoff_s)
             except (QueueReadError, KubeError) as exc:
                 failures += 1
-                log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))
+                self._failed(exc, failures, poll_s, max_backoff_s)
             except Exception as exc:  # noqa: BLE001 - the loop outlives surprises, logged in full
                 failures += 1
+                metrics.POLL_ERRORS.labels(type(exc).__name__).inc()
                 log.exception("poll crashed", extra=_failure(exc, failures, poll_s, max_backoff_s))
+            metrics.POLL_SECONDS.observe(time.perf_counter() - started)
+            if self._clock() >= next_summary:
+                self._summarise()
+                next_summary = self._clock() + summary_s
             stop.wait(backoff_s(failures, poll_s=poll_s, cap_s=max_backoff_s))
+
+    def _why(self, depth: int, unfinished: int, decision: Decision) -> str:
+        wanted = unfinished + decision.create
+        return (f"queue depth {depth}: {decision.reason}; {wanted} wanted, {unfinished} unfinished before, "
+                f"at most {self._limits.max_jobs}")
+
+    def _log_poll(self, decision: Decision, created: list[str], fields: dict[str, object]) -> None:
+        changed, self._last_kind = decision.kind != self._last_kind, decision.kind
+        self._since_summary["polls"] += 1
+        self._since_summary["jobs_created"] += len(created)
+        if created:
+            log.info("jobs created", extra=fields)
+        elif changed:
+            log.info("decision changed", extra=fields)
+        else:
+            log.debug("poll", extra=fields)
+
+    def _failed(self, exc: QueueReadError | KubeError, failures: int, poll_s: float, cap_s: float) -> None:
+        """Count the failure; log it at INFO or WARNING when it differs from the one before, else at DEBUG."""
+        metrics.POLL_ERRORS.labels(type(exc).__name__).inc()
+        self._since_summary["failed_polls"] += 1
+        error, self._last_error = self._last_error, (type(exc).__name__, str(exc))
+        repeated = error == self._last_error
+        fields = _failure(exc, failures, poll_s, cap_s)
+        if isinstance(exc, StatsNotReady):
+            log.log(logging.DEBUG if repeated else logging.INFO, "queue statistics not ready yet", extra=fields)
+            return
+        if self._failing_since is None:
+            self._failing_since = self._clock()
+        log.log(logging.DEBUG if repeated else logging.WARNING, "poll failed", extra=fields)
+        if isinstance(exc, QueueReadError):
+            self._events.warning("QueueReadFailed", str(exc), action="ReadQueue",
+                                 kind=f"{type(exc).__name__} {exc.status}")
+
+    def _recovered(self, failures: int) -> None:
+        self._last_error = None
+        metrics.LAST_SUCCESS.set_to_current_time()
+        if self._failing_since is not None:
+            log.info("poll recovered", extra={"failed_polls": failures,
+                                              "down_s": round(self._clock() - self._failing_since, 1)})
+            self._failing_since = None
+
+    def _summarise(self) -> None:
+        log.info("alive", extra=self._since_summary | {"depth": self._last_depth, "kind": self._last_kind})
+        self._since_summary = dict.fromkeys(self._since_summary, 0)
+
+
+def _observe(counts: QueueCounts, unfinished: Unfinished) -> None:
+    metrics.QUEUE_MESSAGES.set(counts.messages)
+    metrics.QUEUE_READY.set(counts.messages_ready)
+    metrics.QUEUE_UNACKED.set(counts.messages_unacknowledged)
+    metrics.QUEUE_CONSUMERS.set(counts.consumers)
+    metrics.JOBS_UNFINISHED.labels("pending").set(unfinished.pending)
+    metrics.JOBS_UNFINISHED.labels("running").set(unfinished.running)
 
 
 def _failure(exc: Exception, failures: int, poll_s: float, cap_s: float) -> dict[str, object]:

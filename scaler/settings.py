@@ -55,6 +55,13 @@ class Settings(ServiceSettings):
         "default", min_length=1,
         description="Namespace the Jobs are listed and created in.",
     )
+    pod_name: str = Field(
+        "", description="The scaler's own Pod (downward API): its Warning Events are about it, else the Deployment.",
+    )
+    pod_uid: str = Field("", description="That Pod's uid (downward API), so `kubectl describe pod` lists them.")
+    scaler_metrics_port: int = Field(
+        9103, ge=0, le=65535, description="Port of the scaler's Prometheus /metrics; 0 serves none.",
+    )
 
     @field_validator("rabbitmq_management_url")
     @classmethod

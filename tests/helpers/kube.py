@@ -9,6 +9,7 @@ import uuid
 import yaml
 from kubernetes import client, config
 
+from scaler import events, jobs
 from tests.helpers import REPO_ROOT, wait_for
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
@@ -16,6 +17,8 @@ from localcluster.control_plane import ControlPlane
 from localcluster.stack import manifests as app_manifests
 
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
+# Every (apiGroup, resource, verb) the scaler's code calls, as its modules declare them.
+SCALER_PERMISSIONS = jobs.PERMISSIONS | events.PERMISSIONS
 
 
 class KubeCluster:

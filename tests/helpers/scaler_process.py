@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, free_port
 
 
 class ScalerProcess:
@@ -15,7 +15,10 @@ class ScalerProcess:
 
     def __init__(self, log_path: Path, **settings: str) -> None:
         env = {k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"}  # never in-cluster
+        # A port of its own: scalers of one test run side by side on this host.
+        env["SCALER_METRICS_PORT"] = str(free_port())
         env.update(settings)
+        self.metrics_url = f"http://127.0.0.1:{env['SCALER_METRICS_PORT']}/metrics"
         self.log_path = log_path
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env,

@@ -13,7 +13,7 @@ import yaml
 from kubernetes import client
 
 from scaler import job_template
-from scaler.jobs import Jobs
+from scaler.jobs import Jobs, Unfinished
 from tests.helpers import REPO_ROOT, free_port, wait_for
 from tests.helpers.kube import KubeCluster, pinned_release, scaler_rbac
 
@@ -260,12 +260,13 @@ def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube
         pods = core.list_namespaced_pod(namespace, label_selector=job_template.LABEL_SELECTOR).items
         return pods and pods[0].status.phase
 
-    name = jobs.create()  # pending: its pod cannot start while kube-job-config is missing
+    name = jobs.create().name  # pending: its pod cannot start while kube-job-config is missing
     wait_for(lambda: pod_phase() == "Pending", what="a pending worker pod")
-    assert jobs.count_unfinished() == 1
+    assert jobs.unfinished() == Unfinished(pending=1, running=0)
     job_settings(kube_cluster, namespace)  # the agent retries, as a kubelet does, and the pod starts
     wait_for(lambda: pod_phase() == "Running", what="the worker pod to run")
-    assert jobs.count_unfinished() == 1
+    # The Job controller counts the pod ready a moment after the pod reports it.
+    wait_for(lambda: jobs.unfinished() == Unfinished(pending=0, running=1), what="the Job to count as running")
     release.touch()
-    wait_for(lambda: jobs.count_unfinished() == 0, what="the finished Job to stop counting")
+    wait_for(lambda: jobs.unfinished().total == 0, what="the finished Job to stop counting")
     assert client.BatchV1Api(kube_cluster.api_client()).read_namespaced_job(name, namespace).status.succeeded == 1

@@ -24,6 +24,7 @@ from scaler.decide import decide
 from scaler.jobs import Jobs, KubeError
 from tests.helpers import free_port, wait_for
 from tests.helpers.broker import rows
+from tests.helpers.metrics import Scrape
 from tests.helpers.scaler_process import ScalerProcess, seconds
 from tests.helpers.tcp_proxy import TcpProxy
 
@@ -131,7 +132,7 @@ def start_scaler(kube_cluster, broker, tmp_path):
     started: list[ScalerProcess] = []
 
     def start(*, queue: str, namespace: str, management_url: str | None = None,
-              kubeconfig=None, amqp_port: int | None = None) -> ScalerProcess:
+              kubeconfig=None, amqp_port: int | None = None, log_level: str = "DEBUG") -> ScalerProcess:
         scaler = ScalerProcess(
             tmp_path / f"scaler-{len(started)}.log",
             QUEUE_NAME=queue, POD_NAMESPACE=namespace,
@@ -141,7 +142,7 @@ def start_scaler(kube_cluster, broker, tmp_path):
             RABBITMQ_USER=broker.user, RABBITMQ_PASSWORD=broker.password,
             SCALER_POLL_SECONDS=str(POLL_S), SCALER_MAX_BACKOFF_SECONDS=str(MAX_BACKOFF_S),
             SCALER_HTTP_TIMEOUT_SECONDS=str(HTTP_TIMEOUT_S), SCALER_THRESHOLD=str(THRESHOLD),
-            SCALER_MESSAGES_PER_JOB=str(PER_JOB), SCALER_MAX_JOBS=str(MAX_JOBS), LOG_LEVEL="INFO",
+            SCALER_MESSAGES_PER_JOB=str(PER_JOB), SCALER_MAX_JOBS=str(MAX_JOBS), LOG_LEVEL=log_level,
         )
         started.append(scaler)
         return scaler
@@ -184,6 +185,10 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     assert not [e for e in during if e.get("jobs_created")], "Jobs were created during the fault"
     assert not [e for e in during if e.get("message") in ("poll crashed", "not json")], during
     assert all(reason in e["error"] for e in failed), [e["error"] for e in failed]
+    # A follower at INFO reads a failure when it is new, not one line per poll.
+    for previous, line in zip([None, *failed], failed):
+        new = previous is None or (previous["error_type"], previous["error"]) != (line["error_type"], line["error"])
+        assert line["level"] == ("WARNING" if new else "DEBUG"), failed
     assert_backs_off(failed)
 
     mark = len(scaler.events())
@@ -192,12 +197,21 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     wait_for(lambda: job_count(batch, namespace) == after, what=f"{after} Jobs after the fault", timeout=30)
 
     def healthy_polls():
-        polls = [e for e in scaler.events()[mark:] if e.get("message") == "poll"]
+        # Every poll's line (at DEBUG when it has nothing new) carries the depth.
+        polls = [e for e in scaler.events()[mark:] if "depth" in e]
         return polls if len(polls) >= 4 else None
     polls = wait_for(healthy_polls, what="healthy polls after the fault", timeout=30, interval=0.2)
     assert sum(len(p["jobs_created"]) for p in polls) == after - before
     assert polls[-1]["create"] == 0 and polls[-1]["unfinished_jobs"] == after
     assert job_count(batch, namespace) == after and scaler.alive()
+    assert [e["level"] for e in scaler.events()[mark:] if e.get("message") == "poll recovered"] == ["INFO"]
+
+    scrape = Scrape(scaler.metrics_url)
+    assert scrape.value("kubejob_scaler_jobs_created_total") == after
+    assert scrape.value("kubejob_scaler_jobs_unfinished", state="pending") == after  # their pods never start
+    assert scrape.value("kubejob_scaler_queue_messages") == BEFORE + DURING
+    assert sum(scrape.value("kubejob_scaler_poll_errors_total", type=t) for t in ("QueueReadError", "KubeError")) \
+        >= FAILED_POLLS
 
 
 def assert_backs_off(failed: list[dict]) -> None:
@@ -229,6 +243,11 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
         inject, clear = (lambda: management_proxy.inject(fault)), management_proxy.clear
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
                         scaler=scaler, inject=inject, clear=clear, reason=reason)
+    # Every failed read was a Warning Event on the scaler, one Event whose count grew.
+    (warning,) = client.EventsV1Api(batch.api_client).list_namespaced_event(
+        namespace, field_selector="reason=QueueReadFailed").items
+    assert warning.type == "Warning" and reason in warning.note
+    assert warning.series.count >= FAILED_POLLS and warning.reporting_controller == "kube-job.io/scaler"
 
 
 @pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
@@ -258,13 +277,31 @@ def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
 
         def count() -> None:
             try:
-                jobs.count_unfinished()
+                jobs.unfinished()
             except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
                 outcome.append(exc)
         began = time.monotonic()
         call = threading.Thread(target=count, daemon=True)  # daemon: a hang must not block the run
         call.start()
         call.join(timeout=10)
-        assert not call.is_alive(), "count_unfinished() still waiting after 10 s at a 0.5 s timeout"
+        assert not call.is_alive(), "unfinished() still waiting after 10 s at a 0.5 s timeout"
     assert isinstance(outcome[0], KubeError) and "unreachable" in str(outcome[0]), outcome
     assert time.monotonic() - began < 2.5  # connect + read timeouts, with room
+
+
+def test_the_log_at_info_says_only_what_changed(broker, queue_name, namespace, batch, start_scaler):
+    """Idle polls, a backlog and idle polls again: a handful of lines, none repeating the one before."""
+    scaler = start_scaler(queue=queue_name, namespace=namespace, log_level="INFO")
+    time.sleep(5)  # ten idle polls
+    broker.publish_rows(queue_name, rows(BEFORE), confirm=False)
+    wanted = jobs_wanted(BEFORE, 0)
+    wait_for(lambda: job_count(batch, namespace) == wanted, what=f"{wanted} Jobs")
+    time.sleep(5)  # ten polls with nothing new
+    lines = scaler.events()
+    said = [(e["message"], e.get("kind"), e.get("jobs_created")) for e in lines]
+    print("\n".join(map(str, said)))
+    assert not [e for e in lines if e["message"] in ("poll", "poll failed", "not json")], said
+    assert len(lines) < 10, said
+    assert all(a != b for a, b in zip(said, said[1:])), said
+    assert said[:2] == [("scaler started", None, None), ("decision changed", "queue_empty", [])]
+    assert sum(len(e["jobs_created"]) for e in lines if e["message"] == "jobs created") == wanted

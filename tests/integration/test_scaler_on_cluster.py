@@ -6,18 +6,19 @@ scaler must count a Job whose worker has not started consuming yet.
 
 import copy
 import logging
+import threading
 import time
 
 import pytest
 from kubernetes import client, utils
 
-from scaler import job_template
-from scaler.jobs import PERMISSIONS, Jobs, KubeError, batch_api
+from scaler import events, job_template
+from scaler.jobs import Jobs, KubeError, api_client
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.helpers.broker import rows
-from tests.helpers.kube import scaler_rbac
+from tests.helpers.kube import SCALER_PERMISSIONS, scaler_rbac
 
 STATS_WAIT_S = 20  # the management API's counts lag by its statistics interval
 LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
@@ -25,7 +26,7 @@ LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wa
 
 @pytest.fixture(autouse=True)
 def kubeconfig(kube_cluster, monkeypatch) -> None:
-    """The scaler's own batch_api() finds the test cluster as it finds any: by KUBECONFIG."""
+    """The scaler's own api_client() finds the test cluster as it finds any: by KUBECONFIG."""
     monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
@@ -35,10 +36,26 @@ def admin(kube_cluster) -> client.ApiClient:
     return kube_cluster.api_client()
 
 
+def batch_api() -> client.BatchV1Api:
+    return client.BatchV1Api(api_client())
+
+
 def worker_jobs(namespace: str) -> list[client.V1Job]:
     return batch_api().list_namespaced_job(
         namespace, label_selector=job_template.LABEL_SELECTOR
     ).items
+
+
+def recorder(namespace: str, api: client.ApiClient | None = None) -> events.Recorder:
+    """Events as the scaler records them, for a scaler process without a Pod of its own."""
+    return events.Recorder(client.EventsV1Api(api or api_client()), namespace=namespace, instance="test-scaler",
+                           scaler=events.scaler_reference(namespace=namespace, pod_name="", pod_uid=""), timeout_s=5)
+
+
+def recorded(namespace: str, reason: str) -> list[client.EventsV1Event]:
+    """The Events of `reason` in `namespace`, as the events API lists them."""
+    listed = client.EventsV1Api(api_client()).list_namespaced_event(namespace, field_selector=f"reason={reason}")
+    return listed.items
 
 
 def management(broker, queue: str, base_url: str | None = None) -> ManagementClient:
@@ -59,7 +76,8 @@ def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock
            base_url: str | None = None, template: str = "") -> Scaler:
     jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(template),
                 timeout_s=5)
-    return Scaler(queue=management(broker, queue, base_url), jobs=jobs, limits=limits, clock=clock)
+    return Scaler(queue=management(broker, queue, base_url), jobs=jobs, limits=limits, events=recorder(namespace),
+                  clock=clock)
 
 
 def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
@@ -73,7 +91,7 @@ def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
     assert decision.create == 3
     jobs = worker_jobs(namespace)
     assert len(jobs) == 3
-    (line,) = [r for r in caplog.records if r.getMessage() == "poll"]
+    (line,) = [r for r in caplog.records if r.getMessage() == "jobs created"]
     assert (line.depth, line.unfinished_jobs, line.create, line.reason) == (1_200, 0, 3, decision.reason)
     assert sorted(line.jobs_created) == sorted(j.metadata.name for j in jobs)
     template = job_template.load()
@@ -86,6 +104,40 @@ def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
     # Their pods never start here, yet they count: no duplicates.
     assert the_scaler.poll_once().create == 0
     assert len(worker_jobs(namespace)) == 3
+
+
+def test_each_job_it_creates_has_an_event_saying_why(broker, queue_name, namespace, kube_cluster):
+    publish(broker, queue_name, 1_200)
+    assert scaler(broker, queue_name, namespace).poll_once().create == 3
+    jobs = {job.metadata.uid: job.metadata.name for job in worker_jobs(namespace)}
+    found = wait_for(lambda: (lambda e: e if len(e) == 3 else None)(recorded(namespace, "CreatedForBacklog")),
+                     what="an Event for each of the 3 Jobs")
+    assert {e.regarding.uid: e.regarding.name for e in found} == jobs
+    note = "queue depth 1200: backlog needs 3 jobs; 3 wanted, 0 unfinished before, at most 5"
+    for event in found:
+        assert (event.type, event.regarding.kind, event.note) == ("Normal", "Job", note)
+        assert (event.reporting_controller, event.reporting_instance) == (events.CONTROLLER, "test-scaler")
+    described = kube_cluster.kubectl("describe", "job", next(iter(jobs.values())), "-n", namespace).stdout
+    assert "CreatedForBacklog" in described and note in described, described
+
+
+def test_a_queue_it_cannot_read_is_one_warning_event_whose_count_grows(queue_name, namespace, kube_cluster, broker):
+    the_scaler = scaler(broker, queue_name, namespace, base_url=f"http://127.0.0.1:{free_port()}")  # refused
+    stop = threading.Event()
+    polling = threading.Thread(target=the_scaler.run, args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 0.5})
+    polling.start()
+    try:
+        def grown():
+            warnings = recorded(namespace, "QueueReadFailed")
+            return warnings if warnings and warnings[0].series and warnings[0].series.count >= 3 else None
+        (warning,) = wait_for(grown, what="a QueueReadFailed Event counting 3 failed reads", timeout=30)
+    finally:
+        stop.set()
+        polling.join(timeout=10)
+    assert warning.type == "Warning" and "management API unreachable" in warning.note
+    assert (warning.regarding.kind, warning.regarding.name) == ("Deployment", "scaler")
+    listed = kube_cluster.kubectl("get", "events", "-n", namespace).stdout
+    assert "QueueReadFailed" in listed and "deployment/scaler" in listed, listed
 
 
 def test_never_more_than_max_jobs(broker, queue_name, namespace):
@@ -147,7 +199,7 @@ def test_a_failed_job_is_not_counted(broker, queue_name, namespace):
                    timeout_s=5)
     failing.create()
     wait_until = time.monotonic() + 60
-    while failing.count_unfinished() and time.monotonic() < wait_until:
+    while failing.unfinished().total and time.monotonic() < wait_until:
         time.sleep(0.5)
     (failed,) = worker_jobs(namespace)
     conditions = (failed.status and failed.status.conditions) or []
@@ -202,16 +254,24 @@ def test_the_scaler_role_allows_what_the_scaler_calls_and_nothing_else(broker, q
     as_scaler = _as_scaler_account(admin, namespace)
     # What any account may do anywhere (review its own rights, ...): the Role adds to that.
     everywhere = allowed(as_scaler, "default")
-    assert allowed(as_scaler, namespace) - everywhere == PERMISSIONS
-    assert not {group for group, _, _ in everywhere} & {group for group, _, _ in PERMISSIONS}
+    assert allowed(as_scaler, namespace) - everywhere == SCALER_PERMISSIONS
+    assert not {group for group, _, _ in everywhere} & {group for group, _, _ in SCALER_PERMISSIONS}
 
-    # And they are enough: a poll through the ServiceAccount's token counts and creates Jobs.
+    # And they are enough: a poll through the ServiceAccount's token counts and creates Jobs, and
+    # records their Events; a repeated warning patches its Event's series.
     jobs = Jobs(client.BatchV1Api(as_scaler), namespace=namespace, template=job_template.load(),
                 timeout_s=5)
     publish(broker, queue_name, 600)
-    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS)
+    as_recorder = recorder(namespace, as_scaler)
+    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS, events=as_recorder)
     assert the_scaler.poll_once().create == 2
     assert len(worker_jobs(namespace)) == 2
+    for _ in range(2):
+        as_recorder.warning("QueueReadFailed", "injected by the test", action="ReadQueue", kind="test")
+    as_recorder.close()
+    assert len(recorded(namespace, "CreatedForBacklog")) == 2
+    (warning,) = recorded(namespace, "QueueReadFailed")
+    assert warning.series.count == 2
 
 
 def test_unreachable_apiserver_is_our_error_and_creates_nothing():
@@ -220,6 +280,6 @@ def test_unreachable_apiserver_is_our_error_and_creates_nothing():
     api = client.BatchV1Api(client.ApiClient(unreachable))
     jobs = Jobs(api, namespace="default", template=job_template.load(), timeout_s=1)
     with pytest.raises(KubeError, match="unreachable"):
-        jobs.count_unfinished()
+        jobs.unfinished()
     with pytest.raises(KubeError, match="unreachable"):
         jobs.create()

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scaler.decide import decide
+from scaler.decide import KINDS, decide
 
 # threshold 20, 500 messages per Job, at most 5 Jobs, a small backlog waits 60 s.
 DEFAULTS = dict(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
@@ -46,6 +46,7 @@ def test_decision_table(depth, unfinished, age, expected, reason, why):
     assert decision.create == expected, why
     # The reason is what an operator reads in the poll line: it must name the rule and its numbers.
     assert reason in decision.reason, (why, decision.reason)
+    assert decision.kind in KINDS
 
 
 def test_zero_wait_starts_a_job_for_the_first_small_message():
@@ -74,3 +75,13 @@ def test_never_exceeds_max_and_never_negative(depth, unfinished, threshold, per_
     assert 0 <= decision.create <= max(0, max_jobs - unfinished)
     if depth == 0:
         assert decision.create == 0
+
+
+def test_each_kind_is_one_rule_whatever_its_numbers():
+    # The kind is a metric label: as many series as rules, not one per depth.
+    kinds: dict[str, set[int]] = {}
+    for depth, unfinished, age, create, _, _ in CASES:
+        decision = decide(depth=depth, unfinished_jobs=unfinished, backlog_age_s=age, **DEFAULTS)
+        kinds.setdefault(decision.kind, set()).add(create > 0)
+    assert set(kinds) == set(KINDS)
+    assert all(len(creates) == 1 for creates in kinds.values()), kinds

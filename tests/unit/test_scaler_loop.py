@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from scaler.jobs import KubeError
+from scaler.jobs import CreatedJob, KubeError, Unfinished
 from scaler.loop import Limits, Scaler, SmallBacklogClock, backoff_s
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
 
@@ -68,35 +68,94 @@ class JobList:
 
     def __init__(self, *, unfinished: int = 0, count_error: Exception | None = None,
                  fail_create_at: int | None = None) -> None:
-        self.unfinished, self.count_error, self.fail_create_at = unfinished, count_error, fail_create_at
+        self.unfinished_jobs, self.count_error, self.fail_create_at = unfinished, count_error, fail_create_at
         self.created: list[str] = []
 
-    def count_unfinished(self) -> int:
+    def unfinished(self) -> Unfinished:
         if self.count_error is not None:
             raise self.count_error
-        return self.unfinished + len(self.created)
+        return Unfinished(pending=self.unfinished_jobs + len(self.created), running=0)
 
-    def create(self) -> str:
+    def create(self) -> CreatedJob:
         if len(self.created) == self.fail_create_at:
-            raise KubeError("create job: HTTP 500 etcd timeout")
+            raise KubeError("create job: HTTP 500 etcd timeout", status=500)
         self.created.append(f"worker-job-{len(self.created)}")
-        return self.created[-1]
+        return CreatedJob(self.created[-1], uid=f"uid-{len(self.created)}")
 
 
-def run(readings: Readings, jobs: JobList, caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    """Run the loop until `readings` is used up; return its log lines."""
-    with caplog.at_level(logging.INFO, logger="scaler"):
-        Scaler(queue=readings, jobs=jobs, limits=LIMITS).run(readings.stop, poll_s=POLL_S, max_backoff_s=CAP_S)
+class EventList:
+    """The Events the loop asked for, in memory: (type, about, reason, note, kind)."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, str, str, str]] = []
+
+    def job_created(self, job: CreatedJob, note: str) -> None:
+        self.recorded.append(("Normal", job.name, "CreatedForBacklog", note, ""))
+
+    def warning(self, reason: str, note: str, *, action: str, kind: str) -> None:
+        self.recorded.append(("Warning", "scaler", reason, note, kind))
+
+
+class Clock:
+    """Time that moves one second per queue reading, so a test of the minute summary takes none."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(readings: Readings, jobs: JobList, caplog: pytest.LogCaptureFixture, *, events: EventList | None = None,
+        clock: Clock | None = None, summary_s: float = 60.0) -> list[logging.LogRecord]:
+    """Run the loop until `readings` is used up; return its log lines, DEBUG included."""
+    scaler = Scaler(queue=readings, jobs=jobs, limits=LIMITS, events=events or EventList(), clock=clock or Clock())
+    with caplog.at_level(logging.DEBUG, logger="scaler"):
+        scaler.run(readings.stop, poll_s=POLL_S, max_backoff_s=CAP_S, summary_s=summary_s)
     return [r for r in caplog.records if r.name == "scaler.loop"]
 
 
-def test_stats_not_ready_polls_on_at_the_poll_interval(caplog):
+def said(lines: list[logging.LogRecord], level: int = logging.INFO) -> list[str]:
+    """What a follower of the log at `level` reads."""
+    return [r.getMessage() for r in lines if r.levelno >= level]
+
+
+def test_stats_not_ready_polls_on_at_the_poll_interval_and_says_so_once(caplog):
     # The broker is healthy and the counts come within a statistics interval: backing off would
-    # only delay the first Job.
+    # only delay the first Job, and a warning per poll would cry wolf.
     lines = run(Readings(*[StatsNotReady("queue statistics lack messages")] * 3, counts(1500)), JobList(), caplog)
-    failed = [r for r in lines if r.getMessage() == "poll failed"]
-    assert [(r.error_type, r.failures, r.retry_in_s) for r in failed] == [("StatsNotReady", 0, POLL_S)] * 3
-    assert lines[-1].getMessage() == "poll" and lines[-1].create == 3
+    waiting = [r for r in lines if r.getMessage() == "queue statistics not ready yet"]
+    assert [(r.error_type, r.failures, r.retry_in_s) for r in waiting] == [("StatsNotReady", 0, POLL_S)] * 3
+    assert [r.levelname for r in waiting] == ["INFO", "DEBUG", "DEBUG"]
+    assert said(lines) == ["queue statistics not ready yet", "jobs created"]
+    assert lines[-1].create == 3
+
+
+def test_idle_polls_are_debug_with_one_alive_line_a_minute(caplog):
+    clock = Clock()
+    readings = Readings(*[counts(0)] * 150)
+    tick = readings.read
+
+    def read() -> QueueCounts:
+        clock.now += 1.0
+        return tick()
+    readings.read = read
+    lines = run(readings, JobList(), caplog, clock=clock, summary_s=60.0)
+    assert said(lines) == ["decision changed", "alive", "alive"]
+    assert [r.getMessage() for r in lines].count("poll") == 149
+    alive = [r for r in lines if r.getMessage() == "alive"]
+    assert [(r.polls, r.jobs_created, r.failed_polls, r.depth, r.kind) for r in alive] == [
+        (60, 0, 0, 0, "queue_empty")] * 2
+
+
+def test_jobs_created_are_info_and_each_gets_an_event_saying_why(caplog):
+    events = EventList()
+    lines = run(Readings(counts(1500), counts(1500), counts(1500)), JobList(), caplog, events=events)
+    # The second poll finds enough Jobs (a new rule); the third has nothing new to say.
+    assert said(lines) == ["jobs created", "decision changed"]
+    assert said(lines, logging.DEBUG) == ["jobs created", "decision changed", "poll"]
+    note = "queue depth 1500: backlog needs 3 jobs; 3 wanted, 0 unfinished before, at most 5"
+    assert events.recorded == [("Normal", f"worker-job-{n}", "CreatedForBacklog", note, "") for n in range(3)]
 
 
 @pytest.mark.parametrize(
@@ -118,23 +177,31 @@ def test_a_failed_read_creates_nothing_and_backs_off_doubling_to_the_cap(reading
 
 def test_one_good_poll_ends_the_backoff(caplog):
     error = QueueReadError("management API timed out after 1.0s")
-    lines = run(Readings(error, error, error, counts(0), error), JobList(), caplog)
+    events = EventList()
+    lines = run(Readings(error, error, error, counts(0), error), JobList(), caplog, events=events)
     failed = [r for r in lines if r.getMessage() == "poll failed"]
     assert [r.failures for r in failed] == [1, 2, 3, 1]
     assert failed[-1].retry_in_s == 2 * POLL_S
+    # A follower reads the failure, its recovery, and the failure again; not each repeat.
+    assert said(lines) == ["poll failed", "decision changed", "poll recovered", "poll failed"]
+    assert [r.levelname for r in failed] == ["WARNING", "DEBUG", "DEBUG", "WARNING"]
+    assert [e[2] for e in events.recorded] == ["QueueReadFailed"] * 4
+    assert {e[4] for e in events.recorded} == {"QueueReadError None"}
 
 
 def test_a_create_failing_part_way_still_logs_the_poll_with_the_jobs_that_exist(caplog):
-    jobs = JobList(fail_create_at=1)
-    lines = run(Readings(counts(1500)), jobs, caplog)
-    assert [r.getMessage() for r in lines] == ["poll", "poll failed"]
+    jobs, events = JobList(fail_create_at=1), EventList()
+    lines = run(Readings(counts(1500)), jobs, caplog, events=events)
+    assert [r.getMessage() for r in lines] == ["jobs created", "poll failed"]
     poll, failed = lines
     assert (poll.depth, poll.create, poll.jobs_created) == (1500, 3, ["worker-job-0"])
     assert (failed.error_type, failed.failures, failed.retry_in_s) == ("KubeError", 1, 2 * POLL_S)
     assert "HTTP 500" in failed.error
+    assert [(e[0], e[1], e[2]) for e in events.recorded] == [
+        ("Normal", "worker-job-0", "CreatedForBacklog"), ("Warning", "scaler", "JobCreateFailed")]
 
 
 def test_a_surprise_is_logged_in_full_and_the_loop_goes_on(caplog):
     lines = run(Readings(ValueError("a bug"), counts(0)), JobList(), caplog)
-    assert [r.getMessage() for r in lines] == ["poll crashed", "poll"]
+    assert [r.getMessage() for r in lines] == ["poll crashed", "decision changed"]
     assert lines[0].exc_info and lines[0].failures == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from scaler import job_template
-from scaler.jobs import PERMISSIONS
+from tests.helpers.kube import SCALER_PERMISSIONS
 
 MANIFEST = Path(__file__).parents[2] / "infra" / "k8s" / "scaler.yaml"
 DOCS = {doc["kind"]: doc for doc in yaml.safe_load_all(MANIFEST.read_text())}
@@ -18,7 +18,7 @@ DOCS = {doc["kind"]: doc for doc in yaml.safe_load_all(MANIFEST.read_text())}
 def test_role_grants_exactly_what_the_scaler_calls_in_its_namespace():
     granted = {(group, resource, verb) for rule in DOCS["Role"]["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"] for verb in rule["verbs"]}
-    assert granted == PERMISSIONS
+    assert granted == SCALER_PERMISSIONS
     assert "ClusterRole" not in DOCS and "ClusterRoleBinding" not in DOCS
 
 
@@ -32,6 +32,8 @@ def test_deployment_wires_settings_template_and_namespace():
     env = {e["name"]: e["valueFrom"] for e in container["env"]}
     assert env["SCALER_JOB_TEMPLATE"]["configMapKeyRef"]["name"] == "scaler-job-template"
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert env["RABBITMQ_PASSWORD"]["secretKeyRef"]["name"] == "rabbitmq-credentials"
     assert container["envFrom"] == [{"configMapRef": {"name": "kube-job-config"}}]
     assert pod["serviceAccountName"] == "scaler"
