@@ -6,6 +6,7 @@ window of unconfirmed messages lets the broker confirm them in batches.
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Callable
 
 import pika
@@ -157,7 +158,5 @@ class ConfirmingPublisher:
             return
         if not self._connection.is_closing:
             self._connection.close()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._closed), 5)
-        except TimeoutError:
-            pass

@@ -106,7 +106,7 @@ class Scaler:
             except (QueueReadError, KubeError) as exc:
                 failures += 1
                 log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))
-            except Exception as exc:  # noqa: BLE001 - the loop outlives surprises, logged in full
+            except Exception as exc:
                 failures += 1
                 log.exception("poll crashed", extra=_failure(exc, failures, poll_s, max_backoff_s))
             stop.wait(backoff_s(failures, poll_s=poll_s, cap_s=max_backoff_s))

@@ -14,13 +14,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from tests.helpers.broker import Broker
-from tests.helpers.kube import KubeCluster
-
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster.agent import start_agent, stop_agent, wait_node
 from localcluster.control_plane import ControlPlane, bin_dir
 
+from tests.helpers.broker import Broker
+from tests.helpers.kube import KubeCluster
 
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
@@ -55,7 +54,7 @@ def broker() -> Broker:
     broker = Broker()
     try:
         broker.check()
-    except Exception as exc:  # noqa: BLE001 - any failure here means the suite cannot run
+    except Exception as exc:
         pytest.fail(f"RabbitMQ with its management plugin is not reachable: {exc!r}", pytrace=False)
     return broker
 

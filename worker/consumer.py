@@ -158,7 +158,7 @@ class Consumer:
                 recorded = delivery.redelivered and self.ledger.has(row.upload_id, row.row)
                 if not recorded:
                     self.handler(row.data)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
+            except Exception as exc:
                 error = exc
             self._done.append(Outcome(delivery, row, error, recorded))
             try:

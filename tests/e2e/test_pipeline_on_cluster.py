@@ -74,7 +74,6 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
     counts = [_handled_in_log(kube_cluster.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout)
               for j in jobs]
     assert sum(counts) >= ROWS, counts
-    print(f"{ROWS} rows handled by {len(jobs)} Jobs (per Job: {counts})")
 
 
 def _handled_in_log(text: str) -> int:

@@ -9,8 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from kubejob import message
 from tests.helpers import REPO_ROOT, free_port, wait_for
 from tests.helpers.broker import Broker, rows
