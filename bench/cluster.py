@@ -6,10 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from kubernetes import client, config
-from localcluster.agent import start_agent, stop_agent, wait_node
-from localcluster.control_plane import ControlPlane, bin_dir
 
 import tests.helpers  # noqa: F401 - puts infra/local-cluster, where the launcher is, on the path
+
+from localcluster.agent import start_agent, stop_agent, wait_node
+from localcluster.control_plane import ControlPlane, bin_dir
 
 
 @contextlib.contextmanager

@@ -14,12 +14,12 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from tests.helpers.broker import Broker
+from tests.helpers.kube import KubeCluster
+
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster.agent import start_agent, stop_agent, wait_node
 from localcluster.control_plane import ControlPlane, bin_dir
-
-from tests.helpers.broker import Broker
-from tests.helpers.kube import KubeCluster
 
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 

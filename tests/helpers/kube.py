@@ -9,11 +9,11 @@ import uuid
 import yaml
 from kubernetes import client, config
 
+from tests.helpers import REPO_ROOT, wait_for
+
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster.control_plane import ControlPlane
 from localcluster.stack import manifests as app_manifests
-
-from tests.helpers import REPO_ROOT, wait_for
 
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
 
