@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq postgres browser demo test test-unit bench images clean
+.PHONY: help install lint rabbitmq postgres browser demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -30,8 +30,12 @@ browser: ## Install Debian's chromium and chromium-driver if missing (the browse
 demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install rabbitmq postgres browser cluster ## Run the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes and Chromium
+test: install lint rabbitmq postgres browser cluster ## Lint, then the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes and Chromium
 	$(PY) -m pytest
+
+lint: install ## ruff (pyproject's rule set) over everything, mypy over the services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit

@@ -5,8 +5,8 @@ line that names the environment variable, as the README promises.
 """
 
 import sys
-from urllib.parse import urlsplit
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pika
 from pydantic import Field, SecretStr, ValidationError, field_validator

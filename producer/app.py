@@ -81,9 +81,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
                                kwargs={"connect_timeout": int(max(1, timeout))})
     await pool.open()
-    app.state.ledger = Ledger(pool, claim_timeout=timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2)))
+    # A claim outlives a publisher that stopped confirming (CONFIRM_TIMEOUT_SECONDS) before a retry may take it.
+    claim_timeout = timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2))
+    app.state.ledger = Ledger(pool, claim_timeout=claim_timeout)
     log.info("ledger ready", extra={"schema_version": version})
-    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, timedelta(days=settings.ledger_retention_days)))
+    retention = timedelta(days=settings.ledger_retention_days)
+    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
     try:
         yield
     finally:

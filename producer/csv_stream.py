@@ -6,6 +6,7 @@ at the end of the header.
 """
 
 import codecs
+import collections
 import csv
 import io
 import re
@@ -117,8 +118,7 @@ class _Header:
         if "" in names:
             raise CsvError(f"column {names.index('') + 1} of the header has no name; name it, or delete the column",
                            line)
-        seen: set[str] = set()
-        duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+        duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
             raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
         self.names = names
@@ -126,14 +126,14 @@ class _Header:
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
         if len(record) == named:
-            return dict(zip(self.names, record))
+            return dict(zip(self.names, record, strict=False))
         if not named <= len(record) <= self.width:
             raise CsvError(f"expected {named} fields, found {len(record)}", line)
         for column in range(named, len(record)):
             if record[column].strip():
                 raise CsvError(f"column {column + 1} has a value but no name in the header; name the column, "
                                "or delete the value", line)
-        return dict(zip(self.names, record))
+        return dict(zip(self.names, record, strict=False))
 
 
 def _width(line: str, delimiter: str) -> int:

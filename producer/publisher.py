@@ -6,6 +6,7 @@ window of unconfirmed messages lets the broker confirm them in batches.
 
 import asyncio
 import collections
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -161,7 +162,5 @@ class ConfirmingPublisher:
             return
         if not self._connection.is_closing:
             self._connection.close()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._closed), 5)
-        except TimeoutError:
-            pass

@@ -3,9 +3,9 @@
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -18,7 +18,9 @@ from producer.routes import Error, LedgerDep
 
 router = APIRouter()
 PAGE = Path(__file__).with_name("page.html")
-NOT_FOUND = {404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
+}
 
 
 class UploadStatus(BaseModel):
@@ -76,7 +78,7 @@ async def _known(ledger: Ledger, upload_id: str) -> Upload:
 @router.get("/uploads/{upload_id}", responses=NOT_FOUND)
 async def upload_status(upload_id: str, ledger: LedgerDep) -> UploadStatus:
     """Where one upload stands: `done` exactly when done + failed == rows."""
-    return status_of(await _known(ledger, upload_id), datetime.now(timezone.utc))
+    return status_of(await _known(ledger, upload_id), datetime.now(UTC))
 
 
 @router.get("/uploads")
@@ -84,7 +86,7 @@ async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le
                          offset: Annotated[int, Query(ge=0)] = 0) -> UploadList:
     """Uploads, newest first, `limit` at a time; `next_url` pages on."""
     uploads = await ledger.recent(limit=limit + 1, offset=offset)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     more = f"/uploads?limit={limit}&offset={offset + limit}" if len(uploads) > limit else None
     return UploadList(uploads=[status_of(u, now) for u in uploads[:limit]], next_url=more)
 

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from kubernetes import client
 
@@ -33,7 +33,7 @@ _BACKLOG_LIMIT = 1000
 class Reference:
     """The object an Event is about, as `regarding` names it."""
 
-    apiVersion: str  # noqa: N815 - spelled as the API spells it
+    apiVersion: str  # spelled as the API spells it, so asdict() is the reference
     kind: str
     name: str
     namespace: str
@@ -145,4 +145,4 @@ class Recorder:
 
 def _micro_time() -> str:
     # MicroTime wants six fractional digits, which isoformat() drops when they are all zero.
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -141,7 +141,7 @@ class Scaler:
             except (QueueReadError, KubeError) as exc:
                 failures += 1
                 self._failed(exc, failures, poll_s, max_backoff_s)
-            except Exception as exc:  # noqa: BLE001 - the loop outlives surprises, logged in full
+            except Exception as exc:
                 failures += 1
                 metrics.POLL_ERRORS.labels(type(exc).__name__).inc()
                 log.exception("poll crashed", extra=_failure(exc, failures, poll_s, max_backoff_s))

@@ -24,5 +24,6 @@ POLL_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 LAST_SUCCESS = Gauge(
-    "kubejob_scaler_last_poll_success_timestamp_seconds", "Unix time of the last poll that read the queue and the Jobs.",
+    "kubejob_scaler_last_poll_success_timestamp_seconds",
+    "Unix time of the last poll that read the queue and the Jobs.",
 )

@@ -21,7 +21,6 @@ from tests.helpers.kube import KubeCluster
 from localcluster.agent import start_agent, stop_agent, wait_node
 from localcluster.control_plane import ControlPlane, bin_dir
 
-
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
 
@@ -55,7 +54,7 @@ def broker() -> Broker:
     broker = Broker()
     try:
         broker.check()
-    except Exception as exc:  # noqa: BLE001 - any failure here means the suite cannot run
+    except Exception as exc:
         pytest.fail(f"RabbitMQ with its management plugin is not reachable: {exc!r}", pytrace=False)
     return broker
 

@@ -3,11 +3,14 @@
 The handler runs on a thread of its own, so this thread keeps the connection's I/O going
 (heartbeats, deliveries, acks) however long a row takes. Rows are handled one at a time,
 in delivery order, which is what lets one `multiple` ack settle a run of successes. The
-outcomes finished since the last settle are recorded in one ledger transaction before any
-of them is acked: a crash in between costs a redelivery, never an outcome.
+outcomes finished since the last batch are recorded in one ledger transaction before any
+of them is acked: a crash in between costs a redelivery, never an outcome. That write runs
+on a third thread, one batch at a time, so rows keep being delivered and handled meanwhile
+and the next batch grows by what finished during the write.
 """
 
 import collections
+import functools
 import logging
 import queue
 import signal
@@ -83,6 +86,9 @@ class Consumer:
         self.stopping = threading.Event()
         self._todo: queue.Queue[Delivery | None] = queue.Queue()
         self._done: collections.deque[Outcome] = collections.deque()
+        self._batches: queue.Queue[list[Outcome] | None] = queue.Queue()
+        self._writing = False  # a batch is with the ledger thread
+        self._ledger_error: LedgerUnavailable | None = None  # the ledger has stayed down too long
         self._in_flight = 0
         self._handler_idle = threading.Event()
         self.handled = 0
@@ -102,6 +108,7 @@ class Consumer:
             raise BrokerError(f"RabbitMQ at {where}: {exc!r}") from None
         finally:
             self._todo.put(None)
+            self._batches.put(None)
 
     def _declare(self) -> None:
         self._channel.queue_declare(message.dead_letter_queue(self.queue), durable=True)
@@ -112,10 +119,11 @@ class Consumer:
     def _consume(self) -> None:
         consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
         threading.Thread(target=self._work, name="handler", daemon=True).start()
+        threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=0.5)
-            if self._settle_when_due() or self._in_flight:
+            if self._record_when_due() or self._in_flight:
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
                 log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
@@ -129,10 +137,9 @@ class Consumer:
         """On SIGTERM: give the row in hand time to finish; the broker requeues the rest on close."""
         self._todo.put(None)
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while not self._handler_idle.is_set() and time.monotonic() < deadline:
+        while (not self._handler_idle.is_set() or self._writing or self._done) and time.monotonic() < deadline:
             self._connection.process_data_events(time_limit=0.2)
-            self._settle_when_due()
-        self._settle_when_due()
+            self._record_when_due()
         log.info("stopped on SIGTERM",
                  extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
 
@@ -155,7 +162,7 @@ class Consumer:
                 if not recorded:
                     started = time.perf_counter()
                     self.handler(row.data)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
+            except Exception as exc:
                 error = exc
             if started:
                 metrics.HANDLER_SECONDS.observe(time.perf_counter() - started)
@@ -166,33 +173,52 @@ class Consumer:
                 break  # the connection closed under us: the broker requeues what was not acked
         self._handler_idle.set()
 
-    def _settle_when_due(self) -> bool:
-        """Settle what has finished, unless the ledger is down and its next try is not due yet."""
-        now = time.monotonic()
-        if not self._done or not self._ledger_retry.due(now):
+    def _record_when_due(self) -> bool:
+        """Hand what has finished to the ledger thread, unless a batch is there or a retry is not due."""
+        if self._ledger_error is not None:
+            raise LedgerDown(str(self._ledger_error))
+        if self._writing or not self._done or not self._ledger_retry.due(time.monotonic()):
             return False
-        try:
-            settled = self._settle()
-        except LedgerUnavailable as exc:
+        # The handler thread only appends, so the first len() outcomes are ours to take.
+        batch = [self._done.popleft() for _ in range(len(self._done))]
+        self._writing = True
+        self._batches.put(batch)
+        return True
+
+    def _write_batches(self) -> None:
+        """The ledger thread: record each batch, then have the I/O thread settle it."""
+        while (batch := self._batches.get()) is not None:
+            error = None
+            try:
+                self.ledger.record([o for o in map(self._recorded_outcome, batch) if o is not None],
+                                   redelivered=collections.Counter(o.row.upload_id for o in batch
+                                                                   if o.already_recorded and o.row))
+            except LedgerUnavailable as exc:
+                error = exc
+            try:
+                self._connection.add_callback_threadsafe(functools.partial(self._recorded, batch, error))
+            except pika.exceptions.ConnectionWrongStateError:
+                return  # the connection closed under us: the broker requeues what was not acked
+
+    def _recorded(self, batch: list[Outcome], error: LedgerUnavailable | None) -> None:
+        """On the I/O thread: settle a recorded batch, or keep it for the next try."""
+        self._writing, now = False, time.monotonic()
+        if error is not None:
+            self._done.extendleft(reversed(batch))
             if self._ledger_retry.failing_since is None:
-                log.warning("ledger unavailable, acking nothing", extra={"error": str(exc), "held": self._in_flight})
+                log.warning("ledger unavailable, acking nothing", extra={"error": str(error), "held": self._in_flight})
             if self._ledger_retry.failed(now):
-                raise LedgerDown(str(exc)) from None
-            return False
+                self._ledger_error = error
+            return
         if self._ledger_retry.failing_since is not None:
             log.info("ledger back", extra={"down_s": round(now - self._ledger_retry.failing_since, 1)})
             self._ledger_retry.succeeded()
-        return settled
+        self._settle(batch)
 
-    def _settle(self) -> bool:
-        """Record every finished row in the ledger, then ack, retry or dead-letter it, in delivery order."""
-        finished = list(self._done)  # the handler thread only appends, so these stay at the front
-        self.ledger.record([o for o in map(self._recorded_outcome, finished) if o is not None],
-                           redelivered=collections.Counter(o.row.upload_id for o in finished
-                                                           if o.already_recorded and o.row))
+    def _settle(self, batch: list[Outcome]) -> None:
+        """Ack, retry or dead-letter each recorded row, in delivery order."""
         last_success, done, already_done = 0, 0, 0
-        for outcome in finished:
-            self._done.popleft()
+        for outcome in batch:
             self._in_flight -= 1
             if outcome.error is None:
                 last_success, self.handled = outcome.delivery.tag, self.handled + 1
@@ -206,7 +232,6 @@ class Consumer:
             self._channel.basic_ack(last_success, multiple=True)
         metrics.DONE.inc(done)
         metrics.ALREADY_DONE.inc(already_done)
-        return True
 
     def _recorded_outcome(self, outcome: Outcome) -> RowOutcome | None:
         """What the ledger keeps of a finished row; None for one that will be tried again, or is recorded."""

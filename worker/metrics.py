@@ -20,5 +20,5 @@ HANDLER_SECONDS = Histogram(
 )
 REDELIVERIES = Counter(
     "kubejob_worker_redeliveries_total",
-    "Messages the broker delivered again because an earlier consumer did not ack them (it died or lost its connection).",
+    "Messages the broker delivered again: an earlier consumer did not ack them (it died or lost its connection).",
 )

@@ -55,7 +55,7 @@ class JobWatch:
                                                   resource_version=resource_version):
                     self._record(event["type"], event["object"])
                     resource_version = event["object"].metadata.resource_version
-        except Exception as exc:  # noqa: BLE001 - a blind watch must fail the test, not pass it
+        except Exception as exc:
             self.error = exc
 
     def _record(self, kind: str, job: client.V1Job) -> None:
@@ -78,7 +78,8 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_cluster, no
              timeout=120, interval=1)
     jobs = JobWatch(kube_cluster.api_client(), namespace)
     scaler = ScalerProcess(
-        tmp_path / "scaler.log", QUEUE_NAME=queue_name, POD_NAMESPACE=namespace, KUBECONFIG=str(kube_cluster.kubeconfig),
+        tmp_path / "scaler.log", QUEUE_NAME=queue_name, POD_NAMESPACE=namespace,
+        KUBECONFIG=str(kube_cluster.kubeconfig),
         RABBITMQ_MANAGEMENT_URL=broker.management_url, RABBITMQ_USER=broker.user, RABBITMQ_PASSWORD=broker.password,
         SCALER_MAX_JOBS=str(MAX_JOBS), SCALER_MESSAGES_PER_JOB="500", SCALER_POLL_SECONDS="0.5",
     )
@@ -88,7 +89,7 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_cluster, no
             assert jobs.error is None, f"the Job watch failed: {jobs.error!r}"
             return jobs.jobs and jobs.unfinished() == 0 and broker.depth(queue_name) == 0
         wait_for(drained, what=f"{MESSAGES} rows to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=1)
-        took = time.monotonic() - began
+        time.monotonic() - began
         assert scaler.alive(), scaler.log_path.read_text()[-3000:]
     finally:
         scaler.stop()
@@ -97,9 +98,6 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_cluster, no
     succeeded = {name: bool(job.status.succeeded) for name, job in jobs.jobs.items()}
     # Polls that saw a backlog wanting more Jobs and declined because of the cap.
     at_cap = [e for e in scaler.events() if e.get("reason") == f"at max jobs ({MAX_JOBS})"]
-    print(f"{MESSAGES} rows drained in {took:.1f} s by {len(succeeded)} Jobs; "
-          f"most unfinished at once: {jobs.max_unfinished} (SCALER_MAX_JOBS={MAX_JOBS}); "
-          f"{len(at_cap)} polls declined at the cap")
     assert jobs.max_unfinished <= MAX_JOBS
     assert jobs.max_unfinished == MAX_JOBS  # the cap was reached, so the bound was really tested
     assert len(at_cap) >= 5 and all(e["create"] == 0 and e["depth"] > 500 * MAX_JOBS for e in at_cap[:5])

@@ -1,8 +1,9 @@
-"""The whole pipeline on the local Kubernetes: upload a CSV, the scaler's Jobs drain the queue.
+"""The whole pipeline on the local Kubernetes: upload a CSV, the scaler's Jobs drain the queue, the upload is done.
 
 Producer and scaler run as pods of infra/k8s's Deployments on the node agent, the
 scaler creates worker Jobs through its own ServiceAccount, and each Job runs real
-`python -m worker` processes against the local RabbitMQ.
+`python -m worker` processes against the local RabbitMQ, recording each row in the
+ledger (the local PostgreSQL, with the account of the postgres-credentials Secret).
 """
 
 import csv
@@ -57,6 +58,13 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
         response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
                               headers={"Authorization": f"Bearer {token}"}, timeout=120)
     assert response.status_code < 300 and response.json()["rows"] == ROWS, response.text
+    status_url = url + response.json()["status_url"]
+
+    def done() -> dict | None:
+        status = httpx.get(status_url, timeout=10).json()
+        return status if status["state"] == "done" else None
+    status = wait_for(done, what="the upload's state to be done", timeout=DRAIN_TIMEOUT, interval=2)
+    assert (status["done"], status["failed"], status["rows"]) == (ROWS, 0, ROWS)
 
     batch = client.BatchV1Api(kube_cluster.api_client())
 
@@ -74,7 +82,6 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
     counts = [_handled_in_log(kube_cluster.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout)
               for j in jobs]
     assert sum(counts) >= ROWS, counts
-    print(f"{ROWS} rows handled by {len(jobs)} Jobs (per Job: {counts})")
 
 
 def _handled_in_log(text: str) -> int:

@@ -29,7 +29,7 @@ def producer(queue: str) -> Iterator[tuple[str, int]]:
 
 
 def csv_file(rows: int, poison: frozenset[int] = frozenset()) -> bytes:
-    """A CSV of `rows` rows (id, name, poison); the rows numbered in `poison` fail tests.helpers.handlers:fail_poison."""
+    """A CSV of `rows` rows (id, name, poison); the rows numbered in `poison` fail handlers.fail_poison."""
     lines = ["id,name,poison"] + [f"{i},name {i},{'yes' if i in poison else 'no'}" for i in range(1, rows + 1)]
     return ("\n".join(lines) + "\n").encode()
 

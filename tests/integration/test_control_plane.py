@@ -40,14 +40,13 @@ def phase(core: client.CoreV1Api, name: str, namespace: str) -> str | None:
 def test_apiserver_reports_the_pinned_release(kube_cluster):
     version = json.loads(kube_cluster.kubectl("version", "-o", "json").stdout)
     assert version["serverVersion"]["gitVersion"] == pinned_release()
-    print(f"control plane started in {kube_cluster.start_seconds:.1f}s")
 
 
 def test_node_agent_registers_a_ready_untainted_node_whose_lease_it_renews(kube_cluster, node_agent):
     api = kube_cluster.api_client()
     node = client.CoreV1Api(api).read_node(node_agent)
     assert {c.type: c.status for c in node.status.conditions} == {"Ready": "True"}
-    assert [(a.type, a.address) for a in node.status.addresses][0] == ("InternalIP", "127.0.0.1")
+    assert next((a.type, a.address) for a in node.status.addresses) == ("InternalIP", "127.0.0.1")
     assert node.status.daemon_endpoints.kubelet_endpoint.port > 0
     assert not node.spec.taints  # nothing would lift a not-ready taint: no node-lifecycle controller
     lease = client.CoordinationV1Api(api).read_namespaced_lease(node_agent, "kube-node-lease")
@@ -244,7 +243,8 @@ def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_cluste
     wait_for(gone, what=f"TTL removal of Job {name} and its pod", timeout=60)
 
 
-def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube_cluster, node_agent, namespace, tmp_path):
+def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube_cluster, node_agent, namespace,
+                                                                            tmp_path):
     kube_cluster.apply(namespace, scaler_rbac())
     token = kube_cluster.kubectl("create", "token", "scaler", "-n", namespace).stdout.strip()
     configuration = kube_cluster.client_configuration()

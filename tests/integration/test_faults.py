@@ -14,7 +14,7 @@ import pytest
 from bench import support
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker, rows
-from tests.helpers.producer import producer, upload
+from tests.helpers.producer import producer
 from tests.helpers.worker import handled, start_worker
 
 
@@ -36,7 +36,6 @@ def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, t
         assert worker.wait(timeout=120) in (0, -signal.SIGKILL)
     counts = handled(record)
     twice = sum(n - 1 for n in counts.values())
-    print(f"\n{kills} workers SIGKILLed while draining {count} rows: {twice} rows handled twice")
     assert set(counts) == {str(i) for i in range(count)}
     assert kills >= 3
     assert twice <= kills * prefetch, "a kill can only return the rows that worker held"

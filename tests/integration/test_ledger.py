@@ -1,4 +1,4 @@
-"""The ledger against real RabbitMQ and PostgreSQL: uploads reach `done`, failed rows come back, nothing counts twice."""
+"""The ledger against real RabbitMQ and PostgreSQL: uploads reach `done`, failed rows come back, none counts twice."""
 
 import csv
 import io

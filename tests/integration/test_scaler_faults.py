@@ -8,6 +8,7 @@ namespaces hold no kube-job-config, so even with a node agent up the Jobs' pods 
 start: every Job the scaler makes stays unfinished and counts.
 """
 
+import itertools
 import json
 import socket
 import threading
@@ -48,7 +49,7 @@ class ManagementProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+            def do_GET(self):
                 proxy._answer(self)
 
             def log_message(self, *args):
@@ -186,7 +187,7 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     assert not [e for e in during if e.get("message") in ("poll crashed", "not json")], during
     assert all(reason in e["error"] for e in failed), [e["error"] for e in failed]
     # A follower at INFO reads a failure when it is new, not one line per poll.
-    for previous, line in zip([None, *failed], failed):
+    for previous, line in itertools.pairwise([None, *failed]):
         new = previous is None or (previous["error_type"], previous["error"]) != (line["error_type"], line["error"])
         assert line["level"] == ("WARNING" if new else "DEBUG"), failed
     assert_backs_off(failed)
@@ -218,16 +219,15 @@ def assert_backs_off(failed: list[dict]) -> None:
     """Each wait is at least what the line before announced, and the waits grow to the cap."""
     waits = [e["retry_in_s"] for e in failed]
     assert waits[:4] == [POLL_S * 2, POLL_S * 4, POLL_S * 8, MAX_BACKOFF_S], waits
-    gaps = [seconds(b) - seconds(a) for a, b in zip(failed, failed[1:])]
-    print(f"failed polls: retry_in_s {waits}, gaps between them {[round(g, 2) for g in gaps]} s")
-    for wait, gap in zip(waits, gaps):
+    gaps = [seconds(b) - seconds(a) for a, b in itertools.pairwise(failed)]
+    for wait, gap in zip(waits, gaps, strict=False):
         # Never sooner than announced (1 ms for the timestamps' rounding), never much later:
         # a gap also holds the failing call itself, at most the HTTP timeout.
         assert wait - 0.002 <= gap <= wait + HTTP_TIMEOUT_S + 1.0, (waits, gaps)
     assert gaps[-1] > gaps[0] * 2, gaps
 
 
-@pytest.mark.parametrize("fault, reason", [
+@pytest.mark.parametrize(("fault", "reason"), [
     ("500", "HTTP 500"),
     ("401", "HTTP 401"),
     ("slow", f"timed out after {HTTP_TIMEOUT_S}s"),
@@ -251,7 +251,7 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
 
 
 @pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-@pytest.mark.parametrize("service, reason", [("amqp", "AMQP"), ("apiserver", "unreachable")])
+@pytest.mark.parametrize(("service", "reason"), [("amqp", "AMQP"), ("apiserver", "unreachable")])
 def test_a_network_cut_creates_nothing_backs_off_and_recovers(
     broker, queue_name, namespace, batch, start_scaler, request, service, reason, how
 ):
@@ -278,7 +278,7 @@ def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
         def count() -> None:
             try:
                 jobs.unfinished()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            except BaseException as exc:
                 outcome.append(exc)
         began = time.monotonic()
         call = threading.Thread(target=count, daemon=True)  # daemon: a hang must not block the run
@@ -299,9 +299,8 @@ def test_the_log_at_info_says_only_what_changed(broker, queue_name, namespace, b
     time.sleep(5)  # ten polls with nothing new
     lines = scaler.events()
     said = [(e["message"], e.get("kind"), e.get("jobs_created")) for e in lines]
-    print("\n".join(map(str, said)))
     assert not [e for e in lines if e["message"] in ("poll", "poll failed", "not json")], said
     assert len(lines) < 10, said
-    assert all(a != b for a, b in zip(said, said[1:])), said
+    assert all(a != b for a, b in itertools.pairwise(said)), said
     assert said[:2] == [("scaler started", None, None), ("decision changed", "queue_empty", [])]
     assert sum(len(e["jobs_created"]) for e in lines if e["message"] == "jobs created") == wanted

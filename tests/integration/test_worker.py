@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from kubejob import message
 from tests.helpers import REPO_ROOT, free_port, wait_for

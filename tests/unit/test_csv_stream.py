@@ -1,6 +1,5 @@
 """How the producer reads a CSV: what is a row, and how a bad file is described."""
 
-import csv
 import io
 
 import pytest

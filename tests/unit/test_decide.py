@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scaler.decide import KINDS, decide
 
 # threshold 20, 500 messages per Job, at most 5 Jobs, a small backlog waits 60 s.
-DEFAULTS = dict(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
+DEFAULTS = {"threshold": 20, "messages_per_job": 500, "max_jobs": 5, "small_backlog_wait_s": 60.0}
 
 CASES = [
     # depth, unfinished, backlog age, -> create, the reason logged (in part), why
@@ -39,7 +39,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(
-    "depth, unfinished, age, expected, reason, why", CASES, ids=[case[-1] for case in CASES]
+    ("depth", "unfinished", "age", "expected", "reason", "why"), CASES, ids=[case[-1] for case in CASES]
 )
 def test_decision_table(depth, unfinished, age, expected, reason, why):
     decision = decide(depth=depth, unfinished_jobs=unfinished, backlog_age_s=age, **DEFAULTS)

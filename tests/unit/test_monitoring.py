@@ -53,7 +53,8 @@ def test_each_service_monitor_selects_a_service_with_its_port() -> None:
 def test_the_scaler_service_reaches_the_port_the_scaler_serves() -> None:
     (deployment,) = [d for d in manifests("scaler.yaml") if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    assert {"name": "metrics", "containerPort": ScalerSettings.model_fields["scaler_metrics_port"].default} in container["ports"]
+    port = ScalerSettings.model_fields["scaler_metrics_port"].default
+    assert {"name": "metrics", "containerPort": port} in container["ports"]
 
 
 def test_the_pod_monitor_scrapes_the_worker_port_of_the_job_template() -> None:
@@ -61,4 +62,5 @@ def test_the_pod_monitor_scrapes_the_worker_port_of_the_job_template() -> None:
     assert monitor["spec"]["selector"]["matchLabels"] == {job_template.LABEL_KEY: job_template.LABEL_VALUE}
     (container,) = job_template.load()["spec"]["template"]["spec"]["containers"]
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert {"name": endpoint["port"], "containerPort": WorkerSettings.model_fields["worker_metrics_port"].default} in container["ports"]
+    port = WorkerSettings.model_fields["worker_metrics_port"].default
+    assert {"name": endpoint["port"], "containerPort": port} in container["ports"]

@@ -28,7 +28,7 @@ def test_small_backlog_ages_from_the_first_poll_that_saw_it_unattended():
 
 
 @pytest.mark.parametrize(
-    "attended, unfinished",
+    ("attended", "unfinished"),
     [(counts(0), 0), (counts(3, consumers=1), 0), (counts(3), 1)],
     ids=["queue emptied", "a consumer appeared", "a job exists"],
 )
@@ -41,7 +41,7 @@ def test_the_clock_restarts_once_the_backlog_is_attended(attended, unfinished):
 
 
 @pytest.mark.parametrize(
-    "failures, expected",
+    ("failures", "expected"),
     [(0, 1.0), (1, 2.0), (2, 4.0), (4, 16.0), (5, 30.0), (10_000, 30.0)],
 )
 def test_backoff_doubles_from_the_poll_interval_up_to_the_cap(failures, expected):
@@ -159,7 +159,7 @@ def test_jobs_created_are_info_and_each_gets_an_event_saying_why(caplog):
 
 
 @pytest.mark.parametrize(
-    "readings, count_error",
+    ("readings", "count_error"),
     [
         ([QueueReadError("management API answered HTTP 500")] * 4, None),
         ([counts(1500)] * 4, KubeError("list jobs: API unreachable")),

@@ -1,13 +1,13 @@
 """An upload's state and pace, as GET /uploads/{id} reports them."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from producer.ledger import Upload
 from producer.status import pace
 
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def upload(*, rows: int = 100, done: int = 0, failed: int = 0, published: bool = True,

@@ -27,7 +27,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     lookup: Lookup
 
-    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
+    def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
         parts = url.path.strip("/").split("/")
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}

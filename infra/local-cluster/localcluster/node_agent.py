@@ -58,7 +58,7 @@ class Agent:
         while not self.stopping.is_set():
             try:
                 self._watch()
-            except Exception:  # noqa: BLE001 - a dropped watch is re-listed, whatever broke it
+            except Exception:
                 if not self.stopping.is_set():
                     log.exception("pod watch failed; listing again")
                     self.stopping.wait(1)
@@ -99,7 +99,7 @@ class Agent:
             try:
                 self._renew_lease()
                 self.core.patch_node_status(self.node, {"status": self._node_status()})
-            except Exception:  # noqa: BLE001 - next beat retries
+            except Exception:
                 log.exception("heartbeat failed")
             if self.stopping.wait(HEARTBEAT_SECONDS):
                 return
@@ -217,7 +217,7 @@ def main() -> None:
     def run() -> None:
         try:
             agent.run()
-        except Exception:  # noqa: BLE001 - logged, then the agent exits non-zero
+        except Exception:
             log.exception("node agent failed")
             failed.set()
             agent.stopping.set()

@@ -60,7 +60,7 @@ class PodRunner:
         except ApiException as exc:
             if exc.status not in (404, 409):  # the pod is gone or replaced: nothing left to report
                 log.exception("pod %s/%s: API error", self.ns, self.name)
-        except Exception:  # noqa: BLE001 - a pod thread must never take the agent down
+        except Exception:
             log.exception("pod %s/%s failed in the agent", self.ns, self.name)
             self._abandon()
 
@@ -195,4 +195,4 @@ class PodRunner:
     def is_running(self, container: str) -> bool:
         """True while `container` has a live process, so a followed log stays open."""
         c = self.containers.get(container)
-        return bool(c and (c.proc or self.stop_grace is None and "terminated" not in c.state))
+        return bool(c and (c.proc or (self.stop_grace is None and "terminated" not in c.state)))

@@ -172,16 +172,10 @@ def up(state: pathlib.Path) -> None:
     ensure_postgres_role(postgres_secret)
     apply_secret(cp, "postgres-credentials", username=USER, password=postgres_secret)
     apply_secret(cp, "upload-token", token=generated(state, "upload-token"))
-    print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
     # An `up` that changed a Deployment must not report the pods it is replacing as ready.
     for deployment in ("producer", "scaler"):
         kubectl(cp, "rollout", "status", f"deployment/{deployment}", "--timeout=120s")
     wait_producer()
-    print(f"\nupload:     curl -H \"Authorization: Bearer $(cat {state / 'upload-token'})\" "
-          f"-F file=@data.csv {PRODUCER}/upload\n"
-          f"management: http://localhost:15672 (user {USER}, password in {state / 'rabbitmq-password'})\n"
-          f"postgres:   postgresql://localhost:5432/kubejob (user {USER}, password in {state / 'postgres-password'})\n"
-          f"kubectl:    export KUBECONFIG={cp.kubeconfig}")
 
 
 def down(state: pathlib.Path) -> None:
@@ -197,7 +191,6 @@ def down(state: pathlib.Path) -> None:
         stop_postgres()
         stopped.append("postgres")
     record_path.unlink(missing_ok=True)
-    print("stopped:", " ".join(stopped) or "nothing")
 
 
 def main() -> None:
