@@ -217,10 +217,10 @@ def worker_job_template(command: list[str], *, ttl: int) -> dict:
 
 
 def job_settings(kube_cluster: KubeCluster, namespace: str) -> None:
-    """What the template's env refers to: the shared ConfigMap and the credentials Secret."""
+    """What the template's env refers to: the shared ConfigMap and the credentials Secrets."""
     config_doc = yaml.safe_load((REPO_ROOT / "infra" / "k8s" / "config.yaml").read_text())
     kube_cluster.apply(namespace, [config_doc])
-    kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", namespace)
+    kube_cluster.create_credentials(namespace, user="kube-job", password="not-used")
 
 
 def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_cluster, node_agent, namespace):
