@@ -6,6 +6,7 @@ restart policy would, and the rows handled twice are counted.
 """
 
 import collections
+import itertools
 import json
 import os
 import subprocess
@@ -92,7 +93,7 @@ def test_a_row_failing_twice_is_handled_on_its_third_attempt_after_the_delays(
     calls = [line.split() for line in times.read_text().splitlines()]
     attempts = [float(at) for row, at in calls if row == "3"]
     assert len(attempts) == 3 and handled(record)["3"] == 1
-    delays = [later - earlier for earlier, later in zip(attempts, attempts[1:], strict=False)]
+    delays = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     assert 0.5 <= delays[0] < 1.0 and 0.8 <= delays[1] < 1.3, delays
     # The rows behind it did not wait for its retries.
     assert max(float(at) for row, at in calls if row != "3") < attempts[1]
@@ -122,8 +123,8 @@ def test_a_classic_queue_from_before_stops_the_worker_with_exit_2_saying_how_to_
         broker: Broker, queue_name: str) -> None:
     with broker.connection() as conn:
         conn.channel().queue_declare(queue_name, durable=True)
-    result = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=os.environ | {"QUEUE_NAME": queue_name},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO_ROOT,
+                            env=os.environ | {"QUEUE_NAME": queue_name}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
     assert "quorum queue" in line["error"] and f"delete_queue {queue_name}" in line["error"], line
