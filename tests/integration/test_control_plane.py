@@ -243,6 +243,23 @@ def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_cluste
     wait_for(gone, what=f"TTL removal of Job {name} and its pod", timeout=60)
 
 
+def test_a_worker_exiting_2_fails_its_job_at_once_by_the_templates_pod_failure_policy(
+        kube_cluster, node_agent, namespace):
+    job_settings(kube_cluster, namespace)
+    exits_2 = ["python", "-c", "import sys; sys.exit(2)"]
+    body = job_template.render(worker_job_template(exits_2, ttl=300), namespace=namespace)
+    batch = client.BatchV1Api(kube_cluster.api_client())
+    name = batch.create_namespaced_job(namespace, body).metadata.name
+
+    def failed():
+        job = batch.read_namespaced_job(name, namespace)
+        return next((c for c in job.status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
+    condition = wait_for(failed, what=f"Job {name} to fail")
+    assert condition.reason == "PodFailurePolicy", condition
+    # Not retried up to backoffLimit (3): the one pod's exit code failed the Job.
+    assert batch.read_namespaced_job(name, namespace).status.failed == 1
+
+
 def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube_cluster, node_agent, namespace,
                                                                             tmp_path):
     kube_cluster.apply(namespace, scaler_rbac())
