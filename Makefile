@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint rabbitmq postgres browser demo test test-unit bench images clean
+.PHONY: help install lint rabbitmq postgres browser prometheus demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,10 +27,13 @@ postgres: ## Start a local PostgreSQL with the role and database kubejob (instal
 browser: ## Install Debian's chromium and chromium-driver if missing (the browser test of the page)
 	bash scripts/browser.sh
 
+prometheus: ## Install Debian's prometheus server if missing (the end-to-end test that scrapes the services)
+	bash scripts/prometheus.sh
+
 demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install lint rabbitmq postgres browser cluster ## Lint, then the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes and Chromium
+test: install lint rabbitmq postgres browser prometheus cluster ## Lint, then the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes, Chromium and Prometheus
 	$(PY) -m pytest
 
 lint: install ## ruff (pyproject's rule set) over everything, mypy over the services
