@@ -82,6 +82,11 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_cluster, n
     counts = [_handled_in_log(kube_cluster.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout)
               for j in jobs]
     assert sum(counts) >= ROWS, counts
+    # Each Job says why the scaler made it, reported by the scaler's pod (POD_NAME from the downward API).
+    created = client.EventsV1Api(kube_cluster.api_client()).list_namespaced_event(
+        ns, field_selector="reason=CreatedForBacklog").items
+    assert sorted(e.regarding.uid for e in created) == sorted(j.metadata.uid for j in jobs)
+    assert {e.reporting_instance.startswith("scaler-") for e in created} == {True}, created
 
 
 def _handled_in_log(text: str) -> int:
