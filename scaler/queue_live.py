@@ -4,7 +4,7 @@ The management API's counts lag by the broker's statistics interval (1 s as ship
 default): with them alone the first Job came 3-4 s after a backlog appeared (bench/reaction.py).
 A passive queue declare over AMQP answers with this instant's ready messages and consumers, as
 KEDA's `amqp` mode reads them; only the unacked count, which AMQP does not give, comes from the
-management API.
+management API, and only while the queue has consumers (without one, nothing is unacked).
 
 The declare runs on pika's asyncio adapter under one deadline. pika's BlockingConnection has
 no timeout once a connection is open: a network that goes silent under it hung the scaler,
@@ -37,13 +37,16 @@ class LiveQueue:
 
     def read(self) -> QueueCounts:
         """The counts now; raises QueueReadError when either source fails or is silent."""
-        unacked = self._management.read().messages_unacknowledged
         try:
             ready, consumers = self._loop.run_until_complete(
                 asyncio.wait_for(self._ready_and_consumers(), self._timeout_s))
         except TimeoutError:
             self._drop_connection()
             raise QueueReadError(f"AMQP: no answer within {self._timeout_s}s") from None
+        # Only a consumer holds unacknowledged messages. Without one the answer is complete, and
+        # a queue declared a moment ago (a quorum queue's first statistics take seconds) does not
+        # wait for the management API before its first Job.
+        unacked = self._management.read().messages_unacknowledged if consumers else 0
         return QueueCounts(ready + unacked, ready, unacked, consumers)
 
     def close(self) -> None:
