@@ -227,6 +227,28 @@ def assert_backs_off(failed: list[dict]) -> None:
     assert gaps[-1] > gaps[0] * 2, gaps
 
 
+@pytest.fixture
+def holding_consumer(broker, queue_name):
+    """A consumer that holds a few messages unacked: only while one exists does the scaler ask the management API."""
+    stop, ready = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with broker.connection() as conn:
+            channel = conn.channel()
+            broker.declare(channel, queue_name)
+            channel.basic_qos(prefetch_count=10)
+            channel.basic_consume(queue_name, lambda *_: None)
+            ready.set()
+            while not stop.is_set():
+                conn.process_data_events(time_limit=0.2)  # keeps its heartbeats going; acks nothing
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    ready.wait(10)
+    yield
+    stop.set()
+    holder.join(timeout=10)
+
+
 @pytest.mark.parametrize(("fault", "reason"), [
     ("500", "HTTP 500"),
     ("401", "HTTP 401"),
@@ -234,7 +256,7 @@ def assert_backs_off(failed: list[dict]) -> None:
     ("closed", "unreachable"),
 ])
 def test_management_api_fault_creates_nothing_backs_off_and_recovers(
-    broker, queue_name, namespace, batch, management_proxy, start_scaler, fault, reason
+    broker, queue_name, namespace, batch, management_proxy, start_scaler, holding_consumer, fault, reason
 ):
     scaler = start_scaler(queue=queue_name, namespace=namespace, management_url=management_proxy.url)
     if fault == "closed":
