@@ -18,7 +18,10 @@ from producer.routes import Error, LedgerDep
 
 router = APIRouter()
 PAGE = Path(__file__).with_name("page.html")
-NOT_FOUND: dict[int | str, dict[str, Any]] = {
+LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
+    503: {"model": Error, "description": "PostgreSQL, which holds the ledger, does not answer"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
     404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
 }
 
@@ -81,9 +84,9 @@ async def upload_status(upload_id: str, ledger: LedgerDep) -> UploadStatus:
     return status_of(await _known(ledger, upload_id), datetime.now(UTC))
 
 
-@router.get("/uploads")
+@router.get("/uploads", responses=LEDGER_DOWN)
 async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
-                         offset: Annotated[int, Query(ge=0)] = 0) -> UploadList:
+                         offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> UploadList:
     """Uploads, newest first, `limit` at a time; `next_url` pages on."""
     uploads = await ledger.recent(limit=limit + 1, offset=offset)
     now = datetime.now(UTC)
