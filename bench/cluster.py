@@ -13,9 +13,10 @@ from bench.support import ROOT
 
 sys.path.insert(0, str(ROOT / "infra" / "local-cluster"))  # the launcher is a package there
 
-from localcluster.agent import start_agent, stop_agent, wait_node  # noqa: E402
+from localcluster import netns  # noqa: E402
 from localcluster.control_plane import ControlPlane, bin_dir  # noqa: E402
-from localcluster.stack import manifests  # noqa: E402
+from localcluster.node import Node  # noqa: E402
+from localcluster.stack import build_images, manifests  # noqa: E402
 
 
 def shipped_settings() -> dict[str, str]:
@@ -32,18 +33,23 @@ def app_documents(**settings: str) -> list[dict]:
 
 
 @contextlib.contextmanager
-def control_plane(*, node_agent: bool = False) -> Iterator[tuple[Path, client.ApiClient]]:
-    """A fresh control plane (and node agent) for the block; yields its kubeconfig and an admin client."""
+def control_plane(*, node: bool = False) -> Iterator[tuple[Path, client.ApiClient]]:
+    """A fresh control plane (with `node`, a one-node cluster in a network namespace of its own)
+    for the block; yields its kubeconfig and an admin client."""
     bin_dir()
+    if node:
+        build_images()
     with tempfile.TemporaryDirectory(prefix="kube-job-bench-") as state:
-        plane = ControlPlane(Path(state), tied=True)
+        network = netns.for_tests() if node else None
+        plane = ControlPlane(Path(state), tied=True, network=network)
         try:
             plane.up()
-            if node_agent:
-                start_agent(plane)
-                wait_node(plane)
+            if node:
+                Node(plane).up()
             yield plane.kubeconfig, config.new_client_from_config(str(plane.kubeconfig))
         finally:
-            if node_agent:
-                stop_agent(plane)
+            if node:
+                Node(plane).down()
             plane.down()
+            if network:
+                network.delete()

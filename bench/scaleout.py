@@ -44,7 +44,7 @@ def _drain_seconds(api: client.ApiClient, path, *, max_jobs: int) -> float:
 
 def run(rows: int = 100_000) -> dict[str, float]:
     path = support.sample_csv(rows)
-    with cluster.control_plane(node_agent=True) as (_kubeconfig, api):
+    with cluster.control_plane(node=True) as (_kubeconfig, api):
         one = _drain_seconds(api, path, max_jobs=1)
         four = _drain_seconds(api, path, max_jobs=4)
     return {"drain_100k_s_1_job": round(one, 1), "drain_100k_s_4_jobs": round(four, 1)}

@@ -1,10 +1,13 @@
-"""Session fixtures for a real local Kubernetes control plane and its node agent.
+"""Session fixtures for a real local Kubernetes: the control plane alone on loopback (like
+envtest) for tests that need no node, and a one-node cluster in a network namespace.
 
 The binaries are built from source by infra/local-cluster/build.sh (minutes the first
 time, instant after). A failed build or start fails the run: nothing here skips.
 """
 
+import contextlib
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -18,9 +21,11 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOCAL_CLUSTER = REPO_ROOT / "infra" / "local-cluster"
 sys.path.insert(0, str(LOCAL_CLUSTER))  # the launcher is a package there, not an installed one
 
-from localcluster.agent import start_agent, stop_agent, wait_node  # noqa: E402
+from localcluster import netns  # noqa: E402
 from localcluster.control_plane import ControlPlane, bin_dir  # noqa: E402
+from localcluster.node import NODE_NAME, Node  # noqa: E402, F401 - the one Node's name
 from localcluster.processes import free_port  # noqa: E402, F401 - for tests that need a port
+from localcluster.stack import build_images, rabbitmq_volume  # noqa: E402, F401 - as `make up` does
 from localcluster.stack import manifests as app_manifests  # noqa: E402, F401 - infra/k8s as `make up` applies it
 
 
@@ -51,6 +56,22 @@ class KubeCluster:
             raise AssertionError(f"kubectl {' '.join(args)} exited {result.returncode}:\n"
                                  f"{result.stdout}{result.stderr}")
         return result
+
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int, *, namespace: str) -> Iterator[int]:
+        """`kubectl port-forward` to `target`'s `port` for the block; yields the local port."""
+        process = subprocess.Popen([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig),
+                                    "port-forward", "-n", namespace, target, f":{port}"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            line = process.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8000"
+            found = re.search(r"127\.0\.0\.1:(\d+)", line)
+            if not found:
+                pytest.fail(f"kubectl port-forward {target}: {line}{process.stdout.read(2000)}", pytrace=False)
+            yield int(found.group(1))
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
     def namespace(self) -> str:
         """Create a fresh namespace (with its default ServiceAccount in place) and return its name."""
@@ -89,17 +110,30 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
     try:
         yield KubeCluster(control_plane, bins, took)
     finally:
-        stop_agent(control_plane)
         control_plane.down()
 
 
 @pytest.fixture(scope="session")
-def node_agent(kube_cluster: KubeCluster) -> Iterator[str]:
-    """The node agent process serving pods on the one Node; yields the Node's name."""
-    start_agent(kube_cluster.control_plane)
+def kube_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """A one-node cluster in a network namespace of this session's own, as `make up` starts it:
+    control plane, containerd, kubelet, kube-proxy and CoreDNS, with the images of images.sh."""
     try:
-        wait_node(kube_cluster.control_plane)
-    except SystemExit as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield "local-node"
-    stop_agent(kube_cluster.control_plane)
+        bins = bin_dir()
+        build_images()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"building the cluster or its images failed ({exc})", pytrace=False)
+    network = netns.for_tests()
+    control_plane = ControlPlane(tmp_path_factory.mktemp("node"), tied=True, network=network)
+    node = Node(control_plane)
+    try:
+        try:
+            began = time.monotonic()
+            control_plane.up()
+            node.up()
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"the one-node cluster did not start: {exc}", pytrace=False)
+        yield KubeCluster(control_plane, bins, time.monotonic() - began)
+    finally:
+        node.down()
+        control_plane.down()
+        network.delete()

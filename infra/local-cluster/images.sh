@@ -6,8 +6,8 @@
 #   images.sh cluster       also the images infra/k8s and the node need: rabbitmq, pause
 #   images.sh load SOCKET   copy every image above into the containerd at SOCKET (namespace k8s.io)
 #
-# Base images are tagged with the hash of this script, so they are built once and rebuilt only
-# when it changes. With DOCKER_HOST set (e.g. `eval $(minikube docker-env)`), the daemon can
+# A base image is tagged with the hash of the functions that make it, so it is built once and
+# rebuilt only when they change. With DOCKER_HOST set (e.g. `eval $(minikube docker-env)`), the daemon can
 # pull, so `services` builds on the Dockerfile's default base and nothing else is made here.
 set -euo pipefail
 
@@ -15,8 +15,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 bin="${KUBE_JOB_CACHE:-$HOME/.cache/kube-job}/bin"
 mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-version="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)"
-python_base="kube-job-base/python:$version"
 services=(producer worker scaler)
 # The tags the manifests name, so that infra/k8s is applied unchanged.
 rabbitmq_image="rabbitmq:4.0-management"
@@ -66,7 +64,7 @@ python_base() {
 # Debian 13's rabbitmq-server (4.0.x) laid out like the official image: uid 999, the
 # management plugin on, logs to stdout, data and cookie in /var/lib/rabbitmq (the volume).
 rabbitmq() {
-  have "$rabbitmq_image:$version" && return
+  have "$rabbitmq_base" && return
   local root; root="$(mktemp -d /var/tmp/kube-job-rootfs.XXXXXX)"
   bootstrap trixie rabbitmq-server "$root"
   chroot "$root" sh -ec 'groupmod -g 999 rabbitmq && usermod -u 999 -g 999 rabbitmq
@@ -76,9 +74,9 @@ rabbitmq() {
   tar -C "$root" -c . | docker import \
     --change 'ENV HOME=/var/lib/rabbitmq' --change 'ENV RABBITMQ_LOGS=-' \
     --change 'ENV PATH=/usr/lib/rabbitmq/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'USER 999' \
-    --change 'EXPOSE 5672 15672' --change 'CMD ["rabbitmq-server"]' - "$rabbitmq_image:$version" >/dev/null
+    --change 'EXPOSE 5672 15672' --change 'CMD ["rabbitmq-server"]' - "$rabbitmq_base" >/dev/null
   rm -rf "$root" "$root.log"
-  docker tag "$rabbitmq_image:$version" "$rabbitmq_image"
+  docker tag "$rabbitmq_base" "$rabbitmq_image"
 }
 
 # The sandbox image holding only build.sh's static pause.
@@ -100,6 +98,11 @@ build_services() {
     echo "image $service:latest: $((SECONDS - started))s" >&2
   done
 }
+
+# The tag of an image made by the functions named.
+hashed() { declare -f "$@" | sha256sum | cut -c1-12; }
+python_base="kube-job-base/python:$(hashed bootstrap python_base)"
+rabbitmq_base="kube-job-base/rabbitmq:$(hashed bootstrap rabbitmq)"
 
 case "${1:-}" in
   services) ensure_daemon; build_services ;;

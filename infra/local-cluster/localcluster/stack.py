@@ -1,88 +1,37 @@
-"""`make up` / `make down`: RabbitMQ, the control plane, the node agent and kube-job's manifests.
+"""`make up` / `make down`: a one-node Kubernetes in a network namespace, with infra/k8s applied.
 
-RabbitMQ runs beside the control plane, not as a pod: one that already answers on
-5672/15672 is reused, otherwise scripts/rabbitmq.sh starts one (as `make rabbitmq`
-does). The rabbitmq Service and ConfigMap are applied; its StatefulSet is not. What
-`up` started is recorded in the state dir, and `down` stops exactly that.
+`up` builds the images (images.sh), creates the namespace `kube-job` and its veth pair
+(198.51.100.1 on the host, 198.51.100.2 the node), starts the control plane and the node in it,
+makes the Secrets and the RabbitMQ volume that infra/k8s expects to exist, and applies every
+manifest of infra/k8s unchanged. `down` stops it all and takes back what `up` changed.
 """
 
 import argparse
-import base64
 import json
 import os
 import pathlib
 import secrets
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 
-import yaml
-
-from localcluster import processes
-from localcluster.agent import AGENT, start_agent, stop_agent, wait_node
-from localcluster.control_plane import REPO_ROOT, ControlPlane, default_state
+from localcluster.control_plane import HERE, REPO_ROOT, ControlPlane, default_state
+from localcluster.netns import UP_NAME, UP_SUBNET, NodeNetwork
+from localcluster.node import Node
 
 USER = "kube-job"
-ADMIN = (os.environ.get("RABBITMQ_ADMIN_USER", "guest"), os.environ.get("RABBITMQ_ADMIN_PASSWORD", "guest"))
-PRODUCER = "http://localhost:8000"
-
-
-def answers(port: int) -> bool:
-    """True when something accepts TCP connections on localhost:`port`."""
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def start_rabbitmq() -> bool:
-    """Make sure RabbitMQ answers, the way `make rabbitmq` does; True if it was not running before."""
-    running = answers(5672) and answers(15672)
-    subprocess.run(["bash", str(REPO_ROOT / "scripts" / "rabbitmq.sh")], check=True)
-    return not running
-
-
-def stop_rabbitmq() -> None:
-    """Stop the RabbitMQ that `up` started."""
-    subprocess.run(["rabbitmqctl", "stop"], check=False, stdout=subprocess.DEVNULL)
-
-
-def management(method: str, path: str, body: dict | None = None, *, http_port: int = 15672) -> None:
-    """Call the management API as the admin account."""
-    request = urllib.request.Request(f"http://localhost:{http_port}/api/{path}", method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json", "authorization": "Basic "
-                                              + base64.b64encode(":".join(ADMIN).encode()).decode()})
-    urllib.request.urlopen(request, timeout=10).close()
-
-
-def ensure_user(password: str, *, http_port: int = 15672) -> None:
-    """Create or update the kube-job account with full rights on vhost `/`.
-
-    The management API rather than rabbitmqctl: it also reaches a reused broker that
-    runs as another OS user, whose Erlang cookie rabbitmqctl could not read.
-    """
-    management("PUT", f"users/{USER}", {"password": password, "tags": "administrator"}, http_port=http_port)
-    management("PUT", f"permissions/%2F/{USER}", {"configure": ".*", "write": ".*", "read": ".*"},
-               http_port=http_port)
+# The claim infra/k8s/rabbitmq.yaml's StatefulSet makes for its pod, bound in advance to a
+# directory in the state dir: there is no storage provisioner on this node.
+RABBITMQ_CLAIM, RABBITMQ_UID = "data-rabbitmq-0", 999
+WORKLOADS = ["statefulset/rabbitmq", "deployment/producer", "deployment/scaler"]
 
 
 def manifests() -> str:
-    """Every document in infra/k8s except the RabbitMQ workload, which runs outside the cluster."""
-    docs = []
-    for path in sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text())
-                 if d and not (d["kind"] in ("StatefulSet", "Deployment") and d["metadata"]["name"] == "rabbitmq")]
-    return yaml.safe_dump_all(docs)
+    """Every document in infra/k8s, as it is."""
+    return "\n---\n".join(p.read_text() for p in sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml")))
 
 
-def kubectl(cp: ControlPlane, *args: str, input: str | None = None) -> str:
-    kubectl_bin = pathlib.Path(cp.config["bin_dir"]) / "kubectl"
-    return subprocess.run([str(kubectl_bin), "--kubeconfig", str(cp.kubeconfig), *args], input=input,
-                          check=True, capture_output=True, text=True).stdout
+def build_images() -> None:
+    subprocess.run([str(HERE / "images.sh"), "cluster"], check=True)
 
 
 def generated(state: pathlib.Path, name: str) -> str:
@@ -94,60 +43,54 @@ def generated(state: pathlib.Path, name: str) -> str:
     return path.read_text().strip()
 
 
-def apply_secret(cp: ControlPlane, name: str, **values: str) -> None:
+def apply_secret(cp: ControlPlane, name: str, *, namespace: str = "default", **values: str) -> None:
     """Create or update a Secret; the values go through stdin, never on a command line."""
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values}
-    kubectl(cp, "apply", "-f", "-", input=json.dumps(secret))
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+              "stringData": values}
+    cp.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
-def wait_producer(timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(PRODUCER + "/healthz", timeout=2).close()
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(1)
-    sys.exit(f"producer did not answer on {PRODUCER}/healthz in {timeout}s; try kubectl logs deployment/producer")
+def rabbitmq_volume(cp: ControlPlane, *, namespace: str = "default") -> None:
+    """A hostPath PersistentVolume bound in advance to the RabbitMQ pod's claim."""
+    path = cp.state / "volumes" / f"{namespace}-{RABBITMQ_CLAIM}"
+    path.mkdir(parents=True, exist_ok=True)
+    os.chown(path, RABBITMQ_UID, RABBITMQ_UID)  # a hostPath volume is not given the pod's fsGroup
+    cp.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{RABBITMQ_CLAIM}"},
+        "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)},
+                 "claimRef": {"namespace": namespace, "name": RABBITMQ_CLAIM}}}))
 
 
 def up(state: pathlib.Path) -> None:
-    """Start what is not running yet and apply the manifests; print where things are."""
-    record_path = state / "stack.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"rabbitmq_started": False}
-    state.mkdir(parents=True, exist_ok=True)
-    if answers(8000) and not processes.running(AGENT, state=state):
-        sys.exit("something already listens on localhost:8000, where the producer pod must listen")
-    record["rabbitmq_started"] = start_rabbitmq() or record["rabbitmq_started"]
-    record_path.write_text(json.dumps(record))
-    cp = ControlPlane(state)
+    """Start what is not running yet and apply the manifests; print how to reach the app."""
+    build_images()
+    network = NodeNetwork(UP_NAME, UP_SUBNET)
+    if not network.exists():
+        network.create()
+    cp = ControlPlane(state, network=network)
     cp.up()
-    start_agent(cp)
-    wait_node(cp)
-    secret = generated(state, "rabbitmq-password")
-    ensure_user(secret)
-    apply_secret(cp, "rabbitmq-credentials", username=USER, password=secret)
-    apply_secret(cp, "upload-token", token=generated(state, "upload-token"))
-    print(kubectl(cp, "apply", "-f", "-", input=manifests()), end="")
-    # An `up` that changed a Deployment must not report the pods it is replacing as ready.
-    for deployment in ("producer", "scaler"):
-        kubectl(cp, "rollout", "status", f"deployment/{deployment}", "--timeout=120s")
-    wait_producer()
-    print(f"\nupload:     curl -H \"Authorization: Bearer $(cat {state / 'upload-token'})\" "
-          f"-F file=@data.csv {PRODUCER}/upload\n"
-          f"management: http://localhost:15672 (user {USER}, password in {state / 'rabbitmq-password'})\n"
-          f"kubectl:    export KUBECONFIG={cp.kubeconfig}")
+    Node(cp).up()
+    apply_secret(cp, "rabbitmq-credentials", username=USER, password=generated(cp.state, "rabbitmq-password"))
+    apply_secret(cp, "upload-token", token=generated(cp.state, "upload-token"))
+    rabbitmq_volume(cp)
+    print(cp.kubectl("apply", "-f", "-", input=manifests()), end="")
+    for workload in WORKLOADS:
+        cp.kubectl("rollout", "status", workload, "--timeout=300s")
+    print(f"\nexport KUBECONFIG={cp.kubeconfig}\n"
+          "kubectl port-forward service/producer 8000:8000      # the upload API\n"
+          "kubectl port-forward service/rabbitmq 15672:15672    # the management UI\n"
+          "TOKEN=$(kubectl get secret upload-token -o jsonpath='{.data.token}' | base64 -d)")
 
 
 def down(state: pathlib.Path) -> None:
-    """Stop the node agent (and so every pod), the control plane, and a RabbitMQ we started."""
-    cp = ControlPlane(state)
-    stopped = stop_agent(cp) + cp.down()
-    record_path = state / "stack.json"
-    if record_path.exists() and json.loads(record_path.read_text()).get("rabbitmq_started"):
-        stop_rabbitmq()
-        stopped.append("rabbitmq")
-        record_path.unlink()
+    """Stop the node and the control plane, and delete the network namespace."""
+    network = NodeNetwork(UP_NAME, UP_SUBNET)
+    cp = ControlPlane(state, network=network)
+    stopped = Node(cp).down() if cp.config_path.exists() else []
+    stopped += cp.down()
+    if network.delete():
+        stopped.append(f"netns {UP_NAME}")
     print("stopped:", " ".join(stopped) or "nothing")
 
 
@@ -156,7 +99,10 @@ def main() -> None:
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state", type=pathlib.Path, default=default_state())
     args = parser.parse_args()
-    (up if args.command == "up" else down)(args.state.resolve())
+    try:
+        (up if args.command == "up" else down)(args.state.resolve())
+    except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+        sys.exit(f"{args.command} failed: {exc}")
 
 
 if __name__ == "__main__":
