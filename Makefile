@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install rabbitmq demo test test-unit bench images clean
+.PHONY: help install lint rabbitmq postgres browser demo test test-unit bench images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,16 +20,26 @@ install: $(PY) ## Create .venv with the services' and the tests' requirements
 rabbitmq: ## Start a local RabbitMQ with the management UI (installs Debian's package if needed)
 	bash scripts/rabbitmq.sh
 
-demo: install rabbitmq ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
+postgres: ## Start a local PostgreSQL with the role and database kubejob (installs Debian's package if needed)
+	bash scripts/postgres.sh
+
+browser: ## Install Debian's chromium and chromium-driver if missing (the browser test of the page)
+	bash scripts/browser.sh
+
+demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
-test: install rabbitmq cluster ## Run the whole test suite against real RabbitMQ and Kubernetes
+test: install lint rabbitmq postgres browser cluster ## Lint, then the whole test suite against real RabbitMQ, PostgreSQL, Kubernetes and Chromium
 	$(PY) -m pytest
+
+lint: install ## ruff (pyproject's rule set) over everything, mypy over the services
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit
 
-bench: install rabbitmq cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
+bench: install rabbitmq postgres cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
 
 images: ## Build the three images with Docker (here: on a debootstrapped base; minikube: run minikube docker-env first)

@@ -1,31 +1,44 @@
 """Drain: one worker's messages per second with a no-op handler, against bare pika in the same run.
 
-The ceiling is a bare pika consumer acking each message by hand at a large prefetch.
+The ceiling is a bare pika consumer acking each message by hand at a large prefetch. The
+worker drains twice: recording every row in the ledger as shipped, and with recording left
+out, so `drain_ledger_ratio` is what the ledger costs.
 """
 
+import collections
 import time
+import uuid
 
 import pika
+import psycopg
 
 from bench import support
 from worker.consumer import Consumer
 from worker.handlers import noop
+from worker.ledger import Ledger, RowOutcome
 from worker.settings import Settings
 
 
+class Unrecorded(Ledger):
+    """The worker's ledger with its writes left out: the baseline the real one is measured against."""
+
+    def record(self, outcomes: list[RowOutcome], *, redelivered: collections.Counter[str]) -> None:
+        pass
+
+
 def _fill(queue: str, messages: list) -> None:
-    support.delete_queue(queue)
-    with support.connection() as conn:
+    support.broker.delete_queue(queue)
+    with support.broker.connection() as conn:
         channel = conn.channel()
-        support.declare(channel, queue)
+        support.broker.declare(channel, queue)
         for body, properties in messages:
             channel.basic_publish("", queue, body, properties)
-    while support.depth(queue) < len(messages):
+    while support.broker.depth(queue) < len(messages):
         time.sleep(0.1)
 
 
 def _bare_consume(queue: str, count: int, prefetch: int) -> float:
-    with support.connection() as conn:
+    with support.broker.connection() as conn:
         channel = conn.channel()
         channel.basic_qos(prefetch_count=prefetch)
         seen = 0
@@ -43,26 +56,45 @@ def _bare_consume(queue: str, count: int, prefetch: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def _worker(queue: str, count: int, prefetch: int) -> float:
+def _worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger]) -> float:
     idle = 0.5
-    consumer = Consumer(Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=idle), noop)
+    settings = Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=idle)
+    ledger = ledger_class(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
+    ledger.open()
+    consumer = Consumer(settings, noop, ledger)
     started = time.perf_counter()
-    consumer.run()
+    try:
+        consumer.run()
+    finally:
+        ledger.close()
     elapsed = time.perf_counter() - started - idle
     assert consumer.handled == count, f"the worker handled {consumer.handled} of {count}"
     return count / elapsed
 
 
+def _recorded(upload_id: str) -> int:
+    """How many rows of `upload_id` the ledger has; they are deleted, the bench leaves nothing behind."""
+    with psycopg.connect(Settings().database_url.get_secret_value()) as conn:
+        row = conn.execute("SELECT count(*) FROM row_outcomes WHERE upload_id = %s", (upload_id,)).fetchone()
+        conn.execute("DELETE FROM row_outcomes WHERE upload_id = %s", (upload_id,))
+    return row[0] if row else 0
+
+
 def run(messages: int = 100_000, prefetch: int = 1000) -> dict[str, float]:
-    queue = "bench-drain"
-    batch = support.encoded_messages(support.sample_csv(messages))
+    queue, upload_id = "bench-drain", f"bench-{uuid.uuid4().hex}"
+    batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
     _fill(queue, batch)
     ceiling = _bare_consume(queue, messages, prefetch)
     _fill(queue, batch)
-    drain = _worker(queue, messages, prefetch)
-    support.delete_queue(queue)
+    unrecorded = _worker(queue, messages, prefetch, Unrecorded)
+    _fill(queue, batch)
+    recorded = _worker(queue, messages, prefetch, Ledger)
+    assert _recorded(upload_id) == messages, "the ledger lost rows"
+    support.broker.delete_queue(queue)
     return {
-        "drain_msgs_per_s": round(drain),
+        "drain_msgs_per_s": round(unrecorded),
         "drain_ceiling_msgs_per_s": round(ceiling),
-        "drain_ratio": round(drain / ceiling, 3),
+        "drain_ratio": round(unrecorded / ceiling, 3),
+        "drain_ledger_msgs_per_s": round(recorded),
+        "drain_ledger_ratio": round(recorded / unrecorded, 3),
     }

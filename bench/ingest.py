@@ -9,15 +9,16 @@
 import time
 
 from bench import support
+from tests.helpers.producer import producer, upload
 
 
 def _bare_publish(messages: list, queue: str, *, confirm: bool, as_producer: bool = True) -> float:
     """Rows per second publishing `messages` on one channel."""
-    support.delete_queue(queue)
-    with support.connection() as conn:
+    support.broker.delete_queue(queue)
+    with support.broker.connection() as conn:
         channel = conn.channel()
         if as_producer:
-            support.declare(channel, queue)
+            support.broker.declare(channel, queue)
         else:
             channel.queue_declare(queue, durable=True)
         if confirm:
@@ -27,7 +28,7 @@ def _bare_publish(messages: list, queue: str, *, confirm: bool, as_producer: boo
             channel.basic_publish("", queue, body, properties)
         conn.process_data_events(0)  # flush what pika still buffers
         elapsed = time.perf_counter() - started
-    support.delete_queue(queue)
+    support.broker.delete_queue(queue)
     return len(messages) / elapsed
 
 
@@ -39,10 +40,10 @@ def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, float]:
         _bare_publish(messages, queue, confirm=False),
         _bare_publish(messages, queue, confirm=False, as_producer=False),
     )
-    with support.producer(queue) as (url, _pid):
-        seconds, result = support.upload(url, path)
-    assert result["rows"] == rows and support.depth(queue) == rows, "the upload lost rows"
-    support.delete_queue(queue)
+    with producer(queue) as (url, _pid):
+        seconds, result = upload(url, path)
+    assert result["rows"] == rows and support.broker.depth(queue) == rows, "the upload lost rows"
+    support.broker.delete_queue(queue)
     naive = _bare_publish(messages[:naive_rows], queue, confirm=True)
     ingest = rows / seconds
     return {

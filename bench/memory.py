@@ -3,6 +3,7 @@
 import threading
 
 from bench import support
+from tests.helpers.producer import producer, upload
 
 MB = 1024 * 1024
 
@@ -10,23 +11,23 @@ MB = 1024 * 1024
 def _peak_rss_mb(size_bytes: int) -> float:
     path = support.sample_csv_of_size(size_bytes)
     queue = "bench-memory"
-    support.delete_queue(queue)
+    support.broker.delete_queue(queue)
     stop = threading.Event()
     # Keep the broker lean: a consumer throws the rows away as they arrive.
     drainer = threading.Thread(target=_discard, args=(queue, stop), daemon=True)
-    with support.producer(queue) as (url, pid), support.PeakRss(pid) as rss:
+    with producer(queue) as (url, pid), support.PeakRss(pid) as rss:
         drainer.start()
-        support.upload(url, path)
+        upload(url, path)
     stop.set()
     drainer.join()
-    support.delete_queue(queue)
+    support.broker.delete_queue(queue)
     return round(rss.peak / MB, 1)
 
 
 def _discard(queue: str, stop: threading.Event) -> None:
-    with support.connection() as conn:
+    with support.broker.connection() as conn:
         channel = conn.channel()
-        support.declare(channel, queue)
+        support.broker.declare(channel, queue)
         for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
             if method is None and stop.is_set():
                 break

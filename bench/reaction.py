@@ -15,6 +15,9 @@ import time
 from kubernetes import client, watch
 
 from bench import cluster, support
+from scaler.job_template import LABEL_SELECTOR
+from tests.helpers import REPO_ROOT
+from tests.helpers.kube import shipped_settings
 
 NAMESPACE = "bench-reaction"
 QUEUE = "bench-reaction"
@@ -22,7 +25,7 @@ QUEUE = "bench-reaction"
 
 def _first_job_after(batch: client.BatchV1Api, published: float, resource_version: str) -> float:
     stream = watch.Watch()
-    jobs = stream.stream(batch.list_namespaced_job, NAMESPACE, label_selector="app=worker-job",
+    jobs = stream.stream(batch.list_namespaced_job, NAMESPACE, label_selector=LABEL_SELECTOR,
                          resource_version=resource_version, timeout_seconds=60)
     for event in jobs:
         if event["type"] == "ADDED":
@@ -33,23 +36,23 @@ def _first_job_after(batch: client.BatchV1Api, published: float, resource_versio
 
 def _reset(batch: client.BatchV1Api, poll_s: float) -> None:
     """An empty queue, as the management API reports it too, and no Job."""
-    with support.connection() as conn:
+    with support.broker.connection() as conn:
         channel = conn.channel()
-        support.declare(channel, QUEUE)
+        support.broker.declare(channel, QUEUE)
         channel.queue_purge(QUEUE)
-    while support.reported_messages(QUEUE) != 0:
+    while support.broker.reported_messages(QUEUE) != 0:
         time.sleep(0.1)
     time.sleep(poll_s * 2)  # Jobs the scaler made from counts read before the purge exist now
-    batch.delete_collection_namespaced_job(NAMESPACE, label_selector="app=worker-job", propagation_policy="Background")
-    while batch.list_namespaced_job(NAMESPACE, label_selector="app=worker-job").items:
+    batch.delete_collection_namespaced_job(NAMESPACE, label_selector=LABEL_SELECTOR, propagation_policy="Background")
+    while batch.list_namespaced_job(NAMESPACE, label_selector=LABEL_SELECTOR).items:
         time.sleep(0.1)
 
 
 def _trial(batch: client.BatchV1Api, backlog: list, poll_s: float, chance: random.Random) -> float:
     _reset(batch, poll_s)
     time.sleep(chance.uniform(0, poll_s))
-    seen = batch.list_namespaced_job(NAMESPACE, label_selector="app=worker-job").metadata.resource_version
-    with support.connection() as conn:
+    seen = batch.list_namespaced_job(NAMESPACE, label_selector=LABEL_SELECTOR).metadata.resource_version
+    with support.broker.connection() as conn:
         channel = conn.channel()
         published = time.perf_counter()
         for body, properties in backlog:
@@ -58,7 +61,7 @@ def _trial(batch: client.BatchV1Api, backlog: list, poll_s: float, chance: rando
 
 
 def run(trials: int = 20) -> dict[str, float]:
-    shipped = cluster.shipped_settings()
+    shipped = shipped_settings()
     backlog = support.encoded_messages(support.sample_csv(1000), limit=int(shipped["SCALER_THRESHOLD"]) * 5)
     with cluster.control_plane() as (kubeconfig, api):
         core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
@@ -67,7 +70,7 @@ def run(trials: int = 20) -> dict[str, float]:
             "RABBITMQ_HOST": "localhost", "RABBITMQ_MANAGEMENT_URL": "http://localhost:15672",
             "QUEUE_NAME": QUEUE, "POD_NAMESPACE": NAMESPACE, "KUBECONFIG": str(kubeconfig), "LOG_LEVEL": "WARNING",
         }
-        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=support.ROOT, env=env)
+        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env)
         try:
             chance = random.Random(7)
             poll_s = float(shipped["SCALER_POLL_SECONDS"])
@@ -75,7 +78,7 @@ def run(trials: int = 20) -> dict[str, float]:
         finally:
             scaler.terminate()
             scaler.wait(timeout=30)
-            support.delete_queue(QUEUE)
-            batch.delete_collection_namespaced_job(NAMESPACE, label_selector="app=worker-job")
+            support.broker.delete_queue(QUEUE)
+            batch.delete_collection_namespaced_job(NAMESPACE, label_selector=LABEL_SELECTOR)
     quantiles = statistics.quantiles(seconds, n=20, method="inclusive")
     return {"reaction_p50_s": round(statistics.median(seconds), 3), "reaction_p95_s": round(quantiles[18], 3)}

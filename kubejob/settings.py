@@ -6,6 +6,7 @@ line that names the environment variable, as the README promises.
 
 import sys
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 import pika
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -36,7 +37,9 @@ class ServiceSettings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line."""
-        return [value.get_secret_value() for value in self.__dict__.values() if isinstance(value, SecretStr)]
+        values = [value.get_secret_value() for value in self.__dict__.values() if isinstance(value, SecretStr)]
+        # A password inside a URL (DATABASE_URL) may be logged without the rest of the URL.
+        return values + [urlsplit(value).password or "" for value in values if "://" in value]
 
     def connection_parameters(self, **options: object) -> pika.ConnectionParameters:
         """AMQP parameters for this broker; `options` are each service's timeouts and retries."""
@@ -74,3 +77,23 @@ def describe(exc: ValidationError) -> str:
     """One clause per bad variable, named as the environment spells it."""
     # Built by hand because pydantic's own text repeats the input, which may be a password.
     return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+
+
+class LedgerSettings(ServiceSettings):
+    """The services that write the ledger (the producer and the worker) also find PostgreSQL."""
+
+    database_url: SecretStr = Field(
+        SecretStr("postgresql://kubejob:kubejob@localhost:5432/kubejob"),
+        description=("PostgreSQL of the ledger, as a libpq URL; PGUSER and PGPASSWORD fill in a URL "
+                     "without credentials. Never logged."),
+    )
+    database_timeout_seconds: float = Field(
+        5.0, gt=0, description="Longest wait to connect to PostgreSQL or for a free pooled connection."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value

@@ -1,16 +1,24 @@
-"""Builds the FastAPI application and maps our errors to JSON responses."""
+"""Builds the FastAPI application, opens the ledger, and maps our errors to JSON responses."""
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
 
+from kubejob import ledger as schema
+from producer import routes, status
 from producer.csv_stream import CsvError
+from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit
-from producer.publisher import BrokerUnavailable
-from producer.routes import router
+from producer.publisher import BrokerUnavailable, UploadInterrupted
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -25,6 +33,28 @@ async def csv_error(_request: Request, exc: Exception) -> JSONResponse:
 async def broker_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     log.warning("broker unavailable", extra={"reason": str(exc)})
     return JSONResponse({"error": f"RabbitMQ unavailable, nothing acknowledged: {exc}"}, status_code=503)
+
+
+async def upload_interrupted(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UploadInterrupted)
+    fields = {"upload_id": exc.upload_id, "rows": exc.rows, "confirmed": exc.confirmed}
+    log.warning("upload interrupted", extra=fields | {"reason": str(exc)})
+    error = (f"publishing stopped after the broker confirmed {exc.confirmed} of {exc.rows} rows ({exc}); send the "
+             "file again with the same Idempotency-Key to publish only the rest")
+    return JSONResponse({"error": error} | fields, status_code=503)
+
+
+async def ledger_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("ledger unavailable", extra={"reason": str(exc)})
+    return JSONResponse({"error": f"PostgreSQL unavailable, nothing published: {exc}"}, status_code=503)
+
+
+async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, KeyReused):
+        error = "this Idempotency-Key was used for another file; use a new key for a new file"
+    else:
+        error = "an upload with this Idempotency-Key is being published right now; try again when it has answered"
+    return JSONResponse({"error": error, "upload_id": str(exc)}, status_code=409)
 
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -42,13 +72,52 @@ async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Bring the ledger's schema up to date, open its pool, and forget old uploads while running."""
+    settings: Settings = app.state.settings
+    url, timeout = settings.database_url.get_secret_value(), settings.database_timeout_seconds
+    version = await run_in_threadpool(schema.migrate, url, connect_timeout=timeout)
+    pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
+                               kwargs={"connect_timeout": int(max(1, timeout))})
+    await pool.open()
+    # A claim outlives a publisher that stopped confirming (CONFIRM_TIMEOUT_SECONDS) before a retry may take it.
+    claim_timeout = timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2))
+    app.state.ledger = Ledger(pool, claim_timeout=claim_timeout)
+    log.info("ledger ready", extra={"schema_version": version})
+    retention = timedelta(days=settings.ledger_retention_days)
+    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
+    try:
+        yield
+    finally:
+        forgetting.cancel()
+        await pool.close()
+
+
+async def _forget_old_uploads(ledger: Ledger, age: timedelta) -> None:
+    while True:
+        try:
+            deleted = await ledger.forget_older_than(age)
+            if deleted:
+                log.info("old uploads deleted", extra={"uploads": deleted, "older_than_days": age.days})
+        except LedgerUnavailable as exc:
+            log.warning("deleting old uploads failed", extra={"reason": str(exc)})
+        await asyncio.sleep(3600)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="kube-job producer", description="Upload a CSV; each row becomes a RabbitMQ message.")
+    app = FastAPI(title="kube-job producer", description="Upload a CSV; each row becomes a RabbitMQ message.",
+                  lifespan=lifespan)
     app.state.settings = settings or Settings()
-    app.include_router(router)
+    app.include_router(routes.router)
+    app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
     app.add_exception_handler(CsvError, csv_error)
+    app.add_exception_handler(UploadInterrupted, upload_interrupted)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)
+    app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
+    app.add_exception_handler(KeyReused, key_conflict)
+    app.add_exception_handler(UploadBusy, key_conflict)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     return app

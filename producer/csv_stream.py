@@ -6,6 +6,7 @@ at the end of the header.
 """
 
 import codecs
+import collections
 import csv
 import io
 import re
@@ -33,6 +34,7 @@ class CsvError(ValueError):
 class Summary(NamedTuple):
     rows: int
     delimiter: str
+    columns: list[str]
 
 
 def delimiter_named(value: str) -> str:
@@ -116,8 +118,7 @@ class _Header:
         if "" in names:
             raise CsvError(f"column {names.index('') + 1} of the header has no name; name it, or delete the column",
                            line)
-        seen: set[str] = set()
-        duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+        duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
             raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
         self.names = names
@@ -125,14 +126,14 @@ class _Header:
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
         if len(record) == named:
-            return dict(zip(self.names, record))
+            return dict(zip(self.names, record, strict=False))
         if not named <= len(record) <= self.width:
             raise CsvError(f"expected {named} fields, found {len(record)}", line)
         for column in range(named, len(record)):
             if record[column].strip():
                 raise CsvError(f"column {column + 1} has a value but no name in the header; name the column, "
                                "or delete the value", line)
-        return dict(zip(self.names, record))
+        return dict(zip(self.names, record, strict=False))
 
 
 def _width(line: str, delimiter: str) -> int:
@@ -175,6 +176,7 @@ class _Reader:
 
     def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None) -> None:
         self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+        self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
         encoding = _encoding(self.file)
@@ -208,6 +210,7 @@ class _Reader:
                     continue
                 if header is None:
                     header = _Header(record, start)
+                    self.columns = header.names
                 else:
                     yield start, header.row(record, start)
         except csv.Error as exc:
@@ -231,10 +234,10 @@ def read_rows(
 
 
 def count_rows(file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None) -> Summary:
-    """Validate the whole file: its number of data rows (at least one), and the delimiter used."""
+    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns."""
     reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter)
     rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)
     assert reader.delimiter is not None  # set once the header is read, and an empty file raised
-    return Summary(rows, reader.delimiter)
+    return Summary(rows, reader.delimiter, reader.columns)

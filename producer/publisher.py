@@ -6,6 +6,7 @@ window of unconfirmed messages lets the broker confirm them in batches.
 
 import asyncio
 import collections
+import contextlib
 from collections.abc import Callable
 
 import pika
@@ -18,6 +19,14 @@ from producer.settings import Settings
 
 class BrokerUnavailable(Exception):
     """RabbitMQ could not be reached, or did not confirm every message."""
+
+
+class UploadInterrupted(BrokerUnavailable):
+    """Publishing an upload stopped part-way; the broker has confirmed its first `confirmed` rows."""
+
+    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int) -> None:
+        super().__init__(reason)
+        self.upload_id, self.rows, self.confirmed = upload_id, rows, confirmed
 
 
 class ConfirmingPublisher:
@@ -71,6 +80,11 @@ class ConfirmingPublisher:
             await self._wait_until(lambda: len(self._unconfirmed) < self._settings.publish_window // 2 + 1)
         elif self._published % 500 == 0:
             await asyncio.sleep(0)  # let other requests and the broker's confirms in between
+
+    @property
+    def confirmed(self) -> int:
+        """How many messages, counted from the first published, the broker has confirmed."""
+        return self._unconfirmed[0] - 1 if self._unconfirmed else self._published
 
     async def wait_for_confirms(self) -> int:
         """Return the number of messages once the broker has confirmed every one of them."""
@@ -144,7 +158,5 @@ class ConfirmingPublisher:
             return
         if not self._connection.is_closing:
             self._connection.close()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._closed), 5)
-        except TimeoutError:
-            pass

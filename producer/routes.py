@@ -1,31 +1,42 @@
 """HTTP routes: the upload, and health checks for Kubernetes probes."""
 
+import contextlib
+import hashlib
 import logging
 import secrets
 import time
 import uuid
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
 from kubejob import message
 from producer import csv_stream
-from producer.publisher import ConfirmingPublisher
+from producer.ledger import Ledger, LedgerUnavailable, Upload
+from producer.publisher import BrokerUnavailable, ConfirmingPublisher, UploadInterrupted
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 bearer = HTTPBearer(auto_error=False, description="Needed only when UPLOAD_TOKEN is set.")
+# How often a long upload writes how far the broker has confirmed, so that a retry after the
+# producer itself died re-publishes at most this much.
+PROGRESS_SECONDS = 1.0
 
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_ledger(request: Request) -> Ledger:
+    return request.app.state.ledger
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
@@ -34,6 +45,7 @@ class UploadResult(BaseModel):
     rows: int
     queue: str
     delimiter: str
+    status_url: str
 
 
 class Health(BaseModel):
@@ -45,6 +57,9 @@ class Error(BaseModel):
 
     error: str
     line: int | None = None
+    upload_id: str | None = None
+    rows: int | None = None
+    confirmed: int | None = None
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
@@ -52,8 +67,10 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
+    409: {"model": Error, "description": "The Idempotency-Key was used with another file, or is being published"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
-    503: {"model": Error, "description": "RabbitMQ is unreachable or did not confirm; nothing acknowledged"},
+    503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable; `upload_id` and `confirmed` say "
+                                         "how far it got"},
 }
 
 
@@ -80,25 +97,66 @@ async def one_file(request: Request) -> None:
 async def upload(
     file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
     settings: SettingsDep,
+    ledger: LedgerDep,
     delimiter: Annotated[str | None, Form(description="`,` `;` `\\t` `|` or comma, semicolon, tab, pipe; "
                                                       "detected from the header when left out.")] = None,
+    idempotency_key: Annotated[str | None, Header(
+        min_length=1, max_length=200,
+        description="A retry with the same key and file returns the same upload and publishes only the rows "
+                    "the broker had not confirmed.")] = None,
 ) -> UploadResult:
-    """Validate the whole CSV, then publish one message per row; 200 only once all are confirmed."""
+    """Validate the whole CSV, record it, then publish one message per row; 200 once all are confirmed."""
     started = time.monotonic()
     chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
-    rows, used = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
-                                         delimiter=chosen)
-    file.file.seek(0)
-    upload_id = uuid.uuid4().hex
-    async with ConfirmingPublisher(settings) as publisher:
-        records = csv_stream.read_rows(file.file, max_line_bytes=settings.max_line_bytes, delimiter=used)
-        for number, (line, row) in enumerate(records, start=1):
-            await publisher.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
-        await publisher.wait_for_confirms()
-    elapsed = time.monotonic() - started
-    log.info("upload published", extra={"upload_id": upload_id, "rows": rows, "queue": settings.queue_name,
-                                        "seconds": round(elapsed, 3)})
-    return UploadResult(upload_id=upload_id, rows=rows, queue=settings.queue_name, delimiter=used)
+    summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
+                                      delimiter=chosen)
+    sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
+    publisher = uuid.uuid4().hex
+    upload = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
+                                columns=summary.columns, rows=summary.rows, queue=settings.queue_name,
+                                publisher=publisher)
+    if upload.published_at is None:
+        file.file.seek(0)
+        await _publish(upload, file.file, delimiter=summary.delimiter, settings=settings, ledger=ledger,
+                       publisher=publisher)
+    elapsed = round(time.monotonic() - started, 3)
+    log.info("upload published", extra={"upload_id": upload.id, "rows": upload.rows, "queue": upload.queue,
+                                        "already_confirmed": upload.confirmed, "seconds": elapsed})
+    return UploadResult(upload_id=upload.id, rows=upload.rows, queue=upload.queue, delimiter=summary.delimiter,
+                        status_url=f"/uploads/{upload.id}")
+
+
+async def _publish(upload: Upload, file: BinaryIO, *, delimiter: str, settings: Settings, ledger: Ledger,
+                   publisher: str) -> None:
+    """Publish the rows the broker has not confirmed yet; raise UploadInterrupted saying how far it got."""
+    skip = upload.confirmed
+    broker = ConfirmingPublisher(settings)
+    try:
+        async with broker:
+            saved = time.monotonic()
+            records = csv_stream.read_rows(file, max_line_bytes=settings.max_line_bytes, delimiter=delimiter)
+            for number, (line, row) in enumerate(records, start=1):
+                if number <= skip:
+                    continue
+                await broker.publish(*message.encode(row, upload_id=upload.id, row_number=number, line=line))
+                if time.monotonic() - saved >= PROGRESS_SECONDS:
+                    await ledger.progress(upload.id, confirmed=skip + broker.confirmed, publisher=publisher)
+                    saved = time.monotonic()
+            await broker.wait_for_confirms()
+    except (BrokerUnavailable, LedgerUnavailable) as exc:
+        confirmed = skip + broker.confirmed
+        with contextlib.suppress(LedgerUnavailable):  # if so, the claim lapses by itself after its timeout
+            await ledger.release(upload.id, confirmed=confirmed, publisher=publisher)
+        raise UploadInterrupted(str(exc), upload_id=upload.id, rows=upload.rows, confirmed=confirmed) from None
+    await ledger.published(upload.id, publisher=publisher)
+
+
+def _sha256(file: BinaryIO) -> str:
+    file.seek(0)
+    digest = hashlib.sha256()
+    while chunk := file.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 @router.get("/healthz")
@@ -107,8 +165,9 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ is not reachable"}})
-async def readyz(settings: SettingsDep) -> Health:
-    """RabbitMQ is reachable and the queue can be declared."""
+@router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ or PostgreSQL is not reachable"}})
+async def readyz(settings: SettingsDep, ledger: LedgerDep) -> Health:
+    """RabbitMQ is reachable and the queue can be declared; PostgreSQL answers."""
+    await ledger.ping()
     async with ConfirmingPublisher(settings):
         return Health(status="ok")

@@ -2,11 +2,11 @@
 
 from pydantic import Field, SecretStr
 
-from kubejob.settings import ServiceSettings
+from kubejob.settings import LedgerSettings
 
 
-class Settings(ServiceSettings):
-    """The broker settings every service has, and the upload API's own."""
+class Settings(LedgerSettings):
+    """The broker and ledger settings, and the upload API's own."""
 
     producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
@@ -19,4 +19,7 @@ class Settings(ServiceSettings):
     )
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
+    )
+    ledger_retention_days: float = Field(
+        7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )

@@ -9,7 +9,6 @@ from kubernetes.config import ConfigException
 
 from kubejob import logs
 from kubejob.settings import load_or_exit
-from scaler import job_template
 from scaler.jobs import Jobs, batch_api
 from scaler.loop import Limits, Scaler
 from scaler.queue_depth import ManagementClient
@@ -24,8 +23,6 @@ def main() -> None:
     settings = load_or_exit(Settings, "scaler")
     logs.configure(settings.log_level, secrets=settings.secrets())
     template = settings.job_template()
-    for problem in job_template.restricted_violations(template):
-        log.warning("job template is not restricted", extra={"problem": problem})
     try:
         api = batch_api()
     except ConfigException as exc:

@@ -40,6 +40,7 @@ def decide(
 def _small_backlog(unfinished_jobs: int, age_s: float, wait_s: float) -> Decision:
     if unfinished_jobs > 0:
         return Decision(0, "small backlog, a job is unfinished")
+    # Whole seconds waited, rounded down: 59.9 s rounded would read "waiting 60s of 60s".
     if age_s >= wait_s:
-        return Decision(1, f"small backlog waited {age_s:.0f}s >= {wait_s:.0f}s")
-    return Decision(0, f"small backlog waiting {age_s:.0f}s of {wait_s:.0f}s")
+        return Decision(1, f"small backlog waited {int(age_s)}s >= {wait_s:g}s")
+    return Decision(0, f"small backlog waiting {int(age_s)}s of {wait_s:g}s")

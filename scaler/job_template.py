@@ -10,10 +10,6 @@ PACKAGED = Path(__file__).with_name("job-template.yaml")
 LABEL_KEY, LABEL_VALUE = "app", "worker-job"
 LABEL_SELECTOR = f"{LABEL_KEY}={LABEL_VALUE}"
 DEFAULT_GENERATE_NAME = "worker-job-"
-_SAFE_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-    "persistentVolumeClaim", "projected", "secret",
-}
 
 
 class TemplateError(ValueError):
@@ -45,41 +41,6 @@ def render(template: dict[str, Any], *, namespace: str) -> dict[str, Any]:
     pod_meta = _own_mapping(job["spec"]["template"], "metadata")
     _own_mapping(pod_meta, "labels")[LABEL_KEY] = LABEL_VALUE
     return job
-
-
-def restricted_violations(template: dict[str, Any]) -> list[str]:
-    """Where the pod breaks the `restricted` Pod Security Standard (plus a read-only root)."""
-    pod = template["spec"]["template"]["spec"]
-    pod_ctx = pod.get("securityContext") or {}
-    host = ("hostNetwork", "hostPID", "hostIPC")
-    found = [f"spec.template.spec.{key} must not be set" for key in host if pod.get(key)]
-    found += [f"volume {v.get('name')} has a type the standard forbids"
-              for v in pod.get("volumes") or [] if not set(v) - {"name"} <= _SAFE_VOLUMES]
-    for container in pod.get("initContainers", []) + pod["containers"]:
-        problems = _container_violations(container, pod_ctx)
-        found += [f"container {container['name']}: {problem}" for problem in problems]
-    return found
-
-
-def _container_violations(container: dict[str, Any], pod_ctx: dict[str, Any]) -> list[str]:
-    ctx = container.get("securityContext") or {}
-    effective = {**pod_ctx, **ctx}
-    caps = ctx.get("capabilities") or {}
-    checks = {
-        "runAsNonRoot must be true": effective.get("runAsNonRoot") is True,
-        "runAsUser must not be 0": effective.get("runAsUser") != 0,
-        "seccompProfile.type must be RuntimeDefault or Localhost":
-            (effective.get("seccompProfile") or {}).get("type") in ("RuntimeDefault", "Localhost"),
-        "allowPrivilegeEscalation must be false": ctx.get("allowPrivilegeEscalation") is False,
-        "privileged must not be true": not ctx.get("privileged"),
-        "capabilities.drop must include ALL": "ALL" in (caps.get("drop") or []),
-        "capabilities.add may only hold NET_BIND_SERVICE":
-            set(caps.get("add") or []) <= {"NET_BIND_SERVICE"},
-        "readOnlyRootFilesystem must be true": ctx.get("readOnlyRootFilesystem") is True,
-        "hostPort must not be set":
-            not any(port.get("hostPort") for port in container.get("ports") or []),
-    }
-    return [problem for problem, ok in checks.items() if not ok]
 
 
 def _problems(manifest: Any):

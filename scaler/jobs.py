@@ -13,6 +13,11 @@ from kubernetes import client, config
 
 from scaler import job_template
 
+# Every call this module makes to the API, as (apiGroup, resource, verb). The Role in
+# infra/k8s/scaler.yaml grants exactly these (tests/unit/test_scaler_manifest.py checks it, and
+# tests/integration/test_scaler_on_cluster.py that the apiserver allows nothing more).
+PERMISSIONS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create")})
+
 # Conditions after which a Job's pods will not take more messages. FailureTarget and
 # SuccessCriteriaMet are set (Kubernetes 1.31+) just before Failed and Complete.
 _FINISHED = {"Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"}

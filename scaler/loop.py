@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scaler.decide import Decision, decide
-from scaler.jobs import Jobs, KubeError
-from scaler.queue_depth import QueueCounts, QueueReadError, StatsNotReady
+from scaler.jobs import KubeError
+from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,14 @@ class QueueReader(Protocol):
     """Where the counts come from: scaler.queue_live.LiveQueue, or the management API alone."""
 
     def read(self) -> QueueCounts: ...
+
+
+class WorkerJobs(Protocol):
+    """Where the Jobs are counted and made: scaler.jobs.Jobs; raises KubeError when it can't."""
+
+    def count_unfinished(self) -> int: ...
+
+    def create(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ def backoff_s(failures: int, *, poll_s: float, cap_s: float) -> float:
 class Scaler:
     """Polls the queue and the Jobs and creates the Jobs the decision asks for."""
 
-    def __init__(self, *, queue: QueueReader, jobs: Jobs, limits: Limits,
+    def __init__(self, *, queue: QueueReader, jobs: WorkerJobs, limits: Limits,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._queue, self._jobs, self._limits, self._clock = queue, jobs, limits, clock
         self._small_backlog = SmallBacklogClock()
@@ -98,7 +106,7 @@ class Scaler:
             except (QueueReadError, KubeError) as exc:
                 failures += 1
                 log.warning("poll failed", extra=_failure(exc, failures, poll_s, max_backoff_s))
-            except Exception as exc:  # noqa: BLE001 - the loop outlives surprises, logged in full
+            except Exception as exc:
                 failures += 1
                 log.exception("poll crashed", extra=_failure(exc, failures, poll_s, max_backoff_s))
             stop.wait(backoff_s(failures, poll_s=poll_s, cap_s=max_backoff_s))

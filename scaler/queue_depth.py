@@ -6,48 +6,26 @@ that lacks the counts, as for a queue declared less than a statistics interval a
 A 404 from RabbitMQ means the queue is not declared yet, which is a real reading: depth 0.
 """
 
-from dataclasses import dataclass
 from urllib.parse import quote
 
 import httpx
 
+from scaler.queue_counts import EMPTY, QueueCounts, QueueReadError, StatsNotReady
+
 _COUNTS = ("messages", "messages_ready", "messages_unacknowledged", "consumers")
-
-
-class QueueReadError(Exception):
-    """The queue's counts could not be read; `status` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class StatsNotReady(QueueReadError):
-    """The broker answered, but without the queue's counts (yet)."""
-
-
-@dataclass(frozen=True)
-class QueueCounts:
-    """What the management API reports; `messages` (ready + unacked) is the depth."""
-
-    messages: int
-    messages_ready: int
-    messages_unacknowledged: int
-    consumers: int
-
-
-EMPTY = QueueCounts(0, 0, 0, 0)
 
 
 class ManagementClient:
     """A client of the management API for one queue; reuses its connection between polls."""
 
     def __init__(self, *, base_url: str, user: str, password: str, vhost: str, queue: str,
-                 timeout_s: float) -> None:
+                 timeout_s: float, transport: httpx.BaseTransport | None = None) -> None:
         self._path = f"/api/queues/{quote(vhost, safe='')}/{quote(queue, safe='')}"
         self._user = user
         self._timeout_s = timeout_s
-        self._http = httpx.Client(base_url=base_url, auth=(user, password), timeout=timeout_s)
+        # `transport` lets a test answer 500 or time out without a server (httpx.MockTransport).
+        self._http = httpx.Client(base_url=base_url, auth=(user, password), timeout=timeout_s,
+                                  transport=transport)
 
     def read(self) -> QueueCounts:
         """The queue's counts now (as fresh as the broker's statistics interval)."""

@@ -20,7 +20,8 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from scaler.queue_depth import ManagementClient, QueueCounts, QueueReadError
+from scaler.queue_counts import QueueCounts, QueueReadError
+from scaler.queue_depth import ManagementClient
 
 
 class LiveQueue:

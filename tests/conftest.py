@@ -1,106 +1,131 @@
-"""Session fixtures that talk to the real services the tests need.
+"""Session fixtures that start or reach the real services the tests need (helpers in tests/helpers).
 
-RabbitMQ (with its management plugin) must already run: `.ci/run` and `make services`
-start it. A missing broker fails the run instead of skipping tests.
+RabbitMQ (with its management plugin) and PostgreSQL must already run: `.ci/run` and
+`make test` start them. The Kubernetes control plane is built from source by infra/local-cluster/build.sh
+(minutes the first time, instant after) and started here. A missing service fails the run:
+nothing here skips.
 """
 
 import os
+import subprocess
+import time
 import uuid
+from collections.abc import Iterator
 
-import httpx
-import pika
-import pika.exceptions
+import psycopg
 import pytest
 
-from kubejob import message
+from tests.helpers.broker import Broker
+from tests.helpers.kube import KubeCluster
 
-pytest_plugins = ["tests.fixtures_kube"]
+# Importable once tests.helpers has put infra/local-cluster on the path.
+from localcluster import netns
+from localcluster.control_plane import ControlPlane, bin_dir
+from localcluster.node import Node
+from localcluster.stack import build_images
+
+LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
 
-AMQP_HOST = os.environ.get("RABBITMQ_HOST", "localhost")
-AMQP_PORT = int(os.environ.get("RABBITMQ_PORT", "5672"))
-MANAGEMENT_URL = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://localhost:15672")
-CREDENTIALS = ("guest", "guest")
+@pytest.fixture(scope="session", autouse=True)
+def ledger_database() -> Iterator[str]:
+    """A database of its own for this run, in the local PostgreSQL (make postgres), dropped after.
 
-
-class Broker:
-    """A handle on the real broker: AMQP for messages, the management API for counts."""
-
-    def __init__(self) -> None:
-        self.host, self.port, self.management_url = AMQP_HOST, AMQP_PORT, MANAGEMENT_URL
-        self.user, self.password = CREDENTIALS
-
-    def connection(self) -> pika.BlockingConnection:
-        params = pika.ConnectionParameters(
-            host=self.host, port=self.port, credentials=pika.PlainCredentials(*CREDENTIALS)
-        )
-        return pika.BlockingConnection(params)
-
-    def depth(self, queue: str) -> int:
-        """Messages ready in `queue` right now (passive declare, not the lagging stats)."""
-        with self.connection() as conn:
-            return conn.channel().queue_declare(queue, passive=True).method.message_count
-
-    def publish_rows(self, queue: str, rows: list[dict[str, str]]) -> None:
-        """Declare `queue` and its dead-letter queue as the producer does; one confirmed message per row."""
-        with self.connection() as conn:
-            channel = conn.channel()
-            channel.queue_declare(message.dead_letter_queue(queue), durable=True)
-            channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
-            channel.confirm_delivery()
-            for number, row in enumerate(rows, start=1):
-                channel.basic_publish("", queue, *message.encode(row, upload_id="t", row_number=number,
-                                                                 line=number + 1))
-
-    def exists(self, queue: str) -> bool:
-        with self.connection() as conn:
-            try:
-                conn.channel().queue_declare(queue, passive=True)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == 404:
-                    return False
-                raise
-        return True
-
-    def drain(self, queue: str) -> list[tuple[pika.spec.BasicProperties, bytes]]:
-        """Take every ready message off `queue` and return it."""
-        taken = []
-        with self.connection() as conn:
-            channel = conn.channel()
-            while True:
-                method, props, body = channel.basic_get(queue, auto_ack=True)
-                if method is None:
-                    return taken
-                taken.append((props, body))
-
-    def delete_queue(self, queue: str) -> None:
-        with self.connection() as conn:
-            conn.channel().queue_delete(queue)
+    Set as DATABASE_URL in the environment, so Settings() in this process and every service a
+    test starts finds it.
+    """
+    name = f"kubejob_test_{uuid.uuid4().hex[:8]}"
+    try:
+        with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {LEDGER_ADMIN_URL} (make postgres): {exc}", pytrace=False)
+    url = LEDGER_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    saved = os.environ.get("DATABASE_URL")
+    os.environ["DATABASE_URL"] = url
+    yield url
+    if saved is None:
+        del os.environ["DATABASE_URL"]
+    else:
+        os.environ["DATABASE_URL"] = saved
+    with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 def broker() -> Broker:
     broker = Broker()
     try:
-        httpx.get(f"{MANAGEMENT_URL}/api/overview", auth=CREDENTIALS, timeout=5).raise_for_status()
-        broker.connection().close()
-    except Exception as exc:  # noqa: BLE001 - any failure here means the suite cannot run
+        broker.check()
+    except Exception as exc:
         pytest.fail(f"RabbitMQ with its management plugin is not reachable: {exc!r}", pytrace=False)
     return broker
 
 
 @pytest.fixture
-def queue_name(broker: Broker):
+def queue_name(broker: Broker) -> Iterator[str]:
     """A fresh queue name per test; the queue and its dead-letter queue are deleted after."""
     name = f"test-{uuid.uuid4().hex[:10]}"
     yield name
     broker.delete_queue(name)
-    broker.delete_queue(f"{name}.dead")
 
 
-def answers(url: str) -> bool:
-    """True when `url` answers 200 now (a service's health endpoint while it starts)."""
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """etcd, kube-apiserver and kube-controller-manager, started once per run in a temp state dir."""
     try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
+        bins = bin_dir()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"building the control plane failed ({exc}); run infra/local-cluster/build.sh", pytrace=False)
+    control_plane = ControlPlane(tmp_path_factory.mktemp("kube"), tied=True)
+    try:
+        took = control_plane.up()
+    except (RuntimeError, TimeoutError) as exc:
+        control_plane.down()
+        pytest.fail(f"control plane did not start: {exc}", pytrace=False)
+    try:
+        yield KubeCluster(control_plane, bins, took)
+    finally:
+        control_plane.down()
+
+
+@pytest.fixture(scope="session")
+def kube_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """A one-node cluster in a network namespace of this session's own, as `make up` starts it:
+    control plane, containerd, kubelet, kube-proxy and CoreDNS, with the images of images.sh."""
+    try:
+        bins = bin_dir()
+        build_images()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"building the cluster or its images failed ({exc})", pytrace=False)
+    network = netns.for_tests()
+    control_plane = ControlPlane(tmp_path_factory.mktemp("node"), tied=True, network=network)
+    node = Node(control_plane)
+    try:
+        began = time.monotonic()
+        try:
+            control_plane.up()
+            node.up()
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"the one-node cluster did not start: {exc}", pytrace=False)
+        yield KubeCluster(control_plane, bins, time.monotonic() - began)
+    finally:
+        node.down()
+        control_plane.down()
+        network.delete()
+
+
+@pytest.fixture
+def node_namespace(kube_node: KubeCluster) -> Iterator[str]:
+    """A fresh namespace on the one-node cluster, deleted with everything in it after the test."""
+    name = kube_node.namespace()
+    yield name
+    kube_node.kubectl("delete", "namespace", name, "--wait=false")
+
+
+@pytest.fixture
+def namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    """A fresh namespace, deleted with everything in it after the test."""
+    name = kube_cluster.namespace()
+    yield name
+    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")

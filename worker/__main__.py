@@ -1,20 +1,51 @@
-"""`python -m worker`: drain the queue, exit 0 when it is empty (or on SIGTERM), 1 if the broker fails."""
+"""`python -m worker`: drain the queue, exit 0 when it is empty (or on SIGTERM).
+
+Exits 1 if the broker fails and 3 if the ledger stays unreachable; either way the rows it had
+not acked go back to the queue, and the Job's backoff decides when a new pod tries.
+"""
 
 import logging
 import sys
+import time
 
 from kubejob import logs
 from kubejob.settings import load_or_exit
-from worker.consumer import BrokerError, Consumer, install_sigterm
+from worker.consumer import BrokerError, Consumer, LedgerDown, Retry, install_sigterm
+from worker.ledger import Ledger, LedgerUnavailable
 from worker.settings import Settings
 
 log = logging.getLogger("worker")
+
+
+def open_ledger(settings: Settings) -> Ledger:
+    """The ledger, its schema up to date; retried as an unreachable one is while draining."""
+    ledger = Ledger(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
+    retry = Retry(give_up_after_s=settings.worker_database_retry_seconds)
+    while True:
+        try:
+            ledger.open()
+            return ledger
+        except LedgerUnavailable as exc:
+            if retry.failed(time.monotonic()):
+                log.error("ledger unavailable, giving up", extra={"error": str(exc)})
+                sys.exit(3)
+            log.warning("ledger unavailable, retrying", extra={"error": str(exc)})
+        while not retry.due(time.monotonic()):
+            time.sleep(0.1)
+
+
 settings = load_or_exit(Settings, "worker")
 logs.configure(settings.log_level, secrets=settings.secrets())
-consumer = Consumer(settings, settings.handler())
+ledger = open_ledger(settings)
+consumer = Consumer(settings, settings.handler(), ledger)
 install_sigterm(consumer)
 try:
     consumer.run()
 except BrokerError as exc:
     log.error("broker connection failed", extra={"error": str(exc), "handled": consumer.handled})
     sys.exit(1)
+except LedgerDown as exc:
+    log.error("ledger unavailable, giving up", extra={"error": str(exc), "handled": consumer.handled})
+    sys.exit(3)
+finally:
+    ledger.close()

@@ -1,11 +1,16 @@
-"""Consumes the queue: a row is acked only after its handler has returned.
+"""Consumes the queue: a row is acked only after its handler has returned and its outcome is in the ledger.
 
 The handler runs on a thread of its own, so this thread keeps the connection's I/O going
 (heartbeats, deliveries, acks) however long a row takes. Rows are handled one at a time,
-in delivery order, which is what lets one `multiple` ack settle a run of successes.
+in delivery order, which is what lets one `multiple` ack settle a run of successes. The
+outcomes finished since the last batch are recorded in one ledger transaction before any
+of them is acked: a crash in between costs a redelivery, never an outcome. That write runs
+on a third thread, one batch at a time, so rows keep being delivered and handled meanwhile
+and the next batch grows by what finished during the write.
 """
 
 import collections
+import functools
 import logging
 import queue
 import signal
@@ -18,6 +23,7 @@ import pika.exceptions
 
 from kubejob import message
 from worker.handlers import Handler
+from worker.ledger import Ledger, LedgerUnavailable, RowOutcome
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,11 +33,16 @@ class BrokerError(Exception):
     """The connection to RabbitMQ failed; unacked rows go back to the queue."""
 
 
+class LedgerDown(Exception):
+    """PostgreSQL stayed unreachable for WORKER_DATABASE_RETRY_SECONDS; unacked rows go back to the queue."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     tag: int
     properties: pika.BasicProperties
     body: bytes
+    redelivered: bool
 
 
 @dataclass(frozen=True)
@@ -39,17 +50,44 @@ class Outcome:
     delivery: Delivery
     row: message.Row | None
     error: Exception | None
+    already_recorded: bool = False  # a redelivery of a row the ledger has: acked, not handled again
+
+
+class Retry:
+    """When to try an unreachable ledger again: doubling waits, and a deadline to give up at."""
+
+    def __init__(self, *, give_up_after_s: float, first_wait_s: float = 0.5, max_wait_s: float = 5.0) -> None:
+        self._give_up_after_s, self._first_wait_s, self._max_wait_s = give_up_after_s, first_wait_s, max_wait_s
+        self.failing_since: float | None = None
+        self._wait_s, self._next = first_wait_s, 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def failed(self, now: float) -> bool:
+        """Note a failure; True when it has failed for longer than allowed."""
+        if self.failing_since is None:
+            self.failing_since, self._wait_s = now, self._first_wait_s
+        self._next, self._wait_s = now + self._wait_s, min(self._wait_s * 2, self._max_wait_s)
+        return now - self.failing_since >= self._give_up_after_s
+
+    def succeeded(self) -> None:
+        self.failing_since, self._next = None, 0.0
 
 
 class Consumer:
     """Drains one queue until it has been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
 
-    def __init__(self, settings: Settings, handler: Handler) -> None:
-        self.settings, self.handler = settings, handler
+    def __init__(self, settings: Settings, handler: Handler, ledger: Ledger) -> None:
+        self.settings, self.handler, self.ledger = settings, handler, ledger
+        self._ledger_retry = Retry(give_up_after_s=settings.worker_database_retry_seconds)
         self.queue = settings.queue_name
         self.stopping = threading.Event()
         self._todo: queue.Queue[Delivery | None] = queue.Queue()
         self._done: collections.deque[Outcome] = collections.deque()
+        self._batches: queue.Queue[list[Outcome] | None] = queue.Queue()
+        self._writing = False  # a batch is with the ledger thread
+        self._ledger_error: LedgerUnavailable | None = None  # the ledger has stayed down too long
         self._in_flight = 0
         self._handler_idle = threading.Event()
         self.handled = 0
@@ -69,6 +107,7 @@ class Consumer:
             raise BrokerError(f"RabbitMQ at {where}: {exc!r}") from None
         finally:
             self._todo.put(None)
+            self._batches.put(None)
 
     def _declare(self) -> None:
         self._channel.queue_declare(message.dead_letter_queue(self.queue), durable=True)
@@ -79,10 +118,11 @@ class Consumer:
     def _consume(self) -> None:
         consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
         threading.Thread(target=self._work, name="handler", daemon=True).start()
+        threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=0.5)
-            if self._settle() or self._in_flight:
+            if self._record_when_due() or self._in_flight:
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
                 log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
@@ -96,10 +136,9 @@ class Consumer:
         """On SIGTERM: give the row in hand time to finish; the broker requeues the rest on close."""
         self._todo.put(None)
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while not self._handler_idle.is_set() and time.monotonic() < deadline:
+        while (not self._handler_idle.is_set() or self._writing or self._done) and time.monotonic() < deadline:
             self._connection.process_data_events(time_limit=0.2)
-            self._settle()
-        self._settle()
+            self._record_when_due()
         log.info("stopped on SIGTERM",
                  extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
 
@@ -107,31 +146,74 @@ class Consumer:
         self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
         self._in_flight += 1
-        self._todo.put(Delivery(method.delivery_tag, properties, body))
+        self._todo.put(Delivery(method.delivery_tag, properties, body, bool(method.redelivered)))
 
     def _work(self) -> None:
         while (delivery := self._todo.get()) is not None:
             if self.stopping.is_set():
                 continue  # not started, so not acked: the broker requeues it
-            row, error = None, None
+            row, error, recorded = None, None, False
             try:
                 row = message.decode(delivery.body, delivery.properties)
-                self.handler(row.data)
-            except Exception as exc:  # noqa: BLE001 - any handler failure is a failed row
+                recorded = delivery.redelivered and self.ledger.has(row.upload_id, row.row)
+                if not recorded:
+                    self.handler(row.data)
+            except Exception as exc:
                 error = exc
-            self._done.append(Outcome(delivery, row, error))
+            self._done.append(Outcome(delivery, row, error, recorded))
             try:
                 self._connection.add_callback_threadsafe(lambda: None)  # wake the I/O loop to ack now
             except pika.exceptions.ConnectionWrongStateError:
                 break  # the connection closed under us: the broker requeues what was not acked
         self._handler_idle.set()
 
-    def _settle(self) -> bool:
-        """Ack, retry or dead-letter every finished row, in delivery order."""
-        settled, last_success = False, 0
-        while self._done:
-            outcome = self._done.popleft()
-            settled, self._in_flight = True, self._in_flight - 1
+    def _record_when_due(self) -> bool:
+        """Hand what has finished to the ledger thread, unless a batch is there or a retry is not due."""
+        if self._ledger_error is not None:
+            raise LedgerDown(str(self._ledger_error))
+        if self._writing or not self._done or not self._ledger_retry.due(time.monotonic()):
+            return False
+        # The handler thread only appends, so the first len() outcomes are ours to take.
+        batch = [self._done.popleft() for _ in range(len(self._done))]
+        self._writing = True
+        self._batches.put(batch)
+        return True
+
+    def _write_batches(self) -> None:
+        """The ledger thread: record each batch, then have the I/O thread settle it."""
+        while (batch := self._batches.get()) is not None:
+            error = None
+            try:
+                self.ledger.record([o for o in map(self._recorded_outcome, batch) if o is not None],
+                                   redelivered=collections.Counter(o.row.upload_id for o in batch
+                                                                   if o.already_recorded and o.row))
+            except LedgerUnavailable as exc:
+                error = exc
+            try:
+                self._connection.add_callback_threadsafe(functools.partial(self._recorded, batch, error))
+            except pika.exceptions.ConnectionWrongStateError:
+                return  # the connection closed under us: the broker requeues what was not acked
+
+    def _recorded(self, batch: list[Outcome], error: LedgerUnavailable | None) -> None:
+        """On the I/O thread: settle a recorded batch, or keep it for the next try."""
+        self._writing, now = False, time.monotonic()
+        if error is not None:
+            self._done.extendleft(reversed(batch))
+            if self._ledger_retry.failing_since is None:
+                log.warning("ledger unavailable, acking nothing", extra={"error": str(error), "held": self._in_flight})
+            if self._ledger_retry.failed(now):
+                self._ledger_error = error
+            return
+        if self._ledger_retry.failing_since is not None:
+            log.info("ledger back", extra={"down_s": round(now - self._ledger_retry.failing_since, 1)})
+            self._ledger_retry.succeeded()
+        self._settle(batch)
+
+    def _settle(self, batch: list[Outcome]) -> None:
+        """Ack, retry or dead-letter each recorded row, in delivery order."""
+        last_success = 0
+        for outcome in batch:
+            self._in_flight -= 1
             if outcome.error is None:
                 last_success, self.handled = outcome.delivery.tag, self.handled + 1
                 continue
@@ -141,7 +223,18 @@ class Consumer:
             self._settle_failure(outcome)
         if last_success:
             self._channel.basic_ack(last_success, multiple=True)
-        return settled
+
+    def _recorded_outcome(self, outcome: Outcome) -> RowOutcome | None:
+        """What the ledger keeps of a finished row; None for one that will be tried again, or is recorded."""
+        row = outcome.row
+        # A message that is not a row names no upload to count it in.
+        if row is None or outcome.already_recorded:
+            return None
+        if outcome.error is None:
+            return RowOutcome(row.upload_id, row.row, row.attempt)
+        if row.attempt < self.settings.worker_max_attempts:
+            return None
+        return RowOutcome(row.upload_id, row.row, row.attempt, error=_describe(outcome.error), data=row.data)
 
     def _settle_failure(self, outcome: Outcome) -> None:
         delivery, row = outcome.delivery, outcome.row
@@ -155,6 +248,10 @@ class Consumer:
         self._channel.basic_publish("", self.queue, delivery.body, retry, mandatory=True)
         self._channel.basic_ack(delivery.tag)
         log.warning("row failed, will retry", extra=fields | {"attempt": row.attempt})
+
+
+def _describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def install_sigterm(consumer: Consumer) -> None:

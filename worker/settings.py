@@ -2,12 +2,12 @@
 
 from pydantic import Field, field_validator
 
-from kubejob.settings import ServiceSettings
+from kubejob.settings import LedgerSettings
 from worker import handlers
 
 
-class Settings(ServiceSettings):
-    """The broker settings every service has, and the worker's own."""
+class Settings(LedgerSettings):
+    """The broker and ledger settings, and the worker's own."""
 
     worker_handler: str = Field(
         "worker.handlers:checksum_row",
@@ -21,6 +21,9 @@ class Settings(ServiceSettings):
         20.0, gt=0, description="On SIGTERM, how long the row in hand may finish before it is returned."
     )
     worker_heartbeat_seconds: int = Field(30, ge=0, description="AMQP heartbeat; kept up while a handler runs.")
+    worker_database_retry_seconds: float = Field(
+        60.0, gt=0, description="How long an unreachable PostgreSQL is retried before the worker exits 3."
+    )
 
     @field_validator("worker_handler")
     @classmethod

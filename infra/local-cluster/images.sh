@@ -3,7 +3,7 @@
 # the base images are made with debootstrap from Debian's archive instead.
 #
 #   images.sh services      producer, worker, scaler (`make images`), from the repo's Dockerfile
-#   images.sh cluster       also the images infra/k8s and the node need: rabbitmq, pause
+#   images.sh cluster       also the images infra/k8s and the node need: rabbitmq, postgres, pause
 #   images.sh load SOCKET   copy every image above into the containerd at SOCKET (namespace k8s.io)
 #
 # A base image is tagged with the hash of the functions that make it, so it is built once and
@@ -18,6 +18,7 @@ mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 services=(producer worker scaler)
 # The tags the manifests name, so that infra/k8s is applied unchanged.
 rabbitmq_image="rabbitmq:4.0-management"
+postgres_image="postgres:17"
 pause_image="registry.k8s.io/pause:3.10.1"
 
 # dockerd without its bridge, NAT and iptables rules: it changes nothing in the host's network.
@@ -79,6 +80,23 @@ rabbitmq() {
   docker tag "$rabbitmq_base" "$rabbitmq_image"
 }
 
+# Debian 13's PostgreSQL 17 laid out like the official image: uid 999, the server's programs on
+# PATH, and an entrypoint that initialises PGDATA from POSTGRES_USER, _PASSWORD and _DB.
+postgres() {
+  have "$postgres_base" && return
+  local root; root="$(mktemp -d /var/tmp/kube-job-rootfs.XXXXXX)"
+  bootstrap trixie postgresql-17 "$root"
+  chroot "$root" sh -ec 'groupmod -g 999 postgres && usermod -u 999 -g 999 postgres
+    chown -R 999:999 /var/lib/postgresql /var/run/postgresql /etc/postgresql'
+  install -m 0755 "$here/postgres-entrypoint.sh" "$root/usr/local/bin/docker-entrypoint.sh"
+  tar -C "$root" -c . | docker import \
+    --change 'ENV PATH=/usr/lib/postgresql/17/bin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV PGDATA=/var/lib/postgresql/data' --change 'ENV LANG=C.UTF-8' --change 'USER 999' \
+    --change 'EXPOSE 5432' --change 'ENTRYPOINT ["docker-entrypoint.sh"]' - "$postgres_base" >/dev/null
+  rm -rf "$root" "$root.log"
+  docker tag "$postgres_base" "$postgres_image"
+}
+
 # The sandbox image holding only build.sh's static pause.
 pause() {
   have "$pause_image" && return
@@ -103,13 +121,15 @@ build_services() {
 hashed() { declare -f "$@" | sha256sum | cut -c1-12; }
 python_base="kube-job-base/python:$(hashed bootstrap python_base)"
 rabbitmq_base="kube-job-base/rabbitmq:$(hashed bootstrap rabbitmq)"
+postgres_base="kube-job-base/postgres:$({ declare -f bootstrap postgres; cat "$here/postgres-entrypoint.sh"; } \
+  | sha256sum | cut -c1-12)"
 
 case "${1:-}" in
   services) ensure_daemon; build_services ;;
-  cluster) ensure_daemon; build_services; rabbitmq; pause ;;
+  cluster) ensure_daemon; build_services; rabbitmq; postgres; pause ;;
   load)
     [[ -n "${2:-}" ]] || { echo "usage: $0 load CONTAINERD_SOCKET" >&2; exit 2; }
-    images=("${services[@]/%/:latest}" "$rabbitmq_image" "$pause_image")
+    images=("${services[@]/%/:latest}" "$rabbitmq_image" "$postgres_image" "$pause_image")
     docker save "${images[@]}" | "$bin/ctr" --address "$2" -n k8s.io images import - >/dev/null ;;
   *) sed -n '2,11p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

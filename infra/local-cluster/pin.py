@@ -40,7 +40,7 @@ def render(version: str, mod: dict) -> str:
         if not rep["New"]["Path"].startswith("./staging/"):
             sys.exit(f"unexpected non-staging replace in {version}: {rep}")
         lines.append(f"\t{rep['Old']['Path']} => {rep['Old']['Path']} {staging}")
-    return "\n".join(lines + [")", ""])
+    return "\n".join([*lines, ")", ""])
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
-"""The whole pipeline on the one-node cluster: upload a CSV, the scaler's Jobs drain the queue.
+"""The whole pipeline on the one-node cluster: upload a CSV, the scaler's Jobs drain the queue, the upload is done.
 
-infra/k8s is applied as shipped, RabbitMQ included, into a namespace of its own. The producer
-is reached through `kubectl port-forward`, as the README says; the scaler creates worker Jobs
-through its own ServiceAccount, and the kubelet runs every pod from the images built by Docker.
+infra/k8s is applied as shipped, RabbitMQ and PostgreSQL included, into a namespace of its own.
+The producer is reached through `kubectl port-forward`, as the README says; the scaler creates
+worker Jobs through its own ServiceAccount, each worker records its rows in the ledger, and the
+kubelet runs every pod from the images built by Docker.
 """
 
 import json
@@ -13,49 +14,54 @@ import httpx
 import pytest
 from kubernetes import client
 
-from tests.e2e.cluster_config import deploy, finished, queue_depths
-from tests.fixtures_kube import REPO_ROOT, wait_for
+from kubejob.message import dead_letter_queue
+from scaler.job_template import LABEL_SELECTOR
+from scaler.jobs import is_finished
+from tests.helpers import REPO_ROOT, wait_for
+from tests.helpers.kube import deploy, queue_depths
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
 
 
-def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, tmp_path):
-    ns = kube_node.namespace()
+def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node_namespace, tmp_path):
+    ns = node_namespace
     data = tmp_path / "rows.csv"
     subprocess.run([sys.executable, str(REPO_ROOT / "data" / "generate_data.py"), "--rows", str(ROWS),
                     "--out", str(data)], check=True, capture_output=True)
-    try:
-        token = deploy(kube_node, ns)
-        with kube_node.port_forward("service/producer", 8000, namespace=ns) as port:
-            url = f"http://127.0.0.1:{port}"
-            for refused in ({}, {"Authorization": "Bearer not-the-token"}):  # the manifests turn the token on
-                with data.open("rb") as f:
-                    response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
-                                          headers=refused, timeout=120)
-                assert response.status_code == 401, response.text
-            assert queue_depths(kube_node, ns).get("rows", 0) == 0  # nothing published
+    token = deploy(kube_node, ns)
+    with kube_node.port_forward("service/producer", 8000, namespace=ns) as port:
+        url = f"http://127.0.0.1:{port}"
+        for refused in ({}, {"Authorization": "Bearer not-the-token"}):  # the manifests turn the token on
             with data.open("rb") as f:
                 response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
-                                      headers={"Authorization": f"Bearer {token}"}, timeout=120)
+                                      headers=refused, timeout=120)
+            assert response.status_code == 401, response.text
+        assert queue_depths(kube_node, ns).get("rows", 0) == 0  # nothing published
+        with data.open("rb") as f:
+            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=120)
         assert response.status_code < 300 and response.json()["rows"] == ROWS, response.text
+        status_url = url + response.json()["status_url"]
 
-        batch = client.BatchV1Api(kube_node.api_client())
+        def done() -> dict | None:
+            status = httpx.get(status_url, timeout=10).json()
+            return status if status["state"] == "done" else None
+        status = wait_for(done, what="the upload's state to be done", timeout=DRAIN_TIMEOUT, interval=2)
+    assert (status["done"], status["failed"], status["rows"]) == (ROWS, 0, ROWS)
 
-        def drained():
-            jobs = batch.list_namespaced_job(ns, label_selector="app=worker-job").items
-            return jobs and all(finished(j) for j in jobs) and queue_depths(kube_node, ns)["rows"] == 0 and jobs
-        jobs = wait_for(drained, what="the queue to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
+    batch = client.BatchV1Api(kube_node.api_client())
 
-        assert {j.metadata.name: finished(j) for j in jobs} == {j.metadata.name: "Complete" for j in jobs}
-        assert queue_depths(kube_node, ns) == {"rows": 0, "rows.dead": 0}
-        # The workers' own account of it, read through the apiserver from the kubelet.
-        counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout)
-                  for j in jobs]
-        assert sum(counts) >= ROWS, counts
-        print(f"{ROWS} rows handled by {len(jobs)} Jobs (per Job: {counts})")
-    finally:
-        kube_node.kubectl("delete", "namespace", ns, "--wait=false")
+    def drained():
+        jobs = batch.list_namespaced_job(ns, label_selector=LABEL_SELECTOR).items
+        return jobs and all(is_finished(j) for j in jobs) and queue_depths(kube_node, ns)["rows"] == 0 and jobs
+    jobs = wait_for(drained, what="the queue to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
+
+    assert all(j.status.succeeded for j in jobs), [j.status for j in jobs]
+    assert queue_depths(kube_node, ns) == {"rows": 0, dead_letter_queue("rows"): 0}
+    # The workers' own account of it, read through the apiserver from the kubelet.
+    counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout) for j in jobs]
+    assert sum(counts) >= ROWS, counts
 
 
 def _handled_in_log(text: str) -> int:

@@ -14,8 +14,9 @@ import httpx
 import pytest
 from kubernetes import client
 
-from tests.conftest import Broker, answers
-from tests.fixtures_kube import REPO_ROOT, free_port, wait_for
+from scaler.job_template import LABEL_SELECTOR
+from tests.helpers import REPO_ROOT, answers, free_port, wait_for
+from tests.helpers.broker import Broker
 
 CONFINED = ["--read-only", "--user", "10001", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--network", "host", "--tmpfs", "/tmp"]
@@ -94,7 +95,7 @@ def test_the_scaler_image_creates_a_job_for_a_backlog(images, kube_cluster, brok
     batch = client.BatchV1Api(kube_cluster.api_client())
     try:
         jobs = wait_for(lambda: not container.running() or
-                        batch.list_namespaced_job(ns, label_selector="app=worker-job").items,
+                        batch.list_namespaced_job(ns, label_selector=LABEL_SELECTOR).items,
                         what="the scaler image to create a Job", timeout=60)
         assert container.running(), container.logs()
         assert len(jobs) == 1, [j.metadata.name for j in jobs]

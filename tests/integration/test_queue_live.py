@@ -5,10 +5,11 @@ import time
 import pika
 import pytest
 
-from scaler.queue_depth import ManagementClient, QueueReadError, StatsNotReady
+from scaler.queue_counts import QueueReadError, StatsNotReady
+from scaler.queue_depth import ManagementClient
 from scaler.queue_live import LiveQueue
-from tests.conftest import Broker
-from tests.tcp_proxy import TcpProxy
+from tests.helpers.broker import Broker, rows
+from tests.helpers.tcp_proxy import TcpProxy
 
 
 def live(broker: Broker, queue: str, *, port: int | None = None) -> LiveQueue:
@@ -30,10 +31,6 @@ def counted(reader: LiveQueue) -> None:
     pytest.fail("the management API never counted the queue")
 
 
-def publish(broker: Broker, queue: str, count: int) -> None:
-    broker.publish_rows(queue, [{"n": str(n)} for n in range(count)])
-
-
 def test_an_undeclared_queue_reads_empty(broker: Broker, queue_name: str) -> None:
     reader = live(broker, queue_name)
     assert reader.read().messages == 0
@@ -42,11 +39,11 @@ def test_an_undeclared_queue_reads_empty(broker: Broker, queue_name: str) -> Non
 
 
 def test_a_new_backlog_is_seen_by_the_next_read(broker: Broker, queue_name: str) -> None:
-    publish(broker, queue_name, 0)
+    broker.publish_rows(queue_name, rows(0))
     reader = live(broker, queue_name)
     counted(reader)
     for batch in (30, 45, 5):
-        publish(broker, queue_name, batch)
+        broker.publish_rows(queue_name, rows(batch))
         # No waiting: the management API alone would still report the old count here.
         counts = reader.read()
         assert (counts.messages_ready, counts.consumers) == (broker.depth(queue_name), 0)
@@ -55,7 +52,7 @@ def test_a_new_backlog_is_seen_by_the_next_read(broker: Broker, queue_name: str)
 
 
 def test_consumers_are_live_and_unacked_come_from_the_management_api(broker: Broker, queue_name: str) -> None:
-    publish(broker, queue_name, 10)
+    broker.publish_rows(queue_name, rows(10))
     reader = live(broker, queue_name)
     counted(reader)
     with broker.connection() as conn:
@@ -84,7 +81,7 @@ def test_a_silent_broker_costs_one_timeout_and_the_next_read_reconnects(
     broker: Broker, queue_name: str, how: str
 ) -> None:
     """"freeze" silences the connection already open; "blackhole" answers no new one."""
-    publish(broker, queue_name, 25)
+    broker.publish_rows(queue_name, rows(25))
     proxy = TcpProxy(broker.port)
     reader = live(broker, queue_name, port=proxy.port)
     counted(reader)

@@ -8,6 +8,7 @@ namespaces hold no kube-job-config, so even on a cluster with a node the Jobs' p
 start: every Job the scaler makes stays unfinished and counts.
 """
 
+import itertools
 import json
 import socket
 import threading
@@ -19,13 +20,13 @@ import httpx
 import pytest
 from kubernetes import client
 
-from kubejob.message import dead_letter_queue, queue_arguments
 from scaler import job_template
 from scaler.decide import decide
 from scaler.jobs import Jobs, KubeError
-from tests.fixtures_kube import free_port, wait_for
-from tests.scaler_process import ScalerProcess, seconds
-from tests.tcp_proxy import TcpProxy
+from tests.helpers import free_port, wait_for
+from tests.helpers.broker import rows
+from tests.helpers.scaler_process import ScalerProcess, seconds
+from tests.helpers.tcp_proxy import TcpProxy
 
 POLL_S, MAX_BACKOFF_S, HTTP_TIMEOUT_S = 0.5, 4.0, 1.0
 THRESHOLD, PER_JOB, MAX_JOBS = 20, 500, 5
@@ -47,7 +48,7 @@ class ManagementProxy:
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802 - the name http.server dispatches to
+            def do_GET(self):
                 proxy._answer(self)
 
             def log_message(self, *args):
@@ -88,14 +89,6 @@ class ManagementProxy:
             request.wfile.write(body)
         except OSError:
             pass  # the scaler timed out and hung up, which is what "slow" is for
-
-
-@pytest.fixture
-def namespace(kube_cluster):
-    """A fresh namespace, deleted with its Jobs after the test."""
-    name = kube_cluster.namespace()
-    yield name
-    kube_cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture
@@ -159,16 +152,6 @@ def start_scaler(kube_cluster, broker, tmp_path):
         scaler.stop()
 
 
-def publish(broker, queue: str, count: int) -> None:
-    """Add `count` messages to `queue`, declared as the producer declares it."""
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(dead_letter_queue(queue), durable=True)
-        channel.queue_declare(queue, durable=True, arguments=queue_arguments(queue))
-        for n in range(count):
-            channel.basic_publish("", queue, str(n).encode())
-
-
 def jobs_wanted(depth: int, unfinished: int) -> int:
     """Unfinished Jobs once the scaler has acted on `depth`: what decide() adds to what exists."""
     return unfinished + decide(
@@ -178,19 +161,19 @@ def jobs_wanted(depth: int, unfinished: int) -> int:
 
 
 def job_count(batch: client.BatchV1Api, namespace: str) -> int:
-    return len(batch.list_namespaced_job(namespace, label_selector="app=worker-job").items)
+    return len(batch.list_namespaced_job(namespace, label_selector=job_template.LABEL_SELECTOR).items)
 
 
 def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: ScalerProcess,
                         inject, clear, reason: str) -> None:
     """The scenario every fault goes through; `reason` must be in each failed poll's error."""
-    publish(broker, queue, BEFORE)
+    broker.publish_rows(queue, rows(BEFORE))
     before = jobs_wanted(BEFORE, 0)
     wait_for(lambda: job_count(batch, namespace) == before, what=f"{before} Jobs before the fault")
 
     mark = len(scaler.events())
     inject()
-    publish(broker, queue, DURING)  # the backlog now needs another Job, which must wait
+    broker.publish_rows(queue, rows(DURING))  # the backlog now needs another Job, which must wait
 
     def failures():
         failed = [e for e in scaler.events()[mark:] if e.get("message") == "poll failed"]
@@ -222,16 +205,15 @@ def assert_backs_off(failed: list[dict]) -> None:
     """Each wait is at least what the line before announced, and the waits grow to the cap."""
     waits = [e["retry_in_s"] for e in failed]
     assert waits[:4] == [POLL_S * 2, POLL_S * 4, POLL_S * 8, MAX_BACKOFF_S], waits
-    gaps = [seconds(b) - seconds(a) for a, b in zip(failed, failed[1:])]
-    print(f"failed polls: retry_in_s {waits}, gaps between them {[round(g, 2) for g in gaps]} s")
-    for wait, gap in zip(waits, gaps):
+    gaps = [seconds(b) - seconds(a) for a, b in itertools.pairwise(failed)]
+    for wait, gap in zip(waits, gaps, strict=False):
         # Never sooner than announced (1 ms for the timestamps' rounding), never much later:
         # a gap also holds the failing call itself, at most the HTTP timeout.
         assert wait - 0.002 <= gap <= wait + HTTP_TIMEOUT_S + 1.0, (waits, gaps)
     assert gaps[-1] > gaps[0] * 2, gaps
 
 
-@pytest.mark.parametrize("fault, reason", [
+@pytest.mark.parametrize(("fault", "reason"), [
     ("500", "HTTP 500"),
     ("401", "HTTP 401"),
     ("slow", f"timed out after {HTTP_TIMEOUT_S}s"),
@@ -250,23 +232,15 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
 
 
 @pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-def test_amqp_cut_creates_nothing_backs_off_and_recovers(
-    broker, queue_name, namespace, batch, amqp_proxy, start_scaler, how
+@pytest.mark.parametrize(("service", "reason"), [("amqp", "AMQP"), ("apiserver", "unreachable")])
+def test_a_network_cut_creates_nothing_backs_off_and_recovers(
+    broker, queue_name, namespace, batch, start_scaler, request, service, reason, how
 ):
-    scaler = start_scaler(queue=queue_name, namespace=namespace, amqp_port=amqp_proxy.port)
+    proxy = request.getfixturevalue(f"{service}_proxy")
+    route = {"amqp_port": proxy.port} if service == "amqp" else {"kubeconfig": proxy.kubeconfig}
+    scaler = start_scaler(queue=queue_name, namespace=namespace, **route)
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=lambda: amqp_proxy.cut(how),
-                        clear=amqp_proxy.restore, reason="AMQP")
-
-
-@pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-def test_apiserver_cut_creates_nothing_backs_off_and_recovers(
-    broker, queue_name, namespace, batch, apiserver_proxy, start_scaler, how
-):
-    scaler = start_scaler(queue=queue_name, namespace=namespace, kubeconfig=apiserver_proxy.kubeconfig)
-    fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=lambda: apiserver_proxy.cut(how),
-                        clear=apiserver_proxy.restore, reason="unreachable")
+                        scaler=scaler, inject=lambda: proxy.cut(how), clear=proxy.restore, reason=reason)
 
 
 def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
@@ -285,7 +259,7 @@ def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
         def count() -> None:
             try:
                 jobs.count_unfinished()
-            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+            except BaseException as exc:
                 outcome.append(exc)
         began = time.monotonic()
         call = threading.Thread(target=count, daemon=True)  # daemon: a hang must not block the run

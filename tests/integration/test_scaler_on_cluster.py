@@ -5,49 +5,34 @@ scaler must count a Job whose worker has not started consuming yet.
 """
 
 import copy
-import json
 import logging
-import threading
 import time
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-import yaml
-from kubernetes import client, config, utils
+from kubernetes import client, utils
 
 from scaler import job_template
-from scaler.jobs import Jobs, KubeError, batch_api
+from scaler.jobs import PERMISSIONS, Jobs, KubeError, batch_api
 from scaler.loop import Limits, Scaler
-from scaler.queue_depth import ManagementClient, QueueReadError
+from scaler.queue_depth import ManagementClient
+from tests.helpers import wait_for
+from tests.helpers.broker import rows
+from tests.helpers.kube import scaler_rbac
 
-MANIFEST = Path(__file__).parents[2] / "infra" / "k8s" / "scaler.yaml"
 STATS_WAIT_S = 20  # the management API's counts lag by its statistics interval
 LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
 
 
-@pytest.fixture
-def admin(kube_cluster) -> client.ApiClient:
-    return config.new_client_from_config(config_file=str(kube_cluster.kubeconfig))
-
-
-@pytest.fixture
-def namespace(kube_cluster, admin, monkeypatch):
-    """A fresh namespace; the Jobs created in it are deleted after the test, then it is."""
+@pytest.fixture(autouse=True)
+def kubeconfig(kube_cluster, monkeypatch) -> None:
+    """The scaler's own batch_api() finds the test cluster as it finds any: by KUBECONFIG."""
     monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    core, batch = client.CoreV1Api(admin), client.BatchV1Api(admin)
-    name = f"scaler-test-{uuid.uuid4().hex[:8]}"
-    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
-    core.create_namespace(
-        client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels))
-    )
-    yield name
-    batch.delete_collection_namespaced_job(
-        name, label_selector=job_template.LABEL_SELECTOR, propagation_policy="Background"
-    )
-    core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture
+def admin(kube_cluster) -> client.ApiClient:
+    return kube_cluster.api_client()
 
 
 def worker_jobs(namespace: str) -> list[client.V1Job]:
@@ -64,21 +49,10 @@ def management(broker, queue: str, base_url: str | None = None) -> ManagementCli
 
 
 def publish(broker, queue: str, count: int) -> None:
-    """Put `count` messages in `queue` and wait until the management API reports them."""
-    with broker.connection() as conn:
-        channel = conn.channel()
-        channel.queue_declare(queue)
-        for n in range(count):
-            channel.basic_publish("", queue, str(n).encode())
-    reader, deadline = management(broker, queue), time.monotonic() + STATS_WAIT_S
-    while time.monotonic() < deadline:
-        try:
-            if reader.read().messages == count:
-                return
-        except QueueReadError:
-            pass  # no counts yet for a queue this new
-        time.sleep(0.25)
-    pytest.fail(f"management API never reported {count} messages in {queue}")
+    """Put `count` messages in `queue` and wait until the management API, which the scaler reads here, reports them."""
+    broker.publish_rows(queue, rows(count))
+    wait_for(lambda: broker.reported_messages(queue) == count, what=f"the management API to count {count} in {queue}",
+             timeout=STATS_WAIT_S, interval=0.25)
 
 
 def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock=time.monotonic,
@@ -95,16 +69,19 @@ def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
     the_scaler = scaler(broker, queue_name, namespace)
 
     with caplog.at_level(logging.INFO, logger="scaler"):
-        assert the_scaler.poll_once().create == 3
+        decision = the_scaler.poll_once()
+    assert decision.create == 3
     jobs = worker_jobs(namespace)
     assert len(jobs) == 3
     (line,) = [r for r in caplog.records if r.getMessage() == "poll"]
-    assert (line.depth, line.unfinished_jobs, line.create) == (1_200, 0, 3)
-    assert line.reason and sorted(line.jobs_created) == sorted(j.metadata.name for j in jobs)
+    assert (line.depth, line.unfinished_jobs, line.create, line.reason) == (1_200, 0, 3, decision.reason)
+    assert sorted(line.jobs_created) == sorted(j.metadata.name for j in jobs)
+    template = job_template.load()
     for job in jobs:
-        assert job.metadata.name.startswith("worker-job-")
-        assert job.spec.template.metadata.labels["app"] == "worker-job"
-        assert job.spec.ttl_seconds_after_finished == 300
+        assert job.metadata.name.startswith(template["metadata"]["generateName"])
+        assert job.spec.template.metadata.labels[job_template.LABEL_KEY] == job_template.LABEL_VALUE
+        # Finished Jobs must go away on their own: the scaler is not allowed to delete them.
+        assert job.spec.ttl_seconds_after_finished == template["spec"]["ttlSecondsAfterFinished"]
 
     # Their pods never start here, yet they count: no duplicates.
     assert the_scaler.poll_once().create == 0
@@ -197,152 +174,10 @@ def test_small_backlog_gets_one_job_after_waiting(broker, queue_name, namespace)
     assert len(worker_jobs(namespace)) == 1
 
 
-def _dry_run_pod(admin: client.ApiClient, namespace: str, pod_spec: dict) -> None:
-    body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": "check-"},
-            "spec": pod_spec}
-    client.CoreV1Api(admin).create_namespaced_pod(namespace, body, dry_run="All")
-
-
-def _ensure_default_service_account(admin: client.ApiClient, namespace: str) -> None:
-    # Pod admission needs it; the controller-manager creates it, but maybe not yet.
-    account = client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="default"))
-    try:
-        client.CoreV1Api(admin).create_namespaced_service_account(namespace, account)
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
-
-
-def test_default_template_passes_restricted_pod_security_admission(admin, namespace):
-    _ensure_default_service_account(admin, namespace)
-    pod_spec = job_template.load()["spec"]["template"]["spec"]
-    _dry_run_pod(admin, namespace, pod_spec)  # the namespace enforces `restricted`
-
-    # The control: the same pod without its container securityContext is refused.
-    loose = {**pod_spec, "containers": [{**pod_spec["containers"][0], "securityContext": {}}]}
-    with pytest.raises(client.ApiException) as refused:
-        _dry_run_pod(admin, namespace, loose)
-    assert refused.value.status == 403 and "restricted" in refused.value.body
-
-
-def _answering(status: int, body: bytes) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the name http.server dispatches to
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    return Handler
-
-
-@pytest.mark.parametrize(
-    "status, body, backs_off",
-    [(500, b"", True), (200, b"{}", False)],
-    ids=["server error backs off", "stats not ready polls on"],
-)
-def test_unreadable_queue_creates_nothing_and_the_loop_keeps_going(
-    broker, queue_name, namespace, caplog, status, body, backs_off
-):
-    publish(broker, queue_name, 1_000)  # a real backlog the scaler must not act on blindly
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _answering(status, body))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    stop = threading.Event()
-    with caplog.at_level(logging.INFO, logger="scaler"):
-        loop = run_in_thread(scaler(broker, queue_name, namespace, base_url=url), stop)
-        time.sleep(3.0)
-        stop.set()
-        loop.join(timeout=5)
-    server.shutdown()
-    server.server_close()
-    assert not loop.is_alive()
-    failures = [r for r in caplog.records if r.getMessage() == "poll failed"]
-    assert len(failures) >= 2
-    expected_type = "QueueReadError" if backs_off else "StatsNotReady"
-    assert all(r.error_type == expected_type for r in failures)
-    assert max(r.retry_in_s for r in failures) == (1.0 if backs_off else 0.5)
-    assert worker_jobs(namespace) == []
-
-
-class _Switchable(BaseHTTPRequestHandler):
-    """Answers 500 until `healthy` is set, then a queue of 1000 ready messages."""
-
-    healthy = threading.Event()
-    counts = json.dumps({"messages": 1000, "messages_ready": 1000,
-                         "messages_unacknowledged": 0, "consumers": 0}).encode()
-
-    def do_GET(self):  # noqa: N802 - the name http.server dispatches to
-        body = self.counts if self.healthy.is_set() else b""
-        self.send_response(200 if self.healthy.is_set() else 500)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def run_in_thread(the_scaler: Scaler, stop: threading.Event) -> threading.Thread:
-    loop = threading.Thread(target=the_scaler.run, args=(stop,),
-                            kwargs={"poll_s": 0.5, "max_backoff_s": 1.0})
-    loop.start()
-    return loop
-
-
-def test_the_loop_recovers_when_the_management_api_comes_back(broker, namespace, caplog):
-    handler = type("Handler", (_Switchable,), {"healthy": threading.Event()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    the_scaler = scaler(broker, "rows", namespace, base_url=url)
-    stop = threading.Event()
-    with caplog.at_level(logging.INFO, logger="scaler"):
-        loop = run_in_thread(the_scaler, stop)
-        try:
-            time.sleep(2.0)
-            assert worker_jobs(namespace) == []
-            handler.healthy.set()
-            deadline = time.monotonic() + 10
-            while len(worker_jobs(namespace)) < 2 and time.monotonic() < deadline:
-                time.sleep(0.2)
-            time.sleep(1.5)  # a few more healthy polls, which must not add Jobs
-        finally:
-            stop.set()
-            loop.join(timeout=10)
-            server.shutdown()
-            server.server_close()
-    assert len(worker_jobs(namespace)) == 2  # 1000 messages, 500 per Job
-    messages = [r.getMessage() for r in caplog.records]
-    assert "poll failed" in messages and messages[-1] == "poll"
-
-
-def test_the_loop_outlives_an_unreachable_apiserver(broker, queue_name, caplog):
-    unreachable = client.Configuration(host="https://127.0.0.1:9")
-    unreachable.retries = 0
-    jobs = Jobs(client.BatchV1Api(client.ApiClient(unreachable)), namespace="default",
-                template=job_template.load(), timeout_s=1)
-    publish(broker, queue_name, 100)
-    stop = threading.Event()
-    with caplog.at_level(logging.INFO, logger="scaler"):
-        the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS)
-        loop = run_in_thread(the_scaler, stop)
-        time.sleep(2.0)
-        assert loop.is_alive()
-        stop.set()
-        loop.join(timeout=10)
-    failed = [r for r in caplog.records if r.getMessage() == "poll failed"]
-    assert failed and all(r.error_type == "KubeError" for r in failed)
-
-
 def _as_scaler_account(admin: client.ApiClient, namespace: str) -> client.ApiClient:
     """A client holding a token of the `scaler` ServiceAccount from infra/k8s/scaler.yaml."""
-    for doc in yaml.safe_load_all(MANIFEST.read_text()):
-        if doc["kind"] in ("ServiceAccount", "Role", "RoleBinding"):
-            utils.create_from_dict(admin, doc, namespace=namespace)
+    for doc in scaler_rbac():
+        utils.create_from_dict(admin, doc, namespace=namespace)
     request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
     token = client.CoreV1Api(admin).create_namespaced_service_account_token(
         "scaler", namespace, request
@@ -354,24 +189,29 @@ def _as_scaler_account(admin: client.ApiClient, namespace: str) -> client.ApiCli
     return client.ApiClient(configuration)
 
 
-def test_the_scaler_role_allows_its_jobs_and_nothing_else(broker, queue_name, admin, namespace):
+def allowed(api: client.ApiClient, namespace: str) -> set[tuple[str, str, str]]:
+    """Every (apiGroup, resource, verb) the apiserver lets `api`'s account use in `namespace`."""
+    review = client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace))
+    status = client.AuthorizationV1Api(api).create_self_subject_rules_review(review).status
+    assert not status.incomplete, status.evaluation_error
+    return {(group, resource, verb) for rule in status.resource_rules
+            for group in rule.api_groups or [""] for resource in rule.resources or [] for verb in rule.verbs}
+
+
+def test_the_scaler_role_allows_what_the_scaler_calls_and_nothing_else(broker, queue_name, admin, namespace):
     as_scaler = _as_scaler_account(admin, namespace)
+    # What any account may do anywhere (review its own rights, ...): the Role adds to that.
+    everywhere = allowed(as_scaler, "default")
+    assert allowed(as_scaler, namespace) - everywhere == PERMISSIONS
+    assert not {group for group, _, _ in everywhere} & {group for group, _, _ in PERMISSIONS}
+
+    # And they are enough: a poll through the ServiceAccount's token counts and creates Jobs.
     jobs = Jobs(client.BatchV1Api(as_scaler), namespace=namespace, template=job_template.load(),
                 timeout_s=5)
     publish(broker, queue_name, 600)
     the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS)
     assert the_scaler.poll_once().create == 2
     assert len(worker_jobs(namespace)) == 2
-
-    forbidden = [
-        lambda: client.CoreV1Api(as_scaler).list_namespaced_pod(namespace),
-        lambda: client.CoreV1Api(as_scaler).list_namespaced_secret(namespace),
-        lambda: client.BatchV1Api(as_scaler).list_namespaced_job("default"),
-    ]
-    for call in forbidden:
-        with pytest.raises(client.ApiException) as refused:
-            call()
-        assert refused.value.status == 403
 
 
 def test_unreachable_apiserver_is_our_error_and_creates_nothing():

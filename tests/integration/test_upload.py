@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from producer.app import create_app
 from producer.settings import Settings
-from tests.conftest import Broker
+from tests.helpers.broker import Broker
 
 GOOD = b"id,name,amount\n1,Ada,10.5\n2,\"Grace, Admiral\",7\n3,Zo\xc3\xab,0\n"
 
@@ -130,7 +130,11 @@ def test_broker_unreachable_means_503_not_success(queue_name: str) -> None:
     with TestClient(create_app(settings)) as client:
         response = upload(client, GOOD)
         assert response.status_code == 503
-        assert "RabbitMQ unavailable" in response.json()["error"]
+        body = response.json()
+        assert "cannot connect to RabbitMQ" in body["error"] and "Idempotency-Key" in body["error"]
+        assert (body["rows"], body["confirmed"]) == (3, 0)
+        status = client.get(f"/uploads/{body['upload_id']}").json()
+        assert (status["state"], status["confirmed"]) == ("publishing", 0)
         assert client.get("/readyz").status_code == 503
         assert client.get("/healthz").status_code == 200
 

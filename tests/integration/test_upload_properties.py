@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from producer.app import create_app
 from producer.csv_stream import DELIMITERS
 from producer.settings import Settings
-from tests.conftest import Broker
+from tests.helpers.broker import Broker
 
 # Any text a CSV can hold: no NUL (we reject it as binary) and no lone surrogates (not UTF-8).
 TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12)
@@ -62,7 +62,7 @@ def test_any_table_written_by_the_csv_module_uploads_as_exactly_those_rows(
     given_as = DELIMITERS[delimiter] if by_name else delimiter
     used, bodies = upload_table(broker, queue_name, written(header, rows, delimiter, encoding), delimiter=given_as)
     assert used == delimiter
-    assert bodies == [dict(zip(header, row)) for row in rows if published(row)]
+    assert bodies == [dict(zip(header, row, strict=False)) for row in rows if published(row)]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -73,7 +73,7 @@ def test_the_delimiter_of_a_table_with_two_or_more_columns_is_detected(
     header, rows = table
     used, bodies = upload_table(broker, queue_name, written(header, rows, delimiter, "utf-8"))
     assert used == delimiter
-    assert bodies == [dict(zip(header, row)) for row in rows if published(row)]
+    assert bodies == [dict(zip(header, row, strict=False)) for row in rows if published(row)]
 
 
 @pytest.fixture(scope="module")

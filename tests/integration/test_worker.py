@@ -4,43 +4,19 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from kubejob import message
-from tests.conftest import Broker
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
-    environment = os.environ | {
-        "QUEUE_NAME": queue,
-        "WORKER_HANDLER": f"tests.handlers:{handler}",
-        "RECORD_FILE": str(record),
-        "WORKER_IDLE_SECONDS": "1",
-    }
-    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=ROOT, env=environment | env)
-
-
-def handled(record: Path) -> collections.Counter[str]:
-    return collections.Counter(record.read_text().split()) if record.exists() else collections.Counter()
-
-
-def wait_for(condition, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+from tests.helpers import REPO_ROOT, free_port, wait_for
+from tests.helpers.broker import Broker, rows
+from tests.helpers.worker import handled, start_worker
 
 
 def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tmp_path: Path) -> None:
-    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(500)])
+    broker.publish_rows(queue_name, rows(500))
     worker = start_worker(queue_name, tmp_path / "handled")
     assert worker.wait(timeout=60) == 0
     assert handled(tmp_path / "handled") == collections.Counter(str(i) for i in range(500))
@@ -49,9 +25,9 @@ def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tm
 
 def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(200)])
+    broker.publish_rows(queue_name, rows(200))
     first = start_worker(queue_name, record, "slow", SLOW_SECONDS="0.02", WORKER_PREFETCH="20")
-    wait_for(lambda: sum(handled(record).values()) >= 30)
+    wait_for(lambda: sum(handled(record).values()) >= 30, what="30 rows handled", timeout=30, interval=0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     assert broker.depth(queue_name) > 0
@@ -63,8 +39,8 @@ def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_nam
 
 def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    rows = [{"id": str(i), "poison": "yes" if i == 5 else "no"} for i in range(20)]
-    broker.publish_rows(queue_name, rows)
+    poisoned = [{"id": str(i), "poison": "yes" if i == 5 else "no"} for i in range(20)]
+    upload_id = broker.publish_rows(queue_name, poisoned)
     worker = start_worker(queue_name, record, "fail_poison", WORKER_MAX_ATTEMPTS="4")
     assert worker.wait(timeout=60) == 0
     counts = handled(record)
@@ -74,13 +50,13 @@ def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue
     assert len(dead) == 1
     properties, body = dead[0]
     assert body == b'{"id":"5","poison":"yes"}'
-    assert properties.headers["attempt"] == 4 and properties.message_id == "t:6"
+    assert properties.headers["attempt"] == 4 and properties.message_id == f"{upload_id}:6"
     assert broker.depth(queue_name) == 0
 
 
 def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record = tmp_path / "handled"
-    broker.publish_rows(queue_name, [{"id": str(i)} for i in range(10)])
+    broker.publish_rows(queue_name, rows(10))
     worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="2", WORKER_PREFETCH="5")
     time.sleep(3)  # the first row is done, the second is in hand
     worker.send_signal(signal.SIGTERM)
@@ -101,11 +77,9 @@ def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tm
 
 
 def test_an_unreachable_broker_is_one_line_that_says_why(queue_name: str, tmp_path: Path) -> None:
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = free_port()  # nothing listens there
     environment = os.environ | {"QUEUE_NAME": queue_name, "RABBITMQ_HOST": "127.0.0.1", "RABBITMQ_PORT": str(port)}
-    result = subprocess.run([sys.executable, "-m", "worker"], cwd=ROOT, env=environment, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 1
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]

@@ -17,7 +17,7 @@ def job(*conditions: tuple[str, str], deleting: bool = False) -> V1Job:
 
 
 @pytest.mark.parametrize(
-    "the_job, finished",
+    ("the_job", "finished"),
     [
         (V1Job(metadata=V1ObjectMeta(name="just-created")), False),  # no status yet: pending
         (job(), False),

@@ -40,7 +40,7 @@ def test_environment_overrides(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name, value",
+    ("name", "value"),
     [
         ("SCALER_THRESHOLD", "-1"),
         ("SCALER_MESSAGES_PER_JOB", "0"),

@@ -25,7 +25,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("service, name, value, reason", CASES)
+@pytest.mark.parametrize(("service", "name", "value", "reason"), CASES)
 def test_the_process_exits_at_start_naming_the_variable(service: str, name: str, value: str, reason: str) -> None:
     env = {**os.environ, name: value, "RABBITMQ_PASSWORD": PASSWORD}
     result = subprocess.run([sys.executable, "-m", service], cwd=ROOT, env=env,

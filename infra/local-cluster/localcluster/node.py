@@ -7,6 +7,7 @@ the namespace in each cgroup v1 hierarchy, the sysctls the kubelet sets on the h
 of it back.
 """
 
+import contextlib
 import json
 import os
 import pathlib
@@ -48,7 +49,8 @@ class Node:
     def up(self) -> None:
         """Start every component and load the images; return once the Node is Ready."""
         if all(processes.running(c, state=self.cp.state) for c in COMPONENTS):
-            return self.wait_ready()
+            self.wait_ready()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         pki = Pki(self.cp.state / "pki")
         self._save_sysctls()
@@ -61,7 +63,8 @@ class Node:
         self.cp.kubectl("apply", "-f", "-", input=json.dumps({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": "kube-apiserver-kubelet-api-admin"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:kubelet-api-admin"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "kube-apiserver"}]}))
         self._start_coredns()
         self._start_scheduler(pki)
@@ -234,14 +237,12 @@ disabled_plugins = ['io.containerd.nri.v1.nri', 'io.containerd.internal.v1.opt']
         """SIGKILL every process in the kubelet's cgroup until none is left."""
         memory = CGROUPS / "memory" / self.cgroup
         for _ in range(50):
-            pids = {int(p) for f in memory.rglob("cgroup.procs") for p in f.read_text().split()} if memory.exists() else set()
+            pids = {int(p) for f in memory.rglob("cgroup.procs") for p in f.read_text().split()}
             if not pids:
                 return
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             time.sleep(0.1)
 
     def _kill_shims(self) -> None:

@@ -65,7 +65,8 @@ class Pki:
         self.ca_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, *, common_name: str, org: str | None = None,
-              server: bool = False, client: bool = False, ips: tuple[str, ...] = ()) -> tuple[pathlib.Path, pathlib.Path]:
+              server: bool = False, client: bool = False,
+              ips: tuple[str, ...] = ()) -> tuple[pathlib.Path, pathlib.Path]:
         """Return (cert, key) paths for `name`, issuing them on first use."""
         cert_path, key_path = self.dir / f"{name}.crt", self.dir / f"{name}.key"
         if cert_path.exists():

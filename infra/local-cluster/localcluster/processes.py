@@ -1,5 +1,6 @@
 """Start and stop background processes that outlive the command that started them."""
 
+import contextlib
 import ctypes
 import json
 import os
@@ -103,10 +104,8 @@ def stop(name: str, *, state: pathlib.Path, timeout: float = STOP_TIMEOUT) -> bo
 
 def signal_group(pid: int, sig: signal.Signals) -> None:
     """Send `sig` to the process group led by `pid`, ignoring one that is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pid: int) -> bool:

@@ -2,8 +2,8 @@
 
 `up` builds the images (images.sh), creates the namespace `kube-job` and its veth pair
 (198.51.100.1 on the host, 198.51.100.2 the node), starts the control plane and the node in it,
-makes the Secrets and the RabbitMQ volume that infra/k8s expects to exist, and applies every
-manifest of infra/k8s unchanged. `down` stops it all and takes back what `up` changed.
+makes the Secrets and the volumes that infra/k8s expects to exist, and applies every manifest
+of infra/k8s unchanged. `down` stops it all and takes back what `up` changed.
 """
 
 import argparse
@@ -19,10 +19,10 @@ from localcluster.netns import UP_NAME, UP_SUBNET, NodeNetwork
 from localcluster.node import Node
 
 USER = "kube-job"
-# The claim infra/k8s/rabbitmq.yaml's StatefulSet makes for its pod, bound in advance to a
-# directory in the state dir: there is no storage provisioner on this node.
-RABBITMQ_CLAIM, RABBITMQ_UID = "data-rabbitmq-0", 999
-WORKLOADS = ["statefulset/rabbitmq", "deployment/producer", "deployment/scaler"]
+# The claims infra/k8s's StatefulSets make for their pods (size, and the uid that writes there),
+# each bound in advance to a directory in the state dir: there is no storage provisioner here.
+CLAIMS = {"data-rabbitmq-0": ("2Gi", 999), "data-postgres-0": ("1Gi", 999)}
+WORKLOADS = ["statefulset/rabbitmq", "statefulset/postgres", "deployment/producer", "deployment/scaler"]
 
 
 def manifests() -> str:
@@ -50,16 +50,17 @@ def apply_secret(cp: ControlPlane, name: str, *, namespace: str = "default", **v
     cp.kubectl("apply", "-f", "-", input=json.dumps(secret))
 
 
-def rabbitmq_volume(cp: ControlPlane, *, namespace: str = "default") -> None:
-    """A hostPath PersistentVolume bound in advance to the RabbitMQ pod's claim."""
-    path = cp.state / "volumes" / f"{namespace}-{RABBITMQ_CLAIM}"
-    path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, RABBITMQ_UID, RABBITMQ_UID)  # a hostPath volume is not given the pod's fsGroup
-    cp.kubectl("apply", "-f", "-", input=json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{RABBITMQ_CLAIM}"},
-        "spec": {"capacity": {"storage": "2Gi"}, "accessModes": ["ReadWriteOnce"],
-                 "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)},
-                 "claimRef": {"namespace": namespace, "name": RABBITMQ_CLAIM}}}))
+def claim_volumes(cp: ControlPlane, *, namespace: str = "default") -> None:
+    """A hostPath PersistentVolume for each of CLAIMS in `namespace`, bound to it in advance."""
+    for claim, (size, uid) in CLAIMS.items():
+        path = cp.state / "volumes" / f"{namespace}-{claim}"
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, uid, uid)  # a hostPath volume is not given the pod's fsGroup
+        cp.kubectl("apply", "-f", "-", input=json.dumps({
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-{claim}"},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": str(path)},
+                     "claimRef": {"namespace": namespace, "name": claim}}}))
 
 
 def up(state: pathlib.Path) -> None:
@@ -72,8 +73,9 @@ def up(state: pathlib.Path) -> None:
     cp.up()
     Node(cp).up()
     apply_secret(cp, "rabbitmq-credentials", username=USER, password=generated(cp.state, "rabbitmq-password"))
+    apply_secret(cp, "postgres-credentials", username=USER, password=generated(cp.state, "postgres-password"))
     apply_secret(cp, "upload-token", token=generated(cp.state, "upload-token"))
-    rabbitmq_volume(cp)
+    claim_volumes(cp)
     print(cp.kubectl("apply", "-f", "-", input=manifests()), end="")
     for workload in WORKLOADS:
         cp.kubectl("rollout", "status", workload, "--timeout=300s")

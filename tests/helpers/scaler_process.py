@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tests.fixtures_kube import REPO_ROOT
+from tests.helpers import REPO_ROOT
 
 
 class ScalerProcess:

@@ -1,4 +1,4 @@
-"""Row handlers the tests plug into real worker processes with WORKER_HANDLER.
+"""Row handlers the tests plug into real worker processes with WORKER_HANDLER (see worker.py).
 
 Each appends the row's `id` to the file named by RECORD_FILE, one line per handled row, so a
 test can count across processes how often each row was handled.

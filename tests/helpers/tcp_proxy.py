@@ -1,9 +1,10 @@
 """A TCP forwarder that tests put before a real service (AMQP, the apiserver) to cut the network."""
 
+import contextlib
 import socket
 import threading
 
-from tests.fixtures_kube import free_port
+from tests.helpers import free_port
 
 
 class TcpProxy:
@@ -45,10 +46,8 @@ class TcpProxy:
     def _stop_listening(self) -> None:
         # close() alone leaves the port listening while accept() blocks in another thread;
         # shutdown() wakes it, so the port truly refuses.
-        try:
+        with contextlib.suppress(OSError):
             self._listener.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._listener.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -81,8 +80,6 @@ class TcpProxy:
 
 
 def _shut(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     sock.close()

@@ -1,0 +1,121 @@
+"""HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse, StreamingResponse
+from pydantic import BaseModel
+
+from producer.ledger import Ledger, Upload
+from producer.routes import Error, LedgerDep
+
+router = APIRouter()
+PAGE = Path(__file__).with_name("page.html")
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
+}
+
+
+class UploadStatus(BaseModel):
+    upload_id: str
+    file_name: str
+    queue: str
+    state: str
+    rows: int
+    confirmed: int
+    done: int
+    failed: int
+    redelivered: int
+    created_at: datetime
+    published_at: datetime | None
+    finished_at: datetime | None
+    rows_per_second: float | None
+    eta_seconds: float | None
+    status_url: str
+    failed_url: str
+
+
+class UploadList(BaseModel):
+    uploads: list[UploadStatus]
+    next_url: str | None
+
+
+def pace(upload: Upload, now: datetime) -> tuple[float | None, float | None]:
+    """Rows finished per second since the upload began, and the seconds left at that pace."""
+    finished = upload.done + upload.failed
+    elapsed = ((upload.finished_at or now) - upload.created_at).total_seconds()
+    if finished == 0 or elapsed <= 0:
+        return None, None
+    rate = finished / elapsed
+    return round(rate, 1), round((upload.rows - finished) / rate, 1)
+
+
+def status_of(upload: Upload, now: datetime) -> UploadStatus:
+    rate, eta = pace(upload, now)
+    return UploadStatus(
+        upload_id=upload.id, file_name=upload.file_name, queue=upload.queue, state=upload.state,
+        rows=upload.rows, confirmed=upload.confirmed, done=upload.done, failed=upload.failed,
+        redelivered=upload.redelivered, created_at=upload.created_at, published_at=upload.published_at,
+        finished_at=upload.finished_at, rows_per_second=rate, eta_seconds=eta,
+        status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
+    )
+
+
+async def _known(ledger: Ledger, upload_id: str) -> Upload:
+    upload = await ledger.get(upload_id)
+    if upload is None:
+        raise HTTPException(status_code=404, detail=f"no upload {upload_id!r}")
+    return upload
+
+
+@router.get("/uploads/{upload_id}", responses=NOT_FOUND)
+async def upload_status(upload_id: str, ledger: LedgerDep) -> UploadStatus:
+    """Where one upload stands: `done` exactly when done + failed == rows."""
+    return status_of(await _known(ledger, upload_id), datetime.now(UTC))
+
+
+@router.get("/uploads")
+async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
+                         offset: Annotated[int, Query(ge=0)] = 0) -> UploadList:
+    """Uploads, newest first, `limit` at a time; `next_url` pages on."""
+    uploads = await ledger.recent(limit=limit + 1, offset=offset)
+    now = datetime.now(UTC)
+    more = f"/uploads?limit={limit}&offset={offset + limit}" if len(uploads) > limit else None
+    return UploadList(uploads=[status_of(u, now) for u in uploads[:limit]], next_url=more)
+
+
+@router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
+            response_class=StreamingResponse)
+async def failed_rows(upload_id: str, ledger: LedgerDep) -> StreamingResponse:
+    """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`."""
+    upload = await _known(ledger, upload_id)
+    return StreamingResponse(
+        _csv_lines(ledger, upload), media_type="text/csv; charset=utf-8",
+        headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
+    )
+
+
+async def _csv_lines(ledger: Ledger, upload: Upload) -> AsyncIterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*upload.columns, "_row", "_attempts", "_error"])
+    async for failed in ledger.failed_rows(upload.id):
+        data = failed.data or {}
+        writer.writerow([*(data.get(column, "") for column in upload.columns),
+                         failed.row_number, failed.attempts, failed.error or ""])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page() -> HTMLResponse:
+    """A page that lists uploads with a live progress bar each."""
+    return HTMLResponse(PAGE.read_text())

@@ -1,0 +1,103 @@
+"""A handle on the real RabbitMQ, for tests and benchmarks: AMQP for messages, the management API for counts."""
+
+import os
+import uuid
+
+import httpx
+import pika
+import pika.exceptions
+
+from kubejob import message
+
+
+def rows(count: int) -> list[dict[str, str]]:
+    """`count` one-column rows whose ids are 0 .. count-1."""
+    return [{"id": str(n)} for n in range(count)]
+
+
+class Broker:
+    """The broker the services use, found as they find it (RABBITMQ_HOST and friends)."""
+
+    def __init__(self) -> None:
+        self.host = os.environ.get("RABBITMQ_HOST", "localhost")
+        self.port = int(os.environ.get("RABBITMQ_PORT", "5672"))
+        self.management_url = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://localhost:15672")
+        self.user, self.password = "guest", "guest"
+
+    def connection(self) -> pika.BlockingConnection:
+        params = pika.ConnectionParameters(
+            host=self.host, port=self.port, credentials=pika.PlainCredentials(self.user, self.password)
+        )
+        return pika.BlockingConnection(params)
+
+    def check(self) -> None:
+        """Raise unless AMQP and the management API both answer."""
+        httpx.get(f"{self.management_url}/api/overview", auth=(self.user, self.password), timeout=5).raise_for_status()
+        self.connection().close()
+
+    @staticmethod
+    def declare(channel, queue: str) -> None:
+        """Declare `queue` and its dead-letter queue exactly as the producer and the worker do."""
+        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
+        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
+
+    def publish_rows(self, queue: str, rows: list[dict[str, str]], *, confirm: bool = True) -> str:
+        """Declare `queue` as the producer does and publish one producer-shaped message per row.
+
+        With `confirm` each message is confirmed by the broker before the next; without it
+        (much faster for 100k rows) the caller must count them in before relying on them.
+        Returns the upload id the messages carry, new for each call: the ledger keys rows by it.
+        """
+        upload_id = uuid.uuid4().hex
+        with self.connection() as conn:
+            channel = conn.channel()
+            self.declare(channel, queue)
+            if confirm:
+                channel.confirm_delivery()
+            for number, row in enumerate(rows, start=1):
+                body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
+                channel.basic_publish("", queue, body, properties)
+        return upload_id
+
+    def depth(self, queue: str) -> int:
+        """Messages ready in `queue` right now (passive declare, not the lagging stats)."""
+        with self.connection() as conn:
+            return conn.channel().queue_declare(queue, passive=True).method.message_count
+
+    def counts(self, queue: str) -> dict:
+        """The queue as the management API reports it (as fresh as its statistics interval); {} if unknown."""
+        response = httpx.get(f"{self.management_url}/api/queues/%2F/{queue}", auth=(self.user, self.password),
+                             timeout=5)
+        return response.json() if response.status_code == 200 else {}
+
+    def reported_messages(self, queue: str) -> int | None:
+        """`messages` as the management API reports it: None before its first count of the queue."""
+        return self.counts(queue).get("messages")
+
+    def exists(self, queue: str) -> bool:
+        with self.connection() as conn:
+            try:
+                conn.channel().queue_declare(queue, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code == 404:
+                    return False
+                raise
+        return True
+
+    def drain(self, queue: str) -> list[tuple[pika.spec.BasicProperties, bytes]]:
+        """Take every ready message off `queue` and return it."""
+        taken = []
+        with self.connection() as conn:
+            channel = conn.channel()
+            while True:
+                method, props, body = channel.basic_get(queue, auto_ack=True)
+                if method is None:
+                    return taken
+                taken.append((props, body))
+
+    def delete_queue(self, queue: str) -> None:
+        """Delete `queue` and its dead-letter queue, if they exist."""
+        with self.connection() as conn:
+            channel = conn.channel()
+            channel.queue_delete(queue)
+            channel.queue_delete(message.dead_letter_queue(queue))

@@ -1,0 +1,25 @@
+"""Real `python -m worker` processes running a handler of tests/helpers/handlers.py, and what they recorded."""
+
+import collections
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import REPO_ROOT
+
+
+def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
+    """A worker on `queue` running tests.helpers.handlers.`handler`, which notes each row in `record`."""
+    environment = os.environ | {
+        "QUEUE_NAME": queue,
+        "WORKER_HANDLER": f"tests.helpers.handlers:{handler}",
+        "RECORD_FILE": str(record),
+        "WORKER_IDLE_SECONDS": "1",
+    }
+    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment | env)
+
+
+def handled(record: Path) -> collections.Counter[str]:
+    """How often each row id was handled so far, by every worker that wrote to `record`."""
+    return collections.Counter(record.read_text().split()) if record.exists() else collections.Counter()

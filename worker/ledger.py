@@ -1,0 +1,102 @@
+"""The worker's side of the ledger: each row's outcome, recorded before the row is acked.
+
+Outcomes are written in batches, one transaction each, which also adds them to their
+uploads' `done` and `failed`; a row the ledger already has is not counted twice. Errors: a
+PostgreSQL that cannot be reached or fails the batch is `LedgerUnavailable`.
+"""
+
+import collections
+import logging
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from kubejob import ledger as schema
+
+log = logging.getLogger(__name__)
+
+
+class LedgerUnavailable(Exception):
+    """PostgreSQL could not be reached or did not take the batch."""
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """What became of one row: done, or failed for good after `attempts` with `error`."""
+
+    upload_id: str
+    row: int
+    attempts: int
+    error: str | None = None
+    data: dict[str, str] | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+_RECORD = """
+WITH new AS (
+    INSERT INTO row_outcomes (upload_id, row_number, failed, attempts, error, data)
+    SELECT * FROM unnest(%s::text[], %s::integer[], %s::boolean[], %s::integer[], %s::text[], %s::jsonb[])
+    ON CONFLICT DO NOTHING
+    RETURNING upload_id, failed
+), counted AS (
+    SELECT upload_id, count(*) FILTER (WHERE NOT failed) AS done, count(*) FILTER (WHERE failed) AS failed
+    FROM new GROUP BY upload_id
+)
+UPDATE uploads SET done = uploads.done + counted.done, failed = uploads.failed + counted.failed,
+    finished_at = CASE WHEN uploads.done + counted.done + uploads.failed + counted.failed >= uploads.rows
+                       THEN coalesce(uploads.finished_at, now()) END
+FROM counted WHERE uploads.id = counted.upload_id
+"""
+
+
+class Ledger:
+    """A small pool: the I/O thread records batches, the handler thread checks redeliveries."""
+
+    def __init__(self, conninfo: str, *, timeout_s: float) -> None:
+        self._conninfo, self._timeout_s = conninfo, timeout_s
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=2, timeout=timeout_s, open=False,
+                                    kwargs={"connect_timeout": int(max(1, timeout_s))})
+
+    def open(self) -> None:
+        """Bring the schema up to date and open the pool; raises LedgerUnavailable."""
+        try:
+            schema.migrate(self._conninfo, connect_timeout=self._timeout_s)
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(schema.reason(exc)) from None
+        self._pool.open(wait=False)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def record(self, outcomes: list[RowOutcome], *, redelivered: collections.Counter[str]) -> None:
+        """Write `outcomes`, and count the redeliveries acked without handling, in one transaction."""
+        if not outcomes and not redelivered:
+            return
+        columns = ([o.upload_id for o in outcomes], [o.row for o in outcomes], [o.failed for o in outcomes],
+                   [o.attempts for o in outcomes], [o.error for o in outcomes],
+                   [Jsonb(o.data) if o.data is not None else None for o in outcomes])
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                if outcomes:
+                    conn.execute(_RECORD, columns)
+                for upload_id, count in redelivered.items():
+                    conn.execute("UPDATE uploads SET redelivered = redelivered + %s WHERE id = %s", (count, upload_id))
+        except psycopg.Error as exc:
+            raise LedgerUnavailable(schema.reason(exc)) from None
+
+    def has(self, upload_id: str, row: int) -> bool:
+        """Whether the row already has an outcome; False when the ledger cannot say (handle it again)."""
+        try:
+            with self._pool.connection() as conn:
+                found = conn.execute("SELECT 1 FROM row_outcomes WHERE upload_id = %s AND row_number = %s",
+                                     (upload_id, row)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("ledger unavailable, handling a redelivered row again", extra={"error": schema.reason(exc)})
+            return False
+        return found is not None
+
