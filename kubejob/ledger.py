@@ -48,6 +48,18 @@ MIGRATIONS = [
     );
     CREATE INDEX row_outcomes_recorded_at ON row_outcomes (recorded_at);
     """,
+    """
+    -- How often a redelivered row without an outcome was started: a worker that dies while
+    -- handling a row leaves its count up, which is how the worker tells a row that kills it.
+    CREATE TABLE redelivered_starts (
+        upload_id text NOT NULL,
+        row_number integer NOT NULL,
+        starts integer NOT NULL,
+        started_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (upload_id, row_number)
+    );
+    CREATE INDEX redelivered_starts_started_at ON redelivered_starts (started_at);
+    """,
 ]
 
 

@@ -4,8 +4,13 @@ One message per CSV row:
 - body: the row as a JSON object, header name -> string value (UTF-8);
 - properties: persistent, content type application/json, message_id "<upload_id>:<row>";
 - headers: `upload_id` (str), `row` (1-based data row number), `line` (the CSV line it starts on).
-The worker adds `attempt` (int, absent means 1) when it retries a row.
-The queue is durable and dead-letters to "<queue>.dead".
+The worker adds `attempt` (int, absent means 1) when it retries a row, and `error` (str) when
+it gives up on one and puts it in "<queue>.dead".
+
+The queue is a quorum queue. Around it: "<queue>.retry" holds a row waiting to be retried
+(its expiration is the delay) and dead-letters it back into the queue; "<queue>.limit"
+receives what the broker itself dead-letters at the delivery limit, which the worker records
+in the ledger and moves on to "<queue>.dead".
 """
 
 import json
@@ -28,23 +33,60 @@ class Row:
     attempt: int
 
 
+# The broker's own bound on deliveries that end without an ack (a worker that died holding the
+# row). The worker counts such deaths itself and gives up after WORKER_MAX_ATTEMPTS; this is
+# the backstop, RabbitMQ 4's default. RabbitMQ 4.3 and later count only basic.reject here, so
+# the worker's own count is what bounds a row that kills its process.
+DELIVERY_LIMIT = 20
+
+
 def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
+
+
+def retry_queue(queue: str) -> str:
+    return f"{queue}.retry"
+
+
+def limit_queue(queue: str) -> str:
+    return f"{queue}.limit"
 
 
 def queue_arguments(queue: str) -> dict[str, str | int]:
     """Arguments the queue is declared with, by whichever service declares it first.
 
-    Version 2 and lazy mode write persistent messages straight to disk instead of also
-    keeping them in memory, which let RabbitMQ 3.10 confirm about 1.7 times as many per second
-    here; RabbitMQ 3.12 and later ignore the lazy mode, their classic queues behave so anyway.
+    A quorum queue counts the deliveries of each message (`x-delivery-count`), replicates it,
+    and is RabbitMQ's recommended durable queue type. What reaches its delivery limit goes to
+    "<queue>.limit", never straight to "<queue>.dead", so that the worker records it first.
     """
     return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": DELIVERY_LIMIT,
         "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": dead_letter_queue(queue),
-        "x-queue-version": 2,
-        "x-queue-mode": "lazy",
+        "x-dead-letter-routing-key": limit_queue(queue),
     }
+
+
+def declarations(queue: str) -> list[tuple[str, dict[str, str | int]]]:
+    """Every queue (name, arguments) of the contract, in the order to declare them.
+
+    A dead-letter target must exist before anything is dead-lettered into it, so the queue
+    itself comes last.
+    """
+    return [
+        (dead_letter_queue(queue), {}),
+        (limit_queue(queue), {}),
+        (retry_queue(queue), {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}),
+        (queue, queue_arguments(queue)),
+    ]
+
+
+def migration_hint(queue: str, reason: str) -> str:
+    """What to do when the queue exists with other arguments (a classic queue from before)."""
+    return (f"queue {queue!r} exists with other arguments than this version declares ({reason}); it is now a "
+            f"quorum queue: stop the producer, let the workers drain {queue!r} (or move its messages with a "
+            f"shovel), delete it (rabbitmqctl delete_queue {queue}) and start again: see the README, "
+            "'Upgrading to quorum queues'")
 
 
 def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -> tuple[bytes, pika.BasicProperties]:
@@ -76,12 +118,30 @@ def decode(body: bytes, properties: pika.BasicProperties) -> Row:
     )
 
 
-def retry_properties(properties: pika.BasicProperties, *, attempt: int) -> pika.BasicProperties:
-    """The same message's properties for its next attempt."""
-    headers = dict(properties.headers or {}, attempt=attempt)
+def retry_properties(properties: pika.BasicProperties, *, attempt: int, delay_s: float) -> pika.BasicProperties:
+    """The same message's properties for its next attempt, `delay_s` from now (in "<queue>.retry")."""
+    return _copy(properties, attempt=attempt, expiration=str(max(0, round(delay_s * 1000))))
+
+
+def dead_properties(properties: pika.BasicProperties, *, error: str) -> pika.BasicProperties:
+    """The same message's properties as it goes to "<queue>.dead", with the last error."""
+    return _copy(properties, error=error)
+
+
+def _copy(properties: pika.BasicProperties, *, expiration: str | None = None,
+          **headers: object) -> pika.BasicProperties:
+    # The broker's own headers describe the old message's journey, not the new one's.
+    kept = {k: v for k, v in (properties.headers or {}).items() if not k.startswith("x-")}
     return pika.BasicProperties(
         content_type=properties.content_type,
         delivery_mode=pika.DeliveryMode.Persistent,
         message_id=properties.message_id,
-        headers=headers,
+        headers=kept | headers,
+        expiration=expiration,
     )
+
+
+def death_reason(properties: pika.BasicProperties) -> str:
+    """Why the broker dead-lettered a message, from its x-death header ("delivery_limit"...)."""
+    deaths = (properties.headers or {}).get("x-death") or [{}]
+    return str(deaths[0].get("reason", "unknown"))

@@ -65,12 +65,17 @@ def load(settings_class: type[S]) -> S:
         raise SettingsError(describe(exc)) from None
 
 
+# The exit code of a configuration that can never work; the worker Job fails at once on it.
+EXIT_CONFIG = 2
+
+
 def load_or_exit(settings_class: type[S], service: str) -> S:
-    """`load` for an entry point: a bad value ends the process with one line on stderr."""
+    """`load` for an entry point: a bad value ends the process (EXIT_CONFIG) with one line on stderr."""
     try:
         return load(settings_class)
     except SettingsError as exc:
-        sys.exit(f"{service}: invalid configuration: {exc}")
+        sys.stderr.write(f"{service}: invalid configuration: {exc}\n")
+        sys.exit(EXIT_CONFIG)
 
 
 def describe(exc: ValidationError) -> str:

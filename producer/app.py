@@ -15,9 +15,10 @@ from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
 from producer import routes, status
+from producer.broker_watch import BrokerWatch
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
-from producer.limits import BodySizeLimit
+from producer.limits import BodySizeLimit, UploadGate
 from producer.publisher import BrokerUnavailable, UploadInterrupted
 from producer.settings import Settings
 
@@ -85,12 +86,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     claim_timeout = timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2))
     app.state.ledger = Ledger(pool, claim_timeout=claim_timeout)
     log.info("ledger ready", extra={"schema_version": version})
+    app.state.broker_watch = BrokerWatch(settings)
+    app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
     forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
     try:
         yield
     finally:
         forgetting.cancel()
+        await app.state.broker_watch.stop()
         await pool.close()
 
 
@@ -112,6 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
+    # Added last, so it runs first: a refused upload is not counted against the size limit either.
+    app.add_middleware(UploadGate, token=app.state.settings.upload_token.get_secret_value(),
+                       max_uploads=app.state.settings.max_concurrent_uploads)
     app.add_exception_handler(CsvError, csv_error)
     app.add_exception_handler(UploadInterrupted, upload_interrupted)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)

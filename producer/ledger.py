@@ -168,6 +168,7 @@ class Ledger:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("DELETE FROM row_outcomes WHERE recorded_at < now() - %s", (age,))
+                await conn.execute("DELETE FROM redelivered_starts WHERE started_at < now() - %s", (age,))
                 deleted = await conn.execute("DELETE FROM uploads WHERE created_at < now() - %s", (age,))
                 return deleted.rowcount
         except psycopg.Error as exc:

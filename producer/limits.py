@@ -1,11 +1,26 @@
-"""Rejects an oversized upload while it streams in, before it fills the disk."""
+"""ASGI middleware that guard POST /upload before its body is read: size, token, uploads at once."""
+
+import secrets
 
 from fastapi import HTTPException
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+# What a client refused for too many uploads at once is told to wait, in seconds.
+RETRY_AFTER_SECONDS = 5
 
 
 def too_large(max_bytes: int) -> HTTPException:
     return HTTPException(status_code=413, detail=f"upload is larger than the limit of {max_bytes} bytes")
+
+
+def token_matches(expected: str, authorization: str | None) -> bool:
+    """Whether an Authorization header carries the bearer token; any header does when none is expected."""
+    if not expected:
+        return True
+    scheme, _, given = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), expected.encode())
 
 
 class BodySizeLimit:
@@ -30,3 +45,38 @@ class BodySizeLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class UploadGate:
+    """ASGI middleware: POST /upload without the token gets 401, and past `max_uploads` at once 429.
+
+    Both answer from the headers alone, before a byte of the body is read (FastAPI would parse
+    the whole form, spooling it to disk, before any dependency runs).
+    """
+
+    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int) -> None:
+        self.app, self.token, self.max_uploads = app, token, max_uploads
+        self.in_progress = 0  # one event loop: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/upload":
+            await self.app(scope, receive, send)
+            return
+        if not token_matches(self.token, Headers(scope=scope).get("authorization")):
+            refusal = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                                   headers={"WWW-Authenticate": "Bearer"})
+        elif self.in_progress >= self.max_uploads:
+            refusal = JSONResponse(
+                {"error": f"{self.in_progress} uploads are in progress, the most this server takes at once "
+                          f"(MAX_CONCURRENT_UPLOADS); try again in {RETRY_AFTER_SECONDS} s"},
+                status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        else:
+            self.in_progress += 1
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.in_progress -= 1
+            return
+        # Connection: close, so the server does not go on to read the body it refused.
+        refusal.headers["Connection"] = "close"
+        await refusal(scope, receive, send)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 
 import pika
 from pika.adapters.asyncio_connection import AsyncioConnection
+from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
-from kubejob.message import dead_letter_queue, queue_arguments
+from kubejob.message import declarations, migration_hint
 from producer.settings import Settings
 
 
@@ -44,6 +45,7 @@ class ConfirmingPublisher:
         self._published = 0
         self._failure: str | None = None
         self._channel: pika.channel.Channel | None = None
+        self._declaring: str | None = None  # the queue being declared, until all are
 
     async def __aenter__(self) -> "ConfirmingPublisher":
         self._connection = AsyncioConnection(
@@ -105,23 +107,27 @@ class ConfirmingPublisher:
 
     def _on_channel(self, channel: pika.channel.Channel) -> None:
         self._channel = channel
-        channel.add_on_close_callback(lambda _ch, reason: self._fail(f"channel closed: {reason}"))
+        channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(lambda *_: self._fail(f"RabbitMQ could not route to {self._queue!r}"))
-        dead = dead_letter_queue(self._queue)
+        pending = declarations(self._queue)
 
-        def declare_main(_frame: object) -> None:
-            channel.queue_declare(
-                self._queue, durable=True, arguments=queue_arguments(self._queue), callback=opened
-            )
+        def declare_next(_frame: object) -> None:
+            if not pending:
+                self._declaring = None
+                if not self._opened.done():
+                    self._opened.set_result(None)
+                return
+            name, arguments = pending.pop(0)
+            self._declaring = name
+            channel.queue_declare(name, durable=True, arguments=arguments, callback=declare_next)
 
-        def opened(_frame: object) -> None:
-            if not self._opened.done():
-                self._opened.set_result(None)
+        channel.confirm_delivery(self._on_confirm, callback=declare_next)
 
-        channel.confirm_delivery(
-            self._on_confirm,
-            callback=lambda _frame: channel.queue_declare(dead, durable=True, callback=declare_main),
-        )
+    def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
+        if isinstance(reason, ChannelClosedByBroker) and reason.reply_code == 406 and self._declaring:
+            self._fail(migration_hint(self._declaring, reason.reply_text))
+        else:
+            self._fail(f"channel closed: {reason}")
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method

@@ -3,14 +3,13 @@
 import contextlib
 import hashlib
 import logging
-import secrets
 import time
 import uuid
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from kubejob import message
@@ -37,7 +36,6 @@ def get_ledger(request: Request) -> Ledger:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
-CredentialsDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 class UploadResult(BaseModel):
@@ -67,19 +65,13 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
+    429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
+                                         "Retry-After seconds"},
     409: {"model": Error, "description": "The Idempotency-Key was used with another file, or is being published"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
     503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable; `upload_id` and `confirmed` say "
                                          "how far it got"},
 }
-
-
-def require_token(settings: SettingsDep, credentials: CredentialsDep) -> None:
-    expected = settings.upload_token.get_secret_value()
-    given = credentials.credentials if credentials else ""
-    if expected and not secrets.compare_digest(given.encode(), expected.encode()):
-        raise HTTPException(status_code=401, detail="a valid bearer token is required",
-                            headers={"WWW-Authenticate": "Bearer"})
 
 
 async def one_file(request: Request) -> None:
@@ -92,7 +84,8 @@ async def one_file(request: Request) -> None:
                             detail="the `file` field must be a file upload, e.g. curl -F file=@data.csv")
 
 
-@router.post("/upload", dependencies=[Depends(require_token), Depends(one_file)], response_model=UploadResult,
+# The token is checked by limits.UploadGate before the body is read; `bearer` only documents it.
+@router.post("/upload", dependencies=[Depends(bearer), Depends(one_file)], response_model=UploadResult,
              responses=UPLOAD_ERRORS)
 async def upload(
     file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
@@ -165,9 +158,12 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ or PostgreSQL is not reachable"}})
-async def readyz(settings: SettingsDep, ledger: LedgerDep) -> Health:
-    """RabbitMQ is reachable and the queue can be declared; PostgreSQL answers."""
+@router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ is not reachable or blocks "
+                                                                       "publishers, or PostgreSQL does not answer"}})
+async def readyz(request: Request, ledger: LedgerDep) -> Health:
+    """RabbitMQ is connected and takes publishes (from a watch kept open, no new connection); PostgreSQL answers."""
+    problem = request.app.state.broker_watch.problem
+    if problem is not None:
+        raise BrokerUnavailable(problem)
     await ledger.ping()
-    async with ConfirmingPublisher(settings):
-        return Health(status="ok")
+    return Health(status="ok")

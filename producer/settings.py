@@ -14,6 +14,9 @@ class Settings(LedgerSettings):
     upload_token: SecretStr = Field(
         SecretStr(""), description="If set, POST /upload needs `Authorization: Bearer <token>`."
     )
+    max_concurrent_uploads: int = Field(
+        4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
+    )
     publish_window: int = Field(
         20000, ge=1, description="Messages in flight before the producer waits for broker confirms."
     )

@@ -1,7 +1,12 @@
 """`python -m worker`: drain the queue, exit 0 when it is empty (or on SIGTERM).
 
-Exits 1 if the broker fails and 3 if the ledger stays unreachable; either way the rows it had
-not acked go back to the queue, and the Job's backoff decides when a new pod tries.
+Exit codes (the Job template's podFailurePolicy reads them):
+- 1: the broker failed; 3: the ledger stayed unreachable. The rows it had not acked go back to
+  the queue, and the Job's backoff decides when a new pod tries.
+- 2: a configuration that can never work (a bad setting, or a queue declared before with other
+  arguments); the Job fails at once instead of retrying.
+- 4: a row outlived WORKER_ROW_TIMEOUT_SECONDS; that counted as one of its attempts, the other
+  rows went back to the queue, and the Job's restart policy starts a fresh worker.
 """
 
 import logging
@@ -9,8 +14,8 @@ import sys
 import time
 
 from kubejob import logs
-from kubejob.settings import load_or_exit
-from worker.consumer import BrokerError, Consumer, LedgerDown, Retry, install_sigterm
+from kubejob.settings import EXIT_CONFIG, load_or_exit
+from worker.consumer import BrokerError, Consumer, LedgerDown, QueueMismatch, Retry, RowTimedOut, install_sigterm
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.settings import Settings
 
@@ -47,5 +52,11 @@ except BrokerError as exc:
 except LedgerDown as exc:
     log.error("ledger unavailable, giving up", extra={"error": str(exc), "handled": consumer.handled})
     sys.exit(3)
+except QueueMismatch as exc:
+    log.error("queue cannot be declared", extra={"error": str(exc)})
+    sys.exit(EXIT_CONFIG)
+except RowTimedOut as exc:
+    log.error("exiting after a row outlived its time limit", extra={"error": str(exc), "handled": consumer.handled})
+    sys.exit(4)
 finally:
     ledger.close()

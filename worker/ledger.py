@@ -53,6 +53,12 @@ UPDATE uploads SET done = uploads.done + counted.done, failed = uploads.failed +
 FROM counted WHERE uploads.id = counted.upload_id
 """
 
+_START = """
+INSERT INTO redelivered_starts AS s (upload_id, row_number, starts) VALUES (%s, %s, 1)
+ON CONFLICT (upload_id, row_number) DO UPDATE SET starts = s.starts + 1, started_at = now()
+RETURNING starts
+"""
+
 
 class Ledger:
     """A small pool: the I/O thread records batches, the handler thread checks redeliveries."""
@@ -88,6 +94,17 @@ class Ledger:
                     conn.execute("UPDATE uploads SET redelivered = redelivered + %s WHERE id = %s", (count, upload_id))
         except psycopg.Error as exc:
             raise LedgerUnavailable(schema.reason(exc)) from None
+
+    def start_redelivered(self, upload_id: str, row: int) -> int:
+        """Count one more start of a redelivered row; return how many came before (0 if the ledger cannot say)."""
+        try:
+            with self._pool.connection() as conn:
+                found = conn.execute(_START, (upload_id, row)).fetchone()
+        except psycopg.Error as exc:
+            log.warning("ledger unavailable, not counting a redelivered row's start",
+                        extra={"error": schema.reason(exc)})
+            return 0
+        return found[0] - 1 if found else 0
 
     def has(self, upload_id: str, row: int) -> bool:
         """Whether the row already has an outcome; False when the ledger cannot say (handle it again)."""

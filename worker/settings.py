@@ -15,7 +15,17 @@ class Settings(LedgerSettings):
         description="`module:function` called with each row (a dict); raising means the row failed.",
     )
     worker_prefetch: int = Field(100, ge=1, le=65535, description="Unacked messages a worker holds at once.")
-    worker_max_attempts: int = Field(3, ge=1, description="Attempts before a failing row is dead-lettered.")
+    worker_max_attempts: int = Field(
+        3, ge=1, description=("Attempts before a row is dead-lettered: its handler raised, outlived "
+                              "WORKER_ROW_TIMEOUT_SECONDS, or the worker died while handling it."),
+    )
+    worker_retry_delay_seconds: float = Field(
+        1.0, ge=0, description="Wait before a row's second attempt; it doubles with each further attempt."
+    )
+    worker_retry_max_delay_seconds: float = Field(60.0, ge=0, description="Longest wait before a retry.")
+    worker_row_timeout_seconds: float = Field(
+        600.0, gt=0, description="A handler running longer counts as a failed attempt and the worker exits 4."
+    )
     worker_idle_seconds: float = Field(5.0, gt=0, description="Exit 0 after the queue has been empty this long.")
     worker_shutdown_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM, how long the row in hand may finish before it is returned."
@@ -30,6 +40,10 @@ class Settings(LedgerSettings):
     def _importable(cls, value: str) -> str:
         handlers.load(value)  # fails at start, not at the first row
         return value
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` before the next one."""
+        return min(self.worker_retry_delay_seconds * 2 ** min(attempt - 1, 60), self.worker_retry_max_delay_seconds)
 
     def handler(self) -> handlers.Handler:
         """The function WORKER_HANDLER names, already checked to import."""

@@ -37,9 +37,9 @@ class Broker:
 
     @staticmethod
     def declare(channel, queue: str) -> None:
-        """Declare `queue` and its dead-letter queue exactly as the producer and the worker do."""
-        channel.queue_declare(message.dead_letter_queue(queue), durable=True)
-        channel.queue_declare(queue, durable=True, arguments=message.queue_arguments(queue))
+        """Declare `queue` and the queues around it exactly as the producer and the worker do."""
+        for name, arguments in message.declarations(queue):
+            channel.queue_declare(name, durable=True, arguments=arguments)
 
     def publish_rows(self, queue: str, rows: list[dict[str, str]], *, confirm: bool = True) -> str:
         """Declare `queue` as the producer does and publish one producer-shaped message per row.
@@ -96,8 +96,8 @@ class Broker:
                 taken.append((props, body))
 
     def delete_queue(self, queue: str) -> None:
-        """Delete `queue` and its dead-letter queue, if they exist."""
+        """Delete `queue` and the queues around it, if they exist."""
         with self.connection() as conn:
             channel = conn.channel()
-            channel.queue_delete(queue)
-            channel.queue_delete(message.dead_letter_queue(queue))
+            for name, _ in message.declarations(queue):
+                channel.queue_delete(name)

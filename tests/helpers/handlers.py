@@ -5,6 +5,7 @@ test can count across processes how often each row was handled.
 """
 
 import os
+import signal
 import time
 
 
@@ -29,4 +30,47 @@ def fail_poison(row: dict[str, str]) -> None:
         with open(os.environ["RECORD_FILE"], "a") as out:
             out.write(f"!{row['id']}\n")
         raise RuntimeError(f"poison row {row['id']}")
+    _record(row)
+
+
+def _poisoned(row: dict[str, str]) -> bool:
+    """Whether the row is poison; if so its attempt is recorded first, with a `!`."""
+    if row.get("poison") != "yes":
+        return False
+    with open(os.environ["RECORD_FILE"], "a") as out:
+        out.write(f"!{row['id']}\n")
+    return True
+
+
+def exit_on_poison(row: dict[str, str]) -> None:
+    """A poison row ends the process as a crash in C code would, with no Python cleanup."""
+    if _poisoned(row):
+        os._exit(1)
+    _record(row)
+
+
+def kill_on_poison(row: dict[str, str]) -> None:
+    """A poison row gets the process SIGKILLed, as the OOM killer does."""
+    if _poisoned(row):
+        os.kill(os.getpid(), signal.SIGKILL)
+    _record(row)
+
+
+def hang_on_poison(row: dict[str, str]) -> None:
+    """A poison row never returns."""
+    if _poisoned(row):
+        time.sleep(3600)
+    _record(row)
+
+
+def fail_poison_twice(row: dict[str, str]) -> None:
+    """A poison row fails its first two attempts; every call is noted with its time in TIMES_FILE."""
+    with open(os.environ["TIMES_FILE"], "a") as out:
+        out.write(f"{row['id']} {time.time()}\n")
+    if row.get("poison") == "yes":
+        with open(os.environ["RECORD_FILE"]) as seen:
+            attempts = seen.read().split().count(f"!{row['id']}")
+        if attempts < 2:
+            _poisoned(row)
+            raise RuntimeError(f"poison row {row['id']}, attempt {attempts + 1}")
     _record(row)

@@ -2,6 +2,8 @@
 
 import contextlib
 import os
+import select
+import socket
 import subprocess
 import sys
 import time
@@ -14,10 +16,10 @@ from tests.helpers import REPO_ROOT, answers, free_port, wait_for
 
 
 @contextlib.contextmanager
-def producer(queue: str) -> Iterator[tuple[str, int]]:
+def producer(queue: str, **settings: str) -> Iterator[tuple[str, int]]:
     """A real producer publishing to `queue`, answering on its health endpoint; yields (base URL, pid)."""
     port = free_port()
-    env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "LOG_LEVEL": "WARNING"}
+    env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "LOG_LEVEL": "WARNING"} | settings
     process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -26,6 +28,44 @@ def producer(queue: str) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+class StreamedUpload:
+    """A POST /upload whose body (a multipart form of `size` bytes) is sent over a raw socket as fast as
+    the server takes it, until the server answers; says when, and how much of the body it had taken."""
+
+    def __init__(self, url: str, *, size: int, token: str | None = None) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)))
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        self.sock.sendall((f"POST /upload HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {size}\r\n"
+                           "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode())
+        self.size, self.sent, self.started = size, 0, time.perf_counter()
+
+    def send_until_answered(self, *, timeout: float, chunk: int = 1 << 16) -> tuple[str, float]:
+        """The response's status line ("" if none came) and seconds from the first byte sent to it."""
+        self.sock.setblocking(False)
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
+        data = head.ljust(chunk, b"x")
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            writing = [self.sock] if self.sent < self.size else []
+            readable, writable, _ = select.select([self.sock], writing, [], 0.05)
+            if readable:
+                try:
+                    answer = self.sock.recv(65536).decode(errors="replace")
+                except OSError:
+                    answer = ""
+                return answer.split("\r\n", 1)[0], time.perf_counter() - self.started
+            if writable:
+                try:
+                    self.sent += self.sock.send(data[: self.size - self.sent])
+                except OSError:
+                    continue  # the server closed its side; its answer may still be readable
+        return "", time.perf_counter() - self.started
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def csv_file(rows: int, poison: frozenset[int] = frozenset()) -> bytes:

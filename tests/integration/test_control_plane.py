@@ -17,7 +17,6 @@ from tests.helpers.kube import NODE_NAME, KubeCluster, pinned_release, scaler_rb
 
 MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
 CREDENTIALS = ("rabbitmq-credentials", "--from-literal=username=kube-job", "--from-literal=password=not-used")
-DATABASE = ("postgres-credentials", "--from-literal=username=kube-job", "--from-literal=password=not-used")
 
 
 def pod(name: str, image: str, command: list[str], **spec) -> dict:
@@ -101,11 +100,10 @@ def worker_job_template(command: list[str], *, ttl: int) -> dict:
 
 
 def job_settings(kube_cluster: KubeCluster, namespace: str) -> None:
-    """What the template's env refers to: the shared ConfigMap and the credentials Secret."""
+    """What the template's env refers to: the shared ConfigMap and the credentials Secrets."""
     config_doc = yaml.safe_load((REPO_ROOT / "infra" / "k8s" / "config.yaml").read_text())
     kube_cluster.apply(namespace, [config_doc])
-    kube_cluster.kubectl("create", "secret", "generic", *CREDENTIALS, "-n", namespace)
-    kube_cluster.kubectl("create", "secret", "generic", *DATABASE, "-n", namespace)
+    kube_cluster.create_credentials(namespace, user="kube-job", password="not-used")
 
 
 def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_node, node_namespace):
@@ -127,6 +125,23 @@ def test_job_from_the_scaler_template_runs_and_is_removed_by_its_ttl(kube_node, 
         return not batch.list_namespaced_job(namespace).items and not core.list_namespaced_pod(
             namespace, label_selector=job_template.LABEL_SELECTOR).items
     wait_for(gone, what=f"TTL removal of Job {name} and its pod", timeout=60)
+
+
+def test_a_worker_exiting_2_fails_its_job_at_once_by_the_templates_pod_failure_policy(kube_node, node_namespace):
+    kube_cluster, namespace = kube_node, node_namespace
+    job_settings(kube_cluster, namespace)
+    exits_2 = ["python", "-c", "import sys; sys.exit(2)"]
+    body = job_template.render(worker_job_template(exits_2, ttl=300), namespace=namespace)
+    batch = client.BatchV1Api(kube_cluster.api_client())
+    name = batch.create_namespaced_job(namespace, body).metadata.name
+
+    def failed():
+        job = batch.read_namespaced_job(name, namespace)
+        return next((c for c in job.status.conditions or [] if c.type == "Failed" and c.status == "True"), None)
+    condition = wait_for(failed, what=f"Job {name} to fail")
+    assert condition.reason == "PodFailurePolicy", condition
+    # Not retried up to backoffLimit (3): the one pod's exit code failed the Job.
+    assert batch.read_namespaced_job(name, namespace).status.failed == 1
 
 
 def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube_node, node_namespace):

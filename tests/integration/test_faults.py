@@ -68,7 +68,8 @@ def test_a_retry_with_the_idempotency_key_after_a_broker_restart_queues_each_row
             uploading.start()
             # The restart must land mid-publish: the ledger shows rows of it confirmed, and its
             # answer has not come yet.
-            started = wait_for(lambda: [u for u in httpx.get(f"{url}/uploads").json()["uploads"] if u["confirmed"]],
+            started = wait_for(lambda: [u for u in httpx.get(f"{url}/uploads").json()["uploads"]
+                                        if u["queue"] == queue_name and u["confirmed"]],
                                what="the upload to start publishing", timeout=60, interval=0.05)
             assert uploading.is_alive(), outcome
             rabbitmqctl("stop_app")

@@ -117,8 +117,12 @@ def logs_of(service: str, env: dict[str, str], *, seconds: float = 6) -> str:
 @pytest.mark.parametrize(
     ("service", "env", "expected"),
     [
-        ("producer", {"RABBITMQ_USER": "nobody", "PRODUCER_PORT": str(free_port())}, "broker unavailable"),
+        ("producer", {"RABBITMQ_USER": "nobody", "PRODUCER_PORT": str(free_port())}, "upload interrupted"),
         ("worker", {"RABBITMQ_USER": "nobody"}, "broker connection failed"),
+        ("producer", {"DATABASE_URL": f"postgresql://kubejob:{SECRET}@localhost:5432/kubejob",
+                      "PRODUCER_PORT": str(free_port())}, "password authentication failed"),
+        ("worker", {"DATABASE_URL": f"postgresql://kubejob:{SECRET}@localhost:5432/kubejob",
+                    "WORKER_DATABASE_RETRY_SECONDS": "1"}, "password authentication failed"),
         ("scaler", {"RABBITMQ_USER": "nobody", "SCALER_POLL_SECONDS": "0.5"}, "401"),
         ("scaler", {"RABBITMQ_MANAGEMENT_URL": f"http://nobody:{SECRET}@localhost:15672"}, "must not hold credentials"),
     ],

@@ -1,6 +1,7 @@
 """POST /upload against a real RabbitMQ: every row confirmed, or nothing published."""
 
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -8,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from producer.app import create_app
 from producer.settings import Settings
+from tests.helpers import free_port, wait_for
 from tests.helpers.broker import Broker
 
 GOOD = b"id,name,amount\n1,Ada,10.5\n2,\"Grace, Admiral\",7\n3,Zo\xc3\xab,0\n"
@@ -149,8 +151,19 @@ def test_upload_token_is_required_when_set(broker: Broker, queue_name: str) -> N
     assert broker.depth(queue_name) == 3
 
 
-def test_readyz_reports_a_reachable_broker(client: TestClient) -> None:
+def test_readyz_reports_a_reachable_broker_from_a_connection_it_keeps(client: TestClient) -> None:
+    wait_for(lambda: client.get("/readyz").status_code == 200, what="/readyz to say ready", timeout=10, interval=0.1)
+    started = time.perf_counter()
     assert client.get("/readyz").json() == {"status": "ok"}
+    assert time.perf_counter() - started < 0.1
+
+
+def test_readyz_says_not_ready_at_once_when_the_broker_is_unreachable(queue_name: str) -> None:
+    with TestClient(create_app(Settings(queue_name=queue_name, rabbitmq_port=free_port()))) as client:
+        started = time.perf_counter()
+        response = client.get("/readyz")
+        assert time.perf_counter() - started < 0.1
+        assert response.status_code == 503 and "RabbitMQ" in response.json()["error"]
 
 
 @pytest.mark.parametrize(

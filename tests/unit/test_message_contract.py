@@ -17,13 +17,23 @@ def test_what_the_producer_encodes_the_worker_decodes() -> None:
     assert properties.headers == {"upload_id": "u1", "row": 3, "line": 5}
 
 
-def test_a_retry_keeps_identity_and_counts_the_attempt() -> None:
+def test_a_retry_keeps_identity_counts_the_attempt_and_waits_its_delay() -> None:
     body, properties = message.encode({"id": "1"}, upload_id="u1", row_number=1, line=2)
-    retried = message.retry_properties(properties, attempt=2)
+    properties.headers["x-delivery-count"] = 2  # the broker's, about the old message
+    retried = message.retry_properties(properties, attempt=2, delay_s=1.5)
     decoded = message.decode(body, retried)
     assert (decoded.upload_id, decoded.row, decoded.attempt) == ("u1", 1, 2)
     assert retried.message_id == properties.message_id
     assert retried.delivery_mode == pika.DeliveryMode.Persistent.value
+    assert retried.expiration == "1500"
+    assert "x-delivery-count" not in retried.headers
+
+
+def test_a_row_given_up_on_carries_its_last_error() -> None:
+    _, properties = message.encode({"id": "1"}, upload_id="u1", row_number=1, line=2)
+    dead = message.dead_properties(message.retry_properties(properties, attempt=3, delay_s=1), error="boom")
+    assert dead.headers == {"upload_id": "u1", "row": 1, "line": 2, "attempt": 3, "error": "boom"}
+    assert dead.expiration is None
 
 
 @pytest.mark.parametrize("body", [b"not json", b"\xff\xfe", b"[1, 2]", b'"text"'])
@@ -32,6 +42,14 @@ def test_a_body_that_is_not_a_json_object_is_a_bad_message(body: bytes) -> None:
         message.decode(body, pika.BasicProperties(headers={"upload_id": "u1", "row": 1}))
 
 
-def test_the_queue_dead_letters_into_its_dead_queue() -> None:
+def test_the_queue_is_a_quorum_queue_whose_broker_dead_letters_the_worker_records() -> None:
     arguments = message.queue_arguments("rows")
-    assert (arguments["x-dead-letter-exchange"], arguments["x-dead-letter-routing-key"]) == ("", "rows.dead")
+    assert arguments["x-queue-type"] == "quorum" and arguments["x-delivery-limit"] == message.DELIVERY_LIMIT
+    assert (arguments["x-dead-letter-exchange"], arguments["x-dead-letter-routing-key"]) == ("", "rows.limit")
+
+
+def test_a_retry_waits_in_the_retry_queue_and_then_returns_to_the_queue() -> None:
+    declared = dict(message.declarations("rows"))
+    assert declared["rows.retry"] == {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "rows"}
+    # Dead-letter targets first: what is dead-lettered into a queue that does not exist is lost.
+    assert list(declared) == ["rows.dead", "rows.limit", "rows.retry", "rows"]
