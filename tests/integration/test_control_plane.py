@@ -6,7 +6,9 @@ real kubelet on containerd, from the images that images.sh builds.
 
 import copy
 import json
+import subprocess
 
+import pytest
 import yaml
 from kubernetes import client
 
@@ -14,6 +16,9 @@ from scaler import job_template
 from scaler.jobs import Jobs
 from tests.helpers import REPO_ROOT, wait_for
 from tests.helpers.kube import NODE_NAME, KubeCluster, pinned_release, scaler_rbac
+
+from localcluster.netns import NodeNetwork
+from localcluster.node import POD_CIDR
 
 MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
 CREDENTIALS = ("rabbitmq-credentials", "--from-literal=username=kube-job", "--from-literal=password=not-used")
@@ -170,3 +175,20 @@ def test_scaler_counts_its_jobs_while_pending_and_running_not_once_finished(kube
     kube_cluster.kubectl("exec", "-n", namespace, f"job/{name}", "--", "touch", "/tmp/release")
     wait_for(lambda: jobs.count_unfinished() == 0, what="the finished Job to stop counting")
     assert client.BatchV1Api(kube_cluster.api_client()).read_namespaced_job(name, namespace).status.succeeded == 1
+
+
+def test_the_node_namespace_reaches_only_the_host_end_of_its_veth(kube_node):
+    network = kube_node.control_plane.network
+    routes = subprocess.run(["ip", "-n", network.name, "-4", "route", "show", "table", "all"],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert routes and not [r for r in routes if r.startswith("default")], routes
+    # Besides its own subnets (the veth /30; the pod bridge once a pod has run), nothing.
+    routed = {r.split()[0] for r in routes if r.split()[0] not in ("local", "broadcast")}
+    assert routed - {POD_CIDR} == {network.subnet}, routes
+
+
+def test_a_node_network_where_the_host_already_routes_is_refused():
+    taken = NodeNetwork("kube-job-refused", "127.0.0.0/30")  # loopback's own addresses
+    with pytest.raises(RuntimeError, match="already routes"):
+        taken.create()
+    assert not taken.exists()
