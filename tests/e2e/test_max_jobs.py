@@ -17,6 +17,7 @@ from kubejob.message import dead_letter_queue, encode
 from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
 from tests.helpers import wait_for
+from tests.helpers.broker import Broker
 from tests.helpers.kube import deploy, queue_depths
 
 MESSAGES = 100_000
@@ -79,6 +80,7 @@ def publish_backlog(kube_node, ns: str, queue: str, count: int) -> None:
         params = pika.ConnectionParameters("127.0.0.1", port, credentials=pika.PlainCredentials(user, password))
         with pika.BlockingConnection(params) as conn:
             channel = conn.channel()
+            Broker.declare(channel, queue)
             for n in range(1, count + 1):
                 body, properties = encode({"id": str(n), "name": f"row {n}"}, upload_id=upload_id,
                                           row_number=n, line=n + 1)
@@ -91,8 +93,6 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_
            SCALER_MESSAGES_PER_JOB="500", SCALER_POLL_SECONDS="0.5")
     jobs = JobWatch(kube_node.api_client(), ns)
     try:
-        # The producer declares the queues with their dead-letter arguments at start.
-        wait_for(lambda: "rows" in queue_depths(kube_node, ns), what="the queue rows", timeout=60)
         publish_backlog(kube_node, ns, "rows", MESSAGES)
 
         def drained():
@@ -112,4 +112,4 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_
     assert jobs.max_unfinished == MAX_JOBS  # the cap was reached, so the bound was really tested
     assert len(at_cap) >= 5 and all(e["create"] == 0 and e["depth"] > 500 * MAX_JOBS for e in at_cap[:5])
     assert all(succeeded.values()), succeeded
-    assert depths == {"rows": 0, dead_letter_queue("rows"): 0}
+    assert (depths["rows"], depths[dead_letter_queue("rows")]) == (0, 0), depths

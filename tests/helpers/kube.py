@@ -54,16 +54,27 @@ class KubeCluster:
 
     @contextlib.contextmanager
     def port_forward(self, target: str, port: int, *, namespace: str) -> Iterator[int]:
-        """`kubectl port-forward` to `target`'s `port` for the block; yields the local port."""
-        process = subprocess.Popen([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig),
-                                    "port-forward", "-n", namespace, target, f":{port}"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        """`kubectl port-forward` to `target`'s `port` for the block; yields the local port.
+
+        Its output goes to a file, not a pipe: it writes a line per connection, and a pipe nobody
+        reads would block it. A failure in the block carries the file's tail.
+        """
+        log = self.state / "logs" / f"port-forward-{uuid.uuid4().hex[:8]}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig),
+                                        "port-forward", "-n", namespace, target, f":{port}"],
+                                       stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            line = process.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8000"
-            found = re.search(r"127\.0\.0\.1:(\d+)", line)
-            if not found:
-                pytest.fail(f"kubectl port-forward {target}: {line}{process.stdout.read(2000)}", pytrace=False)
-            yield int(found.group(1))
+            found = wait_for(lambda: (process.poll() is None and re.search(r"127\.0\.0\.1:(\d+)", log.read_text()))
+                             or process.poll() is not None, what=f"kubectl port-forward {target}", timeout=30,
+                             interval=0.1)
+            if process.poll() is not None:
+                pytest.fail(f"kubectl port-forward {target} exited: {log.read_text()}", pytrace=False)
+            try:
+                yield int(found.group(1))
+            except Exception as exc:
+                said = log.read_text()[-2000:]
+                raise AssertionError(f"{exc!r}; kubectl port-forward {target} said:\n{said}") from exc
         finally:
             process.terminate()
             process.wait(timeout=10)
