@@ -1,7 +1,10 @@
 # One Dockerfile for the three services, built from the repository root so the shared package
 # `kubejob` is copied in beside the service:
 #   docker build --build-arg SERVICE=producer -t producer:latest .   (likewise worker, scaler)
-FROM python:3.11-slim
+# BASE is any image with Python 3.11 and pip on PATH: the official one by default; on a daemon
+# that cannot pull, infra/local-cluster/images.sh passes one made with debootstrap.
+ARG BASE=python:3.11-slim
+FROM ${BASE}
 
 ARG SERVICE
 # Bytecode is not written because the root filesystem is read-only in the cluster.

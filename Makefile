@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-IMAGES := producer worker scaler
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint rabbitmq postgres browser prometheus demo test test-unit bench images clean
@@ -46,21 +45,21 @@ test-unit: install ## Run only the unit tests (no services needed)
 bench: install rabbitmq postgres cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
 
-images: ## Build the three images in the current Docker daemon (minikube: run minikube docker-env first)
-	@for image in $(IMAGES); do docker build --build-arg SERVICE=$$image -t $$image:latest . || exit 1; done
+images: ## Build the three images with Docker (here: on a debootstrapped base; minikube: run minikube docker-env first)
+	infra/local-cluster/images.sh services
 
 clean: ## Remove .venv, .run and caches kept in the repo
 	rm -rf $(VENV) .run .pytest_cache .hypothesis
 
-# The local Kubernetes of infra/local-cluster (built from source; no Docker needed).
+# The local one-node Kubernetes of infra/local-cluster (built from source, run in a network namespace).
 .PHONY: cluster up down
 LOCAL_CLUSTER := PYTHONPATH=infra/local-cluster $(PY)
 
-cluster: ## Build etcd, kube-apiserver, kube-controller-manager and kubectl (first time: minutes)
+cluster: ## Build Kubernetes (control plane, kubelet, kube-proxy, kubectl), containerd and CoreDNS (first time: minutes)
 	infra/local-cluster/build.sh
 
-up: install cluster ## Start RabbitMQ and PostgreSQL (unless they run), local Kubernetes, node agent and the app; print URLs
+up: install cluster ## Build the images, start a one-node Kubernetes in netns kube-job, apply infra/k8s (as root)
 	$(LOCAL_CLUSTER) -m localcluster.stack up
 
-down: ## Stop what `make up` started, and only that
+down: ## Stop what `make up` started and take back what it changed on the host
 	$(LOCAL_CLUSTER) -m localcluster.stack down

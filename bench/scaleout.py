@@ -1,19 +1,19 @@
-"""Scale-out: seconds to drain 100k rows end to end on the local cluster, 1 Job allowed and 4.
+"""Scale-out: seconds to drain 100k rows end to end on the one-node cluster, 1 Job allowed and 4.
 
 From the start of POST /upload until the queue is empty and every worker Job has finished.
-The scaler and the workers run as pods on the node agent with the shipped settings (only
-SCALER_MAX_JOBS changes); the producer is the same code, run beside the cluster.
+infra/k8s runs as shipped in a namespace of its own (only SCALER_MAX_JOBS changes), RabbitMQ and
+PostgreSQL included; the upload goes through `kubectl port-forward` to the producer's Service.
 """
 
 import time
 
-from kubernetes import client, utils
+import httpx
+from kubernetes import client
 
 from bench import cluster, support
 from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
-from tests.helpers.kube import app_documents
-from tests.helpers.producer import producer, upload
+from tests.helpers.kube import KubeCluster, deploy, queue_depths
 
 
 def _unfinished(batch: client.BatchV1Api, namespace: str) -> int:
@@ -21,36 +21,25 @@ def _unfinished(batch: client.BatchV1Api, namespace: str) -> int:
     return sum(1 for job in jobs if not is_finished(job))
 
 
-def _drain_seconds(api: client.ApiClient, path, *, max_jobs: int) -> float:
-    namespace = queue = f"bench-scaleout-{max_jobs}"
-    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    secret = client.V1Secret(metadata=client.V1ObjectMeta(name="rabbitmq-credentials"),
-                             string_data={"username": "guest", "password": "guest"})
-    core.create_namespaced_secret(namespace, secret)
-    database = client.V1Secret(metadata=client.V1ObjectMeta(name="postgres-credentials"),
-                               string_data={"username": "kubejob", "password": "kubejob"})  # scripts/postgres.sh's
-    core.create_namespaced_secret(namespace, database)
-    docs = app_documents(QUEUE_NAME=queue, SCALER_MAX_JOBS=str(max_jobs))
-    # The producer runs beside the cluster: a second producer pod would want port 8000 too.
-    docs = [d for d in docs if d["metadata"]["name"] != "producer"]
-    support.broker.delete_queue(queue)
+def _drain_seconds(kube: KubeCluster, path, *, max_jobs: int) -> float:
+    namespace = kube.namespace()
+    batch = client.BatchV1Api(kube.api_client())
     try:
-        utils.create_from_yaml(api, yaml_objects=docs, namespace=namespace)
-        with producer(queue) as (url, _pid):
+        token = deploy(kube, namespace, SCALER_MAX_JOBS=str(max_jobs))
+        with kube.port_forward("service/producer", 8000, namespace=namespace) as port, open(path, "rb") as f:
             started = time.perf_counter()
-            upload(url, path)
-            while support.broker.depth(queue) or _unfinished(batch, namespace):
-                time.sleep(0.2)
-            return time.perf_counter() - started
+            httpx.post(f"http://127.0.0.1:{port}/upload", files={"file": (path.name, f, "text/csv")},
+                       headers={"Authorization": f"Bearer {token}"}, timeout=None).raise_for_status()
+        while queue_depths(kube, namespace).get("rows") or _unfinished(batch, namespace):
+            time.sleep(0.5)
+        return time.perf_counter() - started
     finally:
-        core.delete_namespace(namespace)
-        support.broker.delete_queue(queue)
+        kube.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def run(rows: int = 100_000) -> dict[str, float]:
     path = support.sample_csv(rows)
-    with cluster.control_plane(node_agent=True) as (_kubeconfig, api):
-        one = _drain_seconds(api, path, max_jobs=1)
-        four = _drain_seconds(api, path, max_jobs=4)
+    with cluster.node() as kube:
+        one = _drain_seconds(kube, path, max_jobs=1)
+        four = _drain_seconds(kube, path, max_jobs=4)
     return {"drain_100k_s_1_job": round(one, 1), "drain_100k_s_4_jobs": round(four, 1)}

@@ -8,6 +8,7 @@ nothing here skips.
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -18,8 +19,10 @@ from tests.helpers.broker import Broker
 from tests.helpers.kube import KubeCluster
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
-from localcluster.agent import start_agent, stop_agent, wait_node
+from localcluster import netns
 from localcluster.control_plane import ControlPlane, bin_dir
+from localcluster.node import Node
+from localcluster.stack import build_images
 
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
@@ -83,20 +86,41 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeClust
     try:
         yield KubeCluster(control_plane, bins, took)
     finally:
-        stop_agent(control_plane)
         control_plane.down()
 
 
 @pytest.fixture(scope="session")
-def node_agent(kube_cluster: KubeCluster) -> Iterator[str]:
-    """The node agent process serving pods on the one Node; yields the Node's name."""
-    start_agent(kube_cluster.control_plane)
+def kube_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """A one-node cluster in a network namespace of this session's own, as `make up` starts it:
+    control plane, containerd, kubelet, kube-proxy and CoreDNS, with the images of images.sh."""
     try:
-        wait_node(kube_cluster.control_plane)
-    except SystemExit as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield "local-node"
-    stop_agent(kube_cluster.control_plane)
+        bins = bin_dir()
+        build_images()
+    except subprocess.CalledProcessError as exc:
+        pytest.fail(f"building the cluster or its images failed ({exc})", pytrace=False)
+    network = netns.for_tests()
+    control_plane = ControlPlane(tmp_path_factory.mktemp("node"), tied=True, network=network)
+    node = Node(control_plane)
+    try:
+        began = time.monotonic()
+        try:
+            control_plane.up()
+            node.up()
+        except (RuntimeError, TimeoutError, subprocess.CalledProcessError) as exc:
+            pytest.fail(f"the one-node cluster did not start: {exc}", pytrace=False)
+        yield KubeCluster(control_plane, bins, time.monotonic() - began)
+    finally:
+        node.down()
+        control_plane.down()
+        network.delete()
+
+
+@pytest.fixture
+def node_namespace(kube_node: KubeCluster) -> Iterator[str]:
+    """A fresh namespace on the one-node cluster, deleted with everything in it after the test."""
+    name = kube_node.namespace()
+    yield name
+    kube_node.kubectl("delete", "namespace", name, "--wait=false")
 
 
 @pytest.fixture

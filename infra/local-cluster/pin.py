@@ -14,7 +14,8 @@ import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-BINARIES = ["cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kubectl"]
+BINARIES = ["cmd/kube-apiserver", "cmd/kube-controller-manager", "cmd/kubectl", "cmd/kube-scheduler", "cmd/kubelet",
+            "cmd/kube-proxy"]
 
 
 def go_json(*args: str) -> dict:

@@ -1,11 +1,15 @@
-"""A real local control plane for tests and benchmarks, and what the app's manifests need in a namespace."""
+"""A real local Kubernetes for tests and benchmarks, and what the app's manifests need in a namespace."""
 
+import contextlib
+import json
 import pathlib
 import re
 import secrets
 import subprocess
 import uuid
+from collections.abc import Iterator
 
+import pytest
 import yaml
 from kubernetes import client, config
 
@@ -14,6 +18,8 @@ from tests.helpers import REPO_ROOT, wait_for
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster.control_plane import ControlPlane
+from localcluster.node import NODE_NAME  # noqa: F401 - the one Node's name, for tests
+from localcluster.stack import WORKLOADS, claim_volumes
 from localcluster.stack import manifests as app_manifests
 
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
@@ -49,6 +55,33 @@ class KubeCluster:
                                  f"{result.stdout}{result.stderr}")
         return result
 
+    @contextlib.contextmanager
+    def port_forward(self, target: str, port: int, *, namespace: str) -> Iterator[int]:
+        """`kubectl port-forward` to `target`'s `port` for the block; yields the local port.
+
+        Its output goes to a file, not a pipe: it writes a line per connection, and a pipe nobody
+        reads would block it. A failure in the block carries the file's tail.
+        """
+        log = self.state / "logs" / f"port-forward-{uuid.uuid4().hex[:8]}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen([str(self.bin_dir / "kubectl"), "--kubeconfig", str(self.kubeconfig),
+                                        "port-forward", "-n", namespace, target, f":{port}"],
+                                       stdout=out, stderr=subprocess.STDOUT, text=True)
+        try:
+            found = wait_for(lambda: (process.poll() is None and re.search(r"127\.0\.0\.1:(\d+)", log.read_text()))
+                             or process.poll() is not None, what=f"kubectl port-forward {target}", timeout=30,
+                             interval=0.1)
+            if process.poll() is not None:
+                pytest.fail(f"kubectl port-forward {target} exited: {log.read_text()}", pytrace=False)
+            try:
+                yield int(found.group(1))
+            except Exception as exc:
+                said = log.read_text()[-2000:]
+                raise AssertionError(f"{exc!r}; kubectl port-forward {target} said:\n{said}") from exc
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+
     def namespace(self) -> str:
         """Create a fresh namespace (with its default ServiceAccount in place) and return its name."""
         name = f"test-{uuid.uuid4().hex[:8]}"
@@ -76,11 +109,33 @@ class KubeCluster:
 
 
 def app_documents(**settings: str) -> list[dict]:
-    """infra/k8s as `make up` applies it (without the RabbitMQ workload), `settings` put in kube-job-config."""
-    docs = list(yaml.safe_load_all(app_manifests()))
+    """infra/k8s as `make up` applies it, with `settings` put in kube-job-config."""
+    docs = [d for d in yaml.safe_load_all(app_manifests()) if d]
     shared = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kube-job-config")
     shared["data"].update(settings)
     return docs
+
+
+def deploy(kube_node: KubeCluster, namespace: str, **settings: str) -> str:
+    """Apply infra/k8s into `namespace` of the one-node cluster as `make up` does (Secrets with fresh
+    passwords, the StatefulSets' volumes), `settings` put in kube-job-config, and wait for every
+    workload; return the upload token."""
+    for name in ("rabbitmq-credentials", "postgres-credentials"):
+        kube_node.kubectl("create", "secret", "generic", name, "-n", namespace, "--from-literal=username=kube-job",
+                          f"--from-literal=password={secrets.token_urlsafe(18)}")
+    token = kube_node.create_upload_token(namespace)
+    claim_volumes(kube_node.control_plane, namespace=namespace)
+    kube_node.apply(namespace, app_documents(**settings))
+    for workload in WORKLOADS:
+        kube_node.kubectl("rollout", "status", "-n", namespace, workload, "--timeout=300s", timeout=310)
+    return token
+
+
+def queue_depths(kube_node: KubeCluster, namespace: str) -> dict[str, int]:
+    """Messages in each queue of the namespace's RabbitMQ, as rabbitmqctl in its pod counts them."""
+    out = kube_node.kubectl("exec", "-n", namespace, "rabbitmq-0", "--", "rabbitmqctl", "-q", "list_queues",
+                            "name", "messages", "--formatter", "json").stdout
+    return {q["name"]: int(q["messages"]) for q in json.loads(out)}
 
 
 def shipped_settings() -> dict[str, str]:

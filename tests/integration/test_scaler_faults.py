@@ -4,7 +4,7 @@ Each fault sits in a small proxy in front of the real service: an HTTP proxy bef
 RabbitMQ management API (answers 500 or 401, answers too late, or stops listening) and a
 TCP proxy before the kube-apiserver (refuses connections, or accepts them and never
 answers). The shared control plane and RabbitMQ themselves are never stopped. The test
-namespaces hold no kube-job-config, so even with a node agent up the Jobs' pods never
+namespaces hold no kube-job-config, so even on a cluster with a node the Jobs' pods never
 start: every Job the scaler makes stays unfinished and counts.
 """
 

@@ -1,6 +1,6 @@
 """The scaler's real code, one poll at a time, against real RabbitMQ and a real kube-apiserver.
 
-No node agent is started: the Jobs' pods stay pending, which is exactly the case where the
+No node is started: the Jobs' pods stay pending, which is exactly the case where the
 scaler must count a Job whose worker has not started consuming yet.
 """
 

@@ -16,7 +16,7 @@ from kubernetes import client
 
 from scaler import job_template
 from tests.helpers import REPO_ROOT, free_port, wait_for
-from tests.helpers.kube import KubeCluster
+from tests.helpers.kube import KubeCluster, deploy
 
 MANIFESTS = sorted((REPO_ROOT / "infra" / "k8s").glob("*.yaml"))
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
@@ -137,3 +137,83 @@ def test_no_log_line_holds_the_password(
     output = logs_of(service, env | {"KUBECONFIG": str(kube_cluster.kubeconfig)}, expected, tmp_path / "log")
     assert expected in output, f"{service} did not log the failure, so this test proves nothing:\n{output}"
     assert SECRET not in output, output
+
+
+# On the one-node cluster: what the kubelet and the kernel enforce, seen from inside the containers.
+CONFINEMENT = ("import os\n"
+               "status = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+               "try:\n    open('/written-by-the-pod', 'w')\n    root = 'writable'\n"
+               "except OSError as e:\n    root = e.strerror\n"
+               "print(os.getuid(), os.getgid(), status['CapEff'].strip(), status['NoNewPrivs'].strip(), root)")
+CONFINED = "10001 10001 0000000000000000 1 Read-only file system"
+
+
+@pytest.fixture(scope="module")
+def deployed(kube_node: KubeCluster):
+    """infra/k8s as shipped, running in a namespace of its own (one for the tests that only look)."""
+    name = kube_node.namespace()
+    deploy(kube_node, name)
+    yield name
+    kube_node.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def worker_job(kube_node: KubeCluster, ns: str, command: list[str]) -> str:
+    """A Job from the scaler's template, running `command` in the worker image; returns its name."""
+    body = job_template.render(job_template.load(), namespace=ns)
+    body["spec"]["backoffLimit"] = 0
+    body["spec"]["template"]["spec"]["containers"][0]["command"] = command
+    return client.BatchV1Api(kube_node.api_client()).create_namespaced_job(ns, body).metadata.name
+
+
+def job_pod(kube_node: KubeCluster, ns: str, job: str) -> client.V1Pod | None:
+    pods = client.CoreV1Api(kube_node.api_client()).list_namespaced_pod(ns, label_selector=f"job-name={job}").items
+    return pods[0] if pods else None
+
+
+@pytest.mark.parametrize("deployment", ["producer", "scaler"])
+def test_a_running_pod_is_uid_10001_with_no_capabilities_on_a_read_only_root(kube_node, deployed, deployment):
+    out = kube_node.kubectl("exec", "-n", deployed, f"deployment/{deployment}", "--",
+                            "python", "-c", CONFINEMENT).stdout
+    assert out.strip() == CONFINED
+
+
+def test_a_worker_job_is_uid_10001_with_no_capabilities_on_a_read_only_root(kube_node, deployed):
+    job = worker_job(kube_node, deployed, ["python", "-c", CONFINEMENT])
+    wait_for(lambda: (pod := job_pod(kube_node, deployed, job)) and pod.status.phase == "Succeeded",
+             what=f"Job {job} to succeed", timeout=120)
+    assert kube_node.kubectl("logs", "-n", deployed, f"job/{job}").stdout.strip() == CONFINED
+
+
+def test_the_kubelet_refuses_a_pod_that_would_run_as_root(kube_node, node_namespace):
+    ns = node_namespace
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "as-root"},
+           "spec": {"securityContext": {"runAsNonRoot": True, "runAsUser": 0},
+                    "containers": [{"name": "c", "image": "worker:latest", "imagePullPolicy": "IfNotPresent"}]}}
+    core = client.CoreV1Api(kube_node.api_client())
+    core.create_namespaced_pod(ns, pod)  # the apiserver takes it: only the kubelet checks
+
+    def refused():
+        statuses = core.read_namespaced_pod("as-root", ns).status.container_statuses or []
+        waiting = statuses and statuses[0].state.waiting
+        return waiting and waiting.reason != "ContainerCreating" and waiting
+    waiting_state = wait_for(refused, what="the kubelet's verdict on the root pod", timeout=60)
+    assert waiting_state.reason == "CreateContainerConfigError"
+    assert "non-root" in waiting_state.message, waiting_state.message
+    assert core.read_namespaced_pod("as-root", ns).status.phase == "Pending"
+
+
+def test_a_worker_job_over_its_memory_limit_is_oom_killed(kube_node, node_namespace):
+    ns = node_namespace
+    kube_node.kubectl("apply", "-n", ns, "-f", str(REPO_ROOT / "infra" / "k8s" / "config.yaml"))
+    for secret in ("rabbitmq-credentials", "postgres-credentials"):  # what the worker's env names
+        kube_node.kubectl("create", "secret", "generic", secret, "-n", ns,
+                          "--from-literal=username=u", "--from-literal=password=p")
+    # The template's limit is 256Mi; this holds 512 MiB.
+    job = worker_job(kube_node, ns, ["python", "-c", "b = bytearray(512 * 2**20); import time; time.sleep(60)"])
+
+    def terminated():
+        pod = job_pod(kube_node, ns, job)
+        statuses = (pod and pod.status.container_statuses) or []
+        return statuses and statuses[0].state.terminated
+    state = wait_for(terminated, what=f"Job {job}'s container to end", timeout=120)
+    assert (state.reason, state.exit_code) == ("OOMKilled", 137)

@@ -1,11 +1,10 @@
-"""CLI: `python -m localcluster up|down|status [--state DIR] [--port N] [--no-agent]`."""
+"""CLI: `python -m localcluster up|down|status [--state DIR] [--port N]`: the control plane alone
+on 127.0.0.1, with no node (what the tests' kube_cluster fixture starts). `make up` is stack.py."""
 
 import argparse
 import pathlib
 import sys
 
-from localcluster import processes
-from localcluster.agent import AGENT, start_agent, wait_node
 from localcluster.control_plane import ControlPlane, default_state
 
 
@@ -15,20 +14,17 @@ def main() -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--state", type=pathlib.Path, default=default_state())
     parser.add_argument("--port", type=int, default=None, help="kube-apiserver port (default: a free one)")
-    parser.add_argument("--no-agent", action="store_true", help="start the control plane only")
     args = parser.parse_args()
     cp = ControlPlane(args.state)
     if args.command == "up":
-        cp.up(apiserver_port=args.port)
-        if not args.no_agent:
-            start_agent(cp)
-            wait_node(cp)
+        took = cp.up(apiserver_port=args.port)
+        print(f"control plane ready at {cp.server} in {took:.1f}s; KUBECONFIG={cp.kubeconfig}")
     elif args.command == "down":
-        pass
+        print("stopped:", " ".join(cp.down()) or "nothing")
     else:
-        pids = {**cp.status(), AGENT: processes.running(AGENT, state=cp.state)}
-        for _name, _pid in pids.items():
-            pass
+        pids = cp.status()
+        for name, pid in pids.items():
+            print(f"{name:26} {'running pid ' + str(pid) if pid else 'stopped'}")
         return 0 if all(pids.values()) else 1
     return 0
 

@@ -1,4 +1,8 @@
-"""Start etcd, kube-apiserver and kube-controller-manager as local processes and stop them."""
+"""Start etcd, kube-apiserver and kube-controller-manager as local processes and stop them.
+
+Alone (the tests' apiserver-only cluster, like envtest) they listen on 127.0.0.1; as part of a
+one-node cluster they run in the node's network namespace and listen on the node's address.
+"""
 
 import base64
 import json
@@ -11,16 +15,24 @@ import urllib.error
 import urllib.request
 
 from localcluster import processes
+from localcluster.netns import NodeNetwork
 from localcluster.pki import Pki
 
 HERE = pathlib.Path(__file__).resolve().parent.parent
 REPO_ROOT = HERE.parent.parent
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager"]
-# Only what kube-job uses: Jobs and their TTL cleanup, Deployments, and what keeps
-# namespaces and ServiceAccounts working (names as in cmd/kube-controller-manager/names).
+# Only what kube-job uses: Jobs and their TTL cleanup, Deployments, the RabbitMQ StatefulSet and
+# its volume claim, Services' endpoints, and what keeps namespaces and ServiceAccounts working
+# (the kube-root-ca.crt ConfigMap that every projected token volume names); names as in
+# cmd/kube-controller-manager/names.
 CONTROLLERS = ["job-controller", "ttl-after-finished-controller", "garbage-collector-controller",
-               "deployment-controller", "replicaset-controller", "serviceaccount-controller",
-               "serviceaccount-token-controller", "namespace-controller"]
+               "deployment-controller", "replicaset-controller", "statefulset-controller",
+               "persistentvolume-binder-controller", "endpointslice-controller",
+               "serviceaccount-controller", "serviceaccount-token-controller", "namespace-controller",
+               "root-ca-certificate-publisher-controller"]
+SERVICE_CIDR = "10.0.0.0/24"
+# In the node's namespace nothing else listens, so the well-known ports are free.
+NODE_PORTS = {"etcd_port": 2379, "etcd_peer_port": 2380, "apiserver_port": 6443}
 READY_TIMEOUT = 90.0
 
 
@@ -47,9 +59,11 @@ def kubeconfig(*, server: str, ca: pathlib.Path, user: str, cert: pathlib.Path |
 class ControlPlane:
     """The control plane whose state (certs, etcd data, logs, pids) lives in `state`."""
 
-    def __init__(self, state: pathlib.Path, *, tied: bool = False) -> None:
+    def __init__(self, state: pathlib.Path, *, tied: bool = False, network: NodeNetwork | None = None) -> None:
         self.state = state.resolve()
         self.tied = tied  # processes end with ours (tests) instead of outliving it (make up)
+        self.network = network
+        self.address = network.node_ip if network else "127.0.0.1"
         self.config_path = self.state / "cluster.json"
         self.kubeconfig = self.state / "kubeconfig"
 
@@ -60,7 +74,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.config['apiserver_port']}"
+        return f"https://{self.address}:{self.config['apiserver_port']}"
 
     def up(self, *, apiserver_port: int | None = None) -> float:
         """Start every component not already running, wait for /readyz; return seconds taken."""
@@ -71,8 +85,10 @@ class ControlPlane:
         self.down()
         bins = bin_dir()
         pki = Pki(self.state / "pki")
-        ports = {"etcd_port": processes.free_port(), "etcd_peer_port": processes.free_port(),
-                 "apiserver_port": apiserver_port or processes.free_port(), "bin_dir": str(bins)}
+        ports = NODE_PORTS if self.network else {
+            "etcd_port": processes.free_port(), "etcd_peer_port": processes.free_port(),
+            "apiserver_port": apiserver_port or processes.free_port()}
+        ports = {**ports, "bin_dir": str(bins)}
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(json.dumps(ports, indent=2))
         self._start_etcd(bins, ports)
@@ -85,46 +101,51 @@ class ControlPlane:
         self._start_controller_manager(bins, pki)
         return time.monotonic() - began
 
+    def spawn(self, name: str, argv: list[str]) -> int:
+        """Start a component of this cluster, in the node's namespace if there is one."""
+        return processes.spawn(name, self.network.argv(argv) if self.network else argv,
+                               state=self.state, tied=self.tied)
+
     def _start_etcd(self, bins: pathlib.Path, ports: dict) -> None:
         client, peer = f"http://127.0.0.1:{ports['etcd_port']}", f"http://127.0.0.1:{ports['etcd_peer_port']}"
-        processes.spawn("etcd", [
+        self.spawn("etcd", [
             str(bins / "etcd"), "--name=local", f"--data-dir={self.state / 'etcd'}",
             f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
             f"--initial-cluster=local={peer}", "--log-level=warn",
             # A throwaway single-member cluster: losing the last writes on a crash is fine,
             # and without fsync the apiserver stays quick on a slow shared disk.
-            "--unsafe-no-fsync"], state=self.state, tied=self.tied)
+            "--unsafe-no-fsync"])
 
     def _start_apiserver(self, bins: pathlib.Path, ports: dict, pki: Pki) -> None:
-        serving_cert, serving_key = pki.issue("apiserver", common_name="kube-apiserver", server=True)
+        serving_cert, serving_key = pki.issue("apiserver", common_name="kube-apiserver", server=True,
+                                              ips=(self.address,))
         kubelet_cert, kubelet_key = pki.issue("apiserver-kubelet-client", common_name="kube-apiserver",
                                               client=True)
         sa_key = pki.service_account_key()
-        processes.spawn("kube-apiserver", [
+        # On loopback the `kubernetes` Endpoints would hold 127.0.0.1, which validation rejects;
+        # on a node they hold its address, which pods reach through the Service.
+        reconciler = [] if self.network else ["--endpoint-reconciler-type=none"]
+        self.spawn("kube-apiserver", [
             str(bins / "kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{ports['etcd_port']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}",
             f"--secure-port={ports['apiserver_port']}", f"--cert-dir={pki.dir}",
             f"--tls-cert-file={serving_cert}", f"--tls-private-key-file={serving_key}",
             f"--client-ca-file={pki.ca_cert_path}", "--authorization-mode=Node,RBAC",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={sa_key}", f"--service-account-signing-key-file={sa_key}",
             f"--kubelet-client-certificate={kubelet_cert}", f"--kubelet-client-key={kubelet_key}",
             f"--kubelet-certificate-authority={pki.ca_cert_path}",
             "--kubelet-preferred-address-types=InternalIP",
-            # The `kubernetes` Endpoints would hold 127.0.0.1, which validation rejects as loopback.
-            "--endpoint-reconciler-type=none", "--profiling=false",
+            *reconciler, "--profiling=false",
             # It taints new Nodes not-ready, and without the node-lifecycle controller nothing
-            # would ever lift the taint from the agent's Node.
-            "--disable-admission-plugins=TaintNodesByCondition"], state=self.state, tied=self.tied)
+            # would ever lift the taint from the kubelet's Node.
+            "--disable-admission-plugins=TaintNodesByCondition"])
 
     def _start_controller_manager(self, bins: pathlib.Path, pki: Pki) -> None:
-        cert, key = pki.issue("controller-manager", common_name="system:kube-controller-manager", client=True)
-        path = self.state / "controller-manager.kubeconfig"
-        path.write_text(kubeconfig(server=self.server, ca=pki.ca_cert_path, user="kcm", cert=cert, key=key))
-        path.chmod(0o600)
-        processes.spawn("kube-controller-manager", [
+        path = self.component_kubeconfig(pki, "controller-manager", user="system:kube-controller-manager")
+        self.spawn("kube-controller-manager", [
             str(bins / "kube-controller-manager"), f"--kubeconfig={path}",
             f"--authentication-kubeconfig={path}", f"--authorization-kubeconfig={path}",
             f"--controllers={','.join(CONTROLLERS)}", "--leader-elect=false",
@@ -132,7 +153,23 @@ class ControlPlane:
             # bootstrap RBAC roles (system:controller:job-controller, ...) are exercised.
             "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki.service_account_key()}",
-            f"--root-ca-file={pki.ca_cert_path}", "--secure-port=0"], state=self.state, tied=self.tied)
+            f"--root-ca-file={pki.ca_cert_path}", "--secure-port=0"])
+
+    def component_kubeconfig(self, pki: Pki, name: str, *, user: str, org: str | None = None) -> pathlib.Path:
+        """Write `name`.kubeconfig with a client certificate for `user` (CN) in group `org` (O)."""
+        cert, key = pki.issue(name, common_name=user, org=org, client=True)
+        path = self.state / f"{name}.kubeconfig"
+        path.write_text(kubeconfig(server=self.server, ca=pki.ca_cert_path, user=name, cert=cert, key=key))
+        path.chmod(0o600)
+        return path
+
+    def kubectl(self, *args: str, input: str | None = None) -> str:
+        """Run kubectl as the admin; return its output, raising with its errors if it fails."""
+        result = subprocess.run([str(pathlib.Path(self.config["bin_dir"]) / "kubectl"), "--kubeconfig",
+                                 str(self.kubeconfig), *args], input=input, capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+        return result.stdout
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         """Poll /readyz until it answers ok; raise with the apiserver log's tail if it never does."""

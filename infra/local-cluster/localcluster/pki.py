@@ -65,7 +65,8 @@ class Pki:
         self.ca_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(self, name: str, *, common_name: str, org: str | None = None,
-              server: bool = False, client: bool = False) -> tuple[pathlib.Path, pathlib.Path]:
+              server: bool = False, client: bool = False,
+              ips: tuple[str, ...] = ()) -> tuple[pathlib.Path, pathlib.Path]:
         """Return (cert, key) paths for `name`, issuing them on first use."""
         cert_path, key_path = self.dir / f"{name}.crt", self.dir / f"{name}.key"
         if cert_path.exists():
@@ -76,10 +77,11 @@ class Pki:
         extensions = [(x509.BasicConstraints(ca=False, path_length=None), True),
                       (x509.ExtendedKeyUsage(usages), False)]
         if server:
-            # Every name a client may dial: kubectl uses 127.0.0.1, in-cluster names are for parity.
+            # Every name a client may dial: kubectl uses 127.0.0.1 or the node's address (`ips`),
+            # pods the `kubernetes` Service (10.0.0.1) by name or address.
             sans = [x509.DNSName(d) for d in ("localhost", "kubernetes", "kubernetes.default",
-                                              "kubernetes.default.svc")]
-            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.0.0.1")]
+                                              "kubernetes.default.svc", "kubernetes.default.svc.cluster.local")]
+            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in dict.fromkeys(("127.0.0.1", "10.0.0.1", *ips))]
             extensions.append((x509.SubjectAlternativeName(sans), False))
         cert = _sign(subject=_name(common_name, org), key=key, ca_cert=self.ca_cert,
                      ca_key=self.ca_key, extensions=extensions)
