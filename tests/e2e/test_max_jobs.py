@@ -89,8 +89,9 @@ def publish_backlog(kube_node, ns: str, queue: str, count: int) -> None:
 
 def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_namespace):
     ns = node_namespace
+    # LOG_LEVEL DEBUG: the scaler logs every poll then, not only when its decision changes.
     deploy(kube_node, ns, WORKER_HANDLER="worker.handlers:noop", SCALER_MAX_JOBS=str(MAX_JOBS),
-           SCALER_MESSAGES_PER_JOB="500", SCALER_POLL_SECONDS="0.5")
+           SCALER_MESSAGES_PER_JOB="500", SCALER_POLL_SECONDS="0.5", LOG_LEVEL="DEBUG")
     jobs = JobWatch(kube_node.api_client(), ns)
     try:
         publish_backlog(kube_node, ns, "rows", MESSAGES)
