@@ -14,7 +14,11 @@ trap 'kill $producer 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fsS http://localhost:8000/healthz >/dev/null 2>&1 && break; sleep 0.2; done
 
 echo "== upload"
-curl -fsS -X POST -F file=@.run/demo.csv http://localhost:8000/upload
-echo
+answer=$(curl -fsS -X POST -F file=@.run/demo.csv http://localhost:8000/upload)
+echo "$answer"
+status_url=$(echo "$answer" | $python -c 'import json, sys; print(json.load(sys.stdin)["status_url"])')
 echo "== worker (exits when the queue is empty)"
 WORKER_IDLE_SECONDS=2 $python -m worker
+echo "== the upload's status (http://localhost:8000$status_url; every upload: http://localhost:8000/)"
+curl -fsS "http://localhost:8000$status_url"
+echo
