@@ -99,7 +99,8 @@ class Rows:
                 continue  # not started, so not acked: the broker requeues it
             if delivery.redelivered:
                 self._wait_until_all_recorded()
-                self._handle(delivery)
+            if delivery.redelivered or self._concurrency == 1:
+                self._handle(delivery)  # on this thread: alone, or one at a time anyway
                 continue
             with self._lock:
                 self._active += 1
@@ -197,7 +198,10 @@ class Rows:
                 return  # the process is ending; the broker requeues this row
             self._running.pop(delivery.tag, None)
             self.done.append(outcome or Outcome(delivery, row, error))
-        self._wake()
+            # Rows already waiting have woken the I/O thread, which takes them all at once.
+            first = len(self.done) == 1
+        if first:
+            self._wake()
 
     def _wait_until_all_recorded(self) -> None:
         """Let every row handed out before this one finish and be recorded."""
