@@ -7,10 +7,10 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, memory, reaction, scaleout
+from bench import drain, ingest, io_handler, memory, reaction, scaleout
 
 BENCHMARKS = {
-    "ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run,
+    "ingest": ingest.run, "drain": drain.run, "io": io_handler.run, "memory": memory.run, "reaction": reaction.run,
     "scaleout": scaleout.run,
 }
 RESULTS = Path(__file__).with_name("results.json")

@@ -14,7 +14,7 @@ import psycopg
 
 from bench import support
 from worker.consumer import Consumer
-from worker.handlers import noop
+from worker.handlers import Handler, noop
 from worker.ledger import Ledger, RowOutcome
 from worker.settings import Settings
 
@@ -26,7 +26,7 @@ class Unrecorded(Ledger):
         pass
 
 
-def _fill(queue: str, messages: list) -> None:
+def fill(queue: str, messages: list) -> None:
     support.broker.delete_queue(queue)
     with support.broker.connection() as conn:
         channel = conn.channel()
@@ -56,12 +56,15 @@ def _bare_consume(queue: str, count: int, prefetch: int) -> float:
         return count / (time.perf_counter() - started)
 
 
-def _worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger]) -> float:
+def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = Ledger, handler: Handler = noop,
+           concurrency: int = 1) -> float:
+    """Rows per second of one worker, in this process, draining `count` rows from `queue`."""
     idle = 0.5
-    settings = Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=idle)
+    settings = Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=idle,
+                        worker_concurrency=concurrency)
     ledger = ledger_class(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
     ledger.open()
-    consumer = Consumer(settings, noop, ledger)
+    consumer = Consumer(settings, handler, ledger)
     started = time.perf_counter()
     try:
         consumer.run()
@@ -83,12 +86,12 @@ def _recorded(upload_id: str) -> int:
 def run(messages: int = 100_000, prefetch: int = 1000) -> dict[str, float]:
     queue, upload_id = "bench-drain", f"bench-{uuid.uuid4().hex}"
     batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
-    _fill(queue, batch)
+    fill(queue, batch)
     ceiling = _bare_consume(queue, messages, prefetch)
-    _fill(queue, batch)
-    unrecorded = _worker(queue, messages, prefetch, Unrecorded)
-    _fill(queue, batch)
-    recorded = _worker(queue, messages, prefetch, Ledger)
+    fill(queue, batch)
+    unrecorded = worker(queue, messages, prefetch, Unrecorded)
+    fill(queue, batch)
+    recorded = worker(queue, messages, prefetch, Ledger)
     assert _recorded(upload_id) == messages, "the ledger lost rows"
     support.broker.delete_queue(queue)
     return {

@@ -15,8 +15,9 @@ import time
 
 from kubejob import logs, metrics
 from kubejob.settings import EXIT_CONFIG, load_or_exit
-from worker.consumer import BrokerError, Consumer, LedgerDown, QueueMismatch, Retry, RowTimedOut, install_sigterm
-from worker.ledger import Ledger, LedgerUnavailable
+from worker.consumer import BrokerError, Consumer, LedgerDown, QueueMismatch, install_sigterm
+from worker.ledger import Ledger, LedgerUnavailable, Retry
+from worker.rows import RowTimedOut
 from worker.settings import Settings
 
 log = logging.getLogger("worker")

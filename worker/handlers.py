@@ -4,11 +4,12 @@ import hashlib
 import importlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, str]], None]
+# An ordinary function, or an `async def` one, run on an event loop (see worker.rows).
+Handler = Callable[[dict[str, str]], None | Awaitable[None]]
 
 
 def checksum_row(row: dict[str, str]) -> None:

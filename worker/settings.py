@@ -14,7 +14,15 @@ class Settings(LedgerSettings):
         pattern=r"^[\w.]+:\w+$",
         description="`module:function` called with each row (a dict); raising means the row failed.",
     )
-    worker_prefetch: int = Field(100, ge=1, le=65535, description="Unacked messages a worker holds at once.")
+    worker_prefetch: int = Field(
+        100, ge=1, le=65535,
+        description="Unacked messages a worker holds at once; at least twice WORKER_CONCURRENCY is taken.",
+    )
+    worker_concurrency: int = Field(
+        1, ge=1, le=1000,
+        description=("Rows a worker handles at once: threads for an ordinary function, tasks on one event loop "
+                     "for an `async def` one."),
+    )
     worker_max_attempts: int = Field(
         3, ge=1, description=("Attempts before a row is dead-lettered: its handler raised, outlived "
                               "WORKER_ROW_TIMEOUT_SECONDS, or the worker died while handling it."),
@@ -43,6 +51,11 @@ class Settings(LedgerSettings):
     def _importable(cls, value: str) -> str:
         handlers.load(value)  # fails at start, not at the first row
         return value
+
+    @property
+    def prefetch(self) -> int:
+        """WORKER_PREFETCH, raised so that each of the WORKER_CONCURRENCY handlers has a row waiting behind it."""
+        return max(self.worker_prefetch, 2 * self.worker_concurrency)
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` before the next one."""

@@ -4,8 +4,10 @@ Each appends the row's `id` to the file named by RECORD_FILE, one line per handl
 test can count across processes how often each row was handled.
 """
 
+import asyncio
 import os
 import signal
+import threading
 import time
 
 
@@ -21,6 +23,41 @@ def record(row: dict[str, str]) -> None:
 def slow(row: dict[str, str]) -> None:
     """Takes SLOW_SECONDS per row, then records it."""
     time.sleep(float(os.environ.get("SLOW_SECONDS", "0.05")))
+    _record(row)
+
+
+_in_handler = 0
+_in_handler_lock = threading.Lock()
+
+
+def _entered(change: int) -> int:
+    global _in_handler
+    with _in_handler_lock:
+        _in_handler += change
+        return _in_handler
+
+
+def overlapping(row: dict[str, str]) -> None:
+    """Takes SLOW_SECONDS; notes in PEAK_FILE how many rows were in a handler of this process as it started."""
+    at_once = _entered(1)
+    try:
+        time.sleep(float(os.environ["SLOW_SECONDS"]))
+    finally:
+        _entered(-1)
+    with open(os.environ["PEAK_FILE"], "a") as out:
+        out.write(f"{at_once}\n")
+    _record(row)
+
+
+async def overlapping_async(row: dict[str, str]) -> None:
+    """overlapping, written as a coroutine."""
+    at_once = _entered(1)
+    try:
+        await asyncio.sleep(float(os.environ["SLOW_SECONDS"]))
+    finally:
+        _entered(-1)
+    with open(os.environ["PEAK_FILE"], "a") as out:
+        out.write(f"{at_once}\n")
     _record(row)
 
 

@@ -51,6 +51,11 @@ def run_as_a_job(queue: str, record: Path, handler: str, **env: str) -> list[int
     ("exit_on_poison", {}, 1, "GaveUp: the worker died while handling it 3 times"),
     ("kill_on_poison", {}, -9, "GaveUp: the worker died while handling it 3 times"),
     ("hang_on_poison", {"WORKER_ROW_TIMEOUT_SECONDS": "1"}, 4, "RowTimedOut: the handler ran longer than"),
+    # Rows handled side by side: the same bounds hold (WORKER_PREFETCH stays above twice the concurrency).
+    ("fail_poison", {"WORKER_CONCURRENCY": "8"}, None, f"RuntimeError: poison row {POISON}"),
+    ("kill_on_poison", {"WORKER_CONCURRENCY": "8"}, -9, "GaveUp: the worker died while handling it 3 times"),
+    ("hang_on_poison", {"WORKER_ROW_TIMEOUT_SECONDS": "1", "WORKER_CONCURRENCY": "8"}, 4,
+     "RowTimedOut: the handler ran longer than"),
 ])
 def test_a_poison_row_is_dead_lettered_after_max_attempts_and_the_rest_are_handled(
         handler: str, env: dict[str, str], exit_code: int | None, error: str,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from kubejob import message
 from tests.helpers import REPO_ROOT, free_port, wait_for
@@ -119,3 +120,17 @@ def test_the_metrics_count_each_outcome_exactly(broker: Broker, queue_name: str,
     # Every attempt ran the handler once: the good rows once, the poison ones `attempts` times.
     assert scrape.value("kubejob_worker_handler_duration_seconds_count") == total - k + k * attempts
     assert scrape.value("kubejob_worker_redeliveries_total") == 0
+
+
+@pytest.mark.parametrize("handler", ["overlapping", "overlapping_async"])
+def test_rows_are_handled_worker_concurrency_at_a_time_each_once(
+        handler: str, broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record, peaks = tmp_path / "handled", tmp_path / "peaks"
+    broker.publish_rows(queue_name, rows(300))
+    worker = start_worker(queue_name, record, handler, SLOW_SECONDS="0.05", PEAK_FILE=str(peaks),
+                          WORKER_CONCURRENCY="8", WORKER_PREFETCH="4")
+    assert worker.wait(timeout=60) == 0
+    assert handled(record) == collections.Counter(str(i) for i in range(300))
+    # The prefetch was raised to keep 8 busy; none of the rows came back unacked.
+    assert max(int(n) for n in peaks.read_text().split()) == 8
+    assert broker.depth(queue_name) == 0

@@ -1,0 +1,48 @@
+"""Which acks settle rows that finish out of delivery order (worker.settle.Acks)."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.settle import Acks
+
+
+def delivered(*tags: int) -> Acks:
+    acks = Acks()
+    for tag in tags:
+        acks.delivered(tag)
+    return acks
+
+
+def test_rows_finishing_in_order_take_one_multiple_ack() -> None:
+    assert delivered(1, 2, 3).succeeded([1, 2, 3]) == (3, [])
+
+
+def test_a_row_behind_one_still_running_is_acked_alone_and_holds_nothing_back() -> None:
+    acks = delivered(1, 2, 3, 4)
+    assert acks.succeeded([2, 3]) == (None, [2, 3])
+    assert acks.succeeded([1]) == (1, [])
+    assert acks.succeeded([4]) == (4, [])
+
+
+def test_a_failure_settled_alone_does_not_stop_the_run_behind_it() -> None:
+    acks = delivered(1, 2, 3)
+    acks.settled(1)
+    assert acks.succeeded([3]) == (None, [3])
+    assert acks.succeeded([2]) == (2, [])
+
+
+@given(st.permutations(range(1, 40)), st.integers(1, 39))
+def test_every_success_is_acked_once_and_a_multiple_ack_never_covers_a_row_in_hand(
+        order: list[int], batch: int) -> None:
+    acks, acked = delivered(*range(1, 40)), set[int]()
+    for start in range(0, len(order), batch):
+        finished = order[start:start + batch]
+        multiple, alone = acks.succeeded(finished)
+        in_hand = set(order[start + batch:])
+        if multiple is not None:
+            covered = {tag for tag in range(1, multiple + 1) if tag not in acked}
+            assert not covered & in_hand
+            acked |= covered
+        assert not acked & set(alone)
+        acked |= set(alone)
+    assert acked == set(range(1, 40))

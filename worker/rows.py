@@ -1,0 +1,221 @@
+"""Running the handler on delivered rows, up to WORKER_CONCURRENCY at once; finished rows wait in `done`.
+
+An ordinary function runs on a pool of threads, an `async def` one as tasks on an event loop
+of its own; either way off the I/O thread, which keeps the connection going however long a
+row takes. A dispatcher hands rows out in delivery order. A redelivered row the ledger has no
+outcome for is started alone, once every row before it is recorded, and each such start is
+counted in the ledger: if it kills this worker too, no other row is handled again or blamed,
+and the row that keeps killing workers is given up on.
+"""
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from kubejob import message
+from worker import metrics
+from worker.handlers import Handler
+from worker.ledger import Ledger
+from worker.settings import Settings
+from worker.settle import Delivery, GaveUp, Outcome
+
+log = logging.getLogger(__name__)
+
+
+class RowTimedOut(Exception):
+    """A handler outlived WORKER_ROW_TIMEOUT_SECONDS; its thread cannot be stopped, so the process ends."""
+
+
+class Rows:
+    """Handles delivered rows; `wake` is called (from any thread) when one has finished."""
+
+    def __init__(self, settings: Settings, handler: Handler, ledger: Ledger, *,
+                 wake: Callable[[], None], recording: Callable[[], bool], stopping: threading.Event) -> None:
+        self._settings, self._handler, self._ledger = settings, handler, ledger
+        self._wake, self._recording, self._stopping = wake, recording, stopping
+        self._concurrency = settings.worker_concurrency
+        self.done: collections.deque[Outcome] = collections.deque()
+        self._lock = threading.Lock()
+        self._active = 0  # handed to a handler and not finished
+        self._running: dict[int, tuple[Delivery, message.Row, float]] = {}  # by tag: in the handler since
+        self.timed_out: RowTimedOut | None = None
+        self._todo: queue.Queue[Delivery | None] = queue.Queue()
+        # An `async def` handler's rows go to its event loop's queue instead.
+        self._loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(handler) else None
+        self._todo_async: asyncio.Queue[Delivery | None] = asyncio.Queue()
+
+    def start(self) -> None:
+        if self._loop is None:
+            threading.Thread(target=self._dispatch, name="dispatcher", daemon=True).start()
+        else:
+            threading.Thread(target=self._loop.run_until_complete, args=(self._dispatch_on_loop(),),
+                             name="event-loop", daemon=True).start()
+
+    def submit(self, delivery: Delivery | None) -> None:
+        """Hand a row on (None: start no more), from the I/O thread."""
+        if self._loop is None:
+            self._todo.put(delivery)
+        else:
+            self._loop.call_soon_threadsafe(self._todo_async.put_nowait, delivery)
+
+    def close(self) -> None:
+        """Start no more rows; those not started stay unacked and go back to the queue."""
+        with contextlib.suppress(RuntimeError):  # an event loop that has ended already
+            self.submit(None)
+
+    def idle(self) -> bool:
+        with self._lock:
+            return self._active == 0
+
+    def overdue(self, now: float) -> bool:
+        """A row outlived the time limit: its outcome is now a failed attempt, and no more are taken; True if so."""
+        limit = self._settings.worker_row_timeout_seconds
+        with self._lock:
+            late = next((entry for entry in self._running.values() if now - entry[2] >= limit), None)
+            if late is None:
+                return False
+            delivery, row, _ = late
+            self.timed_out = RowTimedOut(f"the handler ran longer than WORKER_ROW_TIMEOUT_SECONDS ({limit:g} s)")
+            self.done.append(Outcome(delivery, row, self.timed_out))
+            others = len(self._running) - 1
+        log.error("row outlived the time limit, exiting",
+                  extra={"queue": self._settings.queue_name, "message_id": delivery.properties.message_id,
+                         "attempt": row.attempt, "timeout_s": limit, "still_running": others})
+        return True
+
+    def _dispatch(self) -> None:
+        """Hand rows to the handler threads, started as they are first needed."""
+        ready: queue.Queue[Delivery] = queue.Queue()
+        threads = 0
+        while (delivery := self._todo.get()) is not None:
+            if self._stopping.is_set():
+                continue  # not started, so not acked: the broker requeues it
+            if delivery.redelivered:
+                self._wait_until_all_recorded()
+            if delivery.redelivered or self._concurrency == 1:
+                self._handle(delivery)  # on this thread: alone, or one at a time anyway
+                continue
+            with self._lock:
+                self._active += 1
+                busy = self._active
+            if busy > threads and threads < self._concurrency:
+                threading.Thread(target=self._handle_from, args=(ready,), name=f"handler-{threads}",
+                                 daemon=True).start()
+                threads += 1
+            ready.put(delivery)
+
+    def _handle_from(self, ready: "queue.Queue[Delivery]") -> None:
+        while True:
+            delivery = ready.get()
+            if self._stopping.is_set():
+                with self._lock:
+                    self._active -= 1
+                continue  # not started, so not acked: the broker requeues it
+            self._handle(delivery, counted=True)
+
+    def _handle(self, delivery: Delivery, *, counted: bool = False) -> None:
+        if not counted:
+            with self._lock:
+                self._active += 1
+        row, outcome = self._begin(delivery)
+        error, started = None, time.perf_counter()
+        if outcome is None:
+            assert row is not None
+            try:
+                self._handler(row.data)
+            except Exception as exc:
+                error = exc
+        self._end(delivery, row, error, started, outcome)
+
+    async def _dispatch_on_loop(self) -> None:
+        slots, tasks = asyncio.Semaphore(self._concurrency), set()
+
+        def finished(task: asyncio.Task[None]) -> None:
+            tasks.discard(task)
+            slots.release()
+
+        while (delivery := await self._todo_async.get()) is not None:
+            if self._stopping.is_set():
+                continue
+            if delivery.redelivered:
+                await asyncio.to_thread(self._wait_until_all_recorded)
+                await self._handle_async(delivery)
+                continue
+            await slots.acquire()
+            task = asyncio.create_task(self._handle_async(delivery))
+            tasks.add(task)
+            task.add_done_callback(finished)
+        # Returning would cancel the rows in hand; on SIGTERM they get their time to finish.
+        await asyncio.gather(*tasks)
+
+    async def _handle_async(self, delivery: Delivery) -> None:
+        with self._lock:
+            self._active += 1
+        if delivery.redelivered:  # it asks the ledger before it starts: not on the loop
+            row, outcome = await asyncio.to_thread(self._begin, delivery)
+        else:
+            row, outcome = self._begin(delivery)
+        error, started = None, time.perf_counter()
+        if outcome is None:
+            assert row is not None
+            try:
+                await cast(Awaitable[None], self._handler(row.data))
+            except Exception as exc:
+                error = exc
+        self._end(delivery, row, error, started, outcome)
+
+    def _begin(self, delivery: Delivery) -> tuple[message.Row | None, Outcome | None]:
+        """The row to handle; or, when it is not to be handled, its outcome already."""
+        row = None
+        if delivery.redelivered:
+            metrics.REDELIVERIES.inc()
+        try:
+            row = message.decode(delivery.body, delivery.properties)
+            if delivery.redelivered:
+                if self._ledger.has(row.upload_id, row.row):
+                    return row, Outcome(delivery, row, None, already_recorded=True)
+                self._count_start(row)
+        except Exception as exc:
+            return row, Outcome(delivery, row, exc)
+        with self._lock:
+            self._running[delivery.tag] = (delivery, row, time.monotonic())
+        return row, None
+
+    def _end(self, delivery: Delivery, row: message.Row | None, error: Exception | None, started: float,
+             outcome: Outcome | None) -> None:
+        if outcome is None:
+            metrics.HANDLER_SECONDS.observe(time.perf_counter() - started)
+        with self._lock:
+            self._active -= 1
+            if self.timed_out is not None:
+                return  # the process is ending; the broker requeues this row
+            self._running.pop(delivery.tag, None)
+            self.done.append(outcome or Outcome(delivery, row, error))
+            # Rows already waiting have woken the I/O thread, which takes them all at once.
+            first = len(self.done) == 1
+        if first:
+            self._wake()
+
+    def _wait_until_all_recorded(self) -> None:
+        """Let every row handed out before this one finish and be recorded."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._active == 0 and not self.done and not self._recording():
+                    return
+            time.sleep(0.005)
+
+    def _count_start(self, row: message.Row) -> None:
+        """Count this start of a row the broker gave back; raise GaveUp if workers kept dying on it."""
+        earlier = self._ledger.start_redelivered(row.upload_id, row.row)
+        # Its first delivery was not counted: nothing then told it from the others.
+        if earlier >= max(1, self._settings.worker_max_attempts - 1):
+            raise GaveUp(f"the worker died while handling it {earlier + 1} times (a crash, a kill, running out "
+                         "of memory, or a pod stopped); WORKER_MAX_ATTEMPTS is "
+                         f"{self._settings.worker_max_attempts}")
