@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from scaler import events, jobs
+from scaler import events, jobs, pods
 from tests.helpers import REPO_ROOT, wait_for
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
@@ -24,7 +24,7 @@ from localcluster.stack import manifests as app_manifests
 
 RBAC_KINDS = ("ServiceAccount", "Role", "RoleBinding")
 # Every (apiGroup, resource, verb) the scaler's code calls, as its modules declare them.
-SCALER_PERMISSIONS = jobs.PERMISSIONS | events.PERMISSIONS
+SCALER_PERMISSIONS = jobs.PERMISSIONS | pods.PERMISSIONS | events.PERMISSIONS
 
 
 class KubeCluster:

@@ -9,11 +9,13 @@ import threading
 
 import pytest
 
-from scaler.jobs import CreatedJob, KubeError, Unfinished
+from scaler.jobs import CreatedJob, JobView, KubeError
 from scaler.loop import Limits, Scaler, SmallBacklogClock, backoff_s
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
+from scaler.stuck import PodView
 
-LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
+LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, stuck_s=120.0,
+                job_backoff_s=10.0, job_backoff_max_s=600.0)
 POLL_S, CAP_S = 0.01, 0.08
 
 
@@ -66,21 +68,35 @@ class Readings:
 class JobList:
     """The worker Jobs, in memory: `unfinished` of them, and `create` fails once `fail_create_at` were made."""
 
+    template_hash = "current"
+
     def __init__(self, *, unfinished: int = 0, count_error: Exception | None = None,
                  fail_create_at: int | None = None) -> None:
-        self.unfinished_jobs, self.count_error, self.fail_create_at = unfinished, count_error, fail_create_at
+        self.count_error, self.fail_create_at = count_error, fail_create_at
+        self.jobs = [JobView(f"old-{n}", f"old-uid-{n}", "pending", "current") for n in range(unfinished)]
         self.created: list[str] = []
 
-    def unfinished(self) -> Unfinished:
+    def read(self) -> list[JobView]:
         if self.count_error is not None:
             raise self.count_error
-        return Unfinished(pending=self.unfinished_jobs + len(self.created), running=0)
+        return list(self.jobs)
 
     def create(self) -> CreatedJob:
         if len(self.created) == self.fail_create_at:
             raise KubeError("create job: HTTP 500 etcd timeout", status=500)
         self.created.append(f"worker-job-{len(self.created)}")
+        self.jobs.append(JobView(self.created[-1], f"uid-{len(self.created)}", "pending", self.template_hash))
         return CreatedJob(self.created[-1], uid=f"uid-{len(self.created)}")
+
+
+class PodList:
+    """The worker pods, in memory, as a test sets them."""
+
+    def __init__(self) -> None:
+        self.pods: list[PodView] = []
+
+    def read(self) -> list[PodView]:
+        return list(self.pods)
 
 
 class EventList:
@@ -91,6 +107,9 @@ class EventList:
 
     def job_created(self, job: CreatedJob, note: str) -> None:
         self.recorded.append(("Normal", job.name, "CreatedForBacklog", note, ""))
+
+    def job_warning(self, job_name: str, job_uid: str, reason: str, note: str) -> None:
+        self.recorded.append(("Warning", job_name, reason, note, ""))
 
     def warning(self, reason: str, note: str, *, action: str, kind: str) -> None:
         self.recorded.append(("Warning", "scaler", reason, note, kind))
@@ -109,7 +128,8 @@ class Clock:
 def run(readings: Readings, jobs: JobList, caplog: pytest.LogCaptureFixture, *, events: EventList | None = None,
         clock: Clock | None = None, summary_s: float = 60.0) -> list[logging.LogRecord]:
     """Run the loop until `readings` is used up; return its log lines, DEBUG included."""
-    scaler = Scaler(queue=readings, jobs=jobs, limits=LIMITS, events=events or EventList(), clock=clock or Clock())
+    scaler = Scaler(queue=readings, jobs=jobs, pods=PodList(), limits=LIMITS, events=events or EventList(),
+                    clock=clock or Clock())
     with caplog.at_level(logging.DEBUG, logger="scaler"):
         scaler.run(readings.stop, poll_s=POLL_S, max_backoff_s=CAP_S, summary_s=summary_s)
     return [r for r in caplog.records if r.name == "scaler.loop"]
