@@ -122,10 +122,13 @@ class Scaler:
         _observe(counts, unfinished)
         self._last_depth = counts.messages
         now = self._clock()
+        # Only Jobs of the current template say whether the next one will fare better.
+        current = [job for job in jobs if job.template_hash == self._jobs.template_hash]
+        stuck_jobs = frozenset(pod.job_uid for pod in stuck if pod.job_uid) - stale
         grew = self._backoff.observe(
             now=now, depth=counts.messages,
-            bad=frozenset(j.uid for j in jobs if j.state == "failed") | {s.job_uid for s in stuck if s.job_uid},
-            completed=frozenset(j.uid for j in jobs if j.state == "complete"),
+            bad=frozenset(j.uid for j in current if j.state == "failed") | stuck_jobs,
+            completed=frozenset(j.uid for j in current if j.state == "complete"),
         )
         age = self._small_backlog.age(now=now, counts=counts, unfinished_jobs=unfinished.total)
         decision = self._backoff.hold(decide(
@@ -191,7 +194,7 @@ class Scaler:
                 continue
             self._reported.add((pod.pod, pod.cause))
             log.warning("worker pod stuck", extra={"job": pod.job_name, "pod": pod.pod, "reason": pod.reason,
-                                                   "message": pod.message, "stuck_s": pod.for_s})
+                                                   "pod_message": pod.message, "stuck_s": pod.for_s})
             if pod.job_uid:
                 self._events.job_warning(pod.job_name, pod.job_uid, "WorkerPodStuck",
                                          f"pod {pod.pod}: {pod.reason} for {pod.for_s:g} s: {pod.message}")

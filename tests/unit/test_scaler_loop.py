@@ -225,3 +225,64 @@ def test_a_surprise_is_logged_in_full_and_the_loop_goes_on(caplog):
     lines = run(Readings(ValueError("a bug"), counts(0)), JobList(), caplog)
     assert [r.getMessage() for r in lines] == ["poll crashed", "decision changed"]
     assert lines[0].exc_info and lines[0].failures == 1
+
+
+def stuck_scaler(jobs: JobList, pods: PodList, events: EventList, now: list[float]) -> Scaler:
+    return Scaler(queue=Readings(*[counts(1500)] * 100), jobs=jobs, pods=pods, limits=LIMITS, events=events,
+                  clock=lambda: now[0], wall_clock=lambda: now[0])
+
+
+def test_a_stuck_pod_is_said_once_per_pod_and_cause_in_a_warning_and_an_event_on_its_job(caplog):
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        the_scaler.poll_once()
+        pods.pods = [PodView("worker-job-0-p", "worker-job-0", "uid-1", created=1000.0,
+                             waiting=(("ErrImagePull", "pull access denied"),))]
+        now[0] = 1119.0
+        the_scaler.poll_once()  # within the grace period
+        for waiting in ("ImagePullBackOff", "ErrImagePull", "ImagePullBackOff"):
+            now[0] += 5
+            pods.pods = [PodView("worker-job-0-p", "worker-job-0", "uid-1", created=1000.0,
+                                 waiting=((waiting, "pull access denied"),))]
+            the_scaler.poll_once()
+    warned = [r for r in caplog.records if r.getMessage() == "worker pod stuck"]
+    assert [(r.levelname, r.job, r.pod, r.reason, r.pod_message) for r in warned] == [
+        ("WARNING", "worker-job-0", "worker-job-0-p", "ImagePullBackOff", "pull access denied")]
+    stuck_events = [e for e in events.recorded if e[2] == "WorkerPodStuck"]
+    assert stuck_events == [("Warning", "worker-job-0", "WorkerPodStuck",
+                             "pod worker-job-0-p: ImagePullBackOff for 124 s: pull access denied", "")]
+
+
+def test_a_stuck_job_of_an_older_template_neither_counts_nor_holds_back_the_fixed_one():
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("old", "u-old", "pending", "older")]
+    pods.pods = [PodView("old-p", "old", "u-old", created=0.0, unschedulable=(0.0, "0/1 nodes"))]
+    assert stuck_scaler(jobs, pods, events, now).poll_once().create == 3  # 1500 rows want 3 Jobs
+
+
+def test_a_stuck_job_of_the_current_template_counts_and_holds_back_more_of_the_same():
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("same", "u-same", "pending", "current")]
+    pods.pods = [PodView("same-p", "same", "u-same", created=0.0, unschedulable=(0.0, "0/1 nodes"))]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    assert the_scaler.poll_once().kind == "backing_off"
+    now[0] += LIMITS.job_backoff_s
+    assert the_scaler.poll_once().create == 2  # the stuck one is one of the 3
+
+
+def test_failed_jobs_hold_back_the_next_one_and_say_why_once(caplog):
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("f1", "u-f1", "failed", "current")]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        first = the_scaler.poll_once()
+        now[0] += 5
+        the_scaler.poll_once()
+    assert (first.create, first.kind) == (0, "backing_off")
+    assert first.reason == "backing off: 1 recent Jobs failed or stuck, queue not shrinking, next Job in 10 s"
+    assert [e[2:] for e in events.recorded] == [("BackingOff", f"queue depth 1500: {first.reason}", "backing_off")]
+    changed = [r for r in caplog.records if r.getMessage() == "decision changed"]
+    assert [(r.kind, r.failing_streak) for r in changed] == [("backing_off", 1)]
+    now[0] += 5
+    assert the_scaler.poll_once().create == 3  # the wait is over
