@@ -290,3 +290,25 @@ def test_unreachable_apiserver_is_our_error_and_creates_nothing():
         jobs.unfinished()
     with pytest.raises(KubeError, match="unreachable"):
         jobs.create()
+
+
+def test_jobs_that_keep_failing_are_replaced_ever_more_slowly_and_it_says_why(broker, queue_name, namespace, caplog):
+    publish(broker, queue_name, 100)  # wants one Job, which fails by its deadline every time
+    limits = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, stuck_s=120.0,
+                    job_backoff_s=2.0, job_backoff_max_s=8.0)
+    the_scaler = scaler(broker, queue_name, namespace, limits=limits, template=FAILING)
+    stop = threading.Event()
+    polling = threading.Thread(target=the_scaler.run, args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 1})
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        polling.start()
+        time.sleep(20)
+        stop.set()
+        polling.join(timeout=10)
+    # Replaced at each poll, a Job failing within about 2 s would have been ~10 Jobs in 20 s; backing
+    # off 2, 4, 8 s after each failure leaves room for 4 at most, and at least 2: it does retry.
+    made = worker_jobs(namespace)
+    assert 2 <= len(made) <= 4, [(j.metadata.name, j.metadata.creation_timestamp) for j in made]
+    waiting = [r for r in caplog.records if r.getMessage() == "decision changed" and r.kind == "backing_off"]
+    assert waiting and "recent Jobs failed or stuck, queue not shrinking, next Job in" in waiting[0].reason
+    said = wait_for(lambda: recorded(namespace, "BackingOff"), what="a BackingOff Event")
+    assert said[0].type == "Warning" and "backing off: 1 recent Jobs failed" in said[0].note
