@@ -14,6 +14,7 @@ from kubejob.settings import load_or_exit
 from scaler.events import Recorder, scaler_reference
 from scaler.jobs import Jobs, api_client
 from scaler.loop import Limits, Scaler
+from scaler.pods import WorkerPods
 from scaler.queue_depth import ManagementClient
 from scaler.queue_live import LiveQueue
 from scaler.settings import Settings
@@ -34,10 +35,12 @@ def main() -> None:
     queue = _live_queue(settings)
     jobs = Jobs(client.BatchV1Api(api), namespace=settings.pod_namespace, template=template,
                 timeout_s=settings.scaler_http_timeout_seconds)
+    pods = WorkerPods(client.CoreV1Api(api), namespace=settings.pod_namespace,
+                      timeout_s=settings.scaler_http_timeout_seconds)
     events = _recorder(client.EventsV1Api(api), settings)
     log.info("scaler started", extra=_public(settings))
     try:
-        Scaler(queue=queue, jobs=jobs, limits=_limits(settings), events=events).run(
+        Scaler(queue=queue, jobs=jobs, pods=pods, limits=_limits(settings), events=events).run(
             _stop_on_signals(), poll_s=settings.scaler_poll_seconds,
             max_backoff_s=settings.scaler_max_backoff_seconds,
         )
@@ -77,6 +80,8 @@ def _limits(settings: Settings) -> Limits:
         threshold=settings.scaler_threshold, messages_per_job=settings.scaler_messages_per_job,
         max_jobs=settings.scaler_max_jobs,
         small_backlog_wait_s=settings.scaler_small_backlog_wait_seconds,
+        stuck_s=settings.scaler_stuck_seconds, job_backoff_s=settings.scaler_job_backoff_seconds,
+        job_backoff_max_s=settings.scaler_job_backoff_max_seconds,
     )
 
 

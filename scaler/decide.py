@@ -14,8 +14,9 @@ class Decision:
     kind: str
 
 
+# The last is scaler.backoff's, which holds back what this decision asked for.
 KINDS = ("queue_empty", "small_backlog_attended", "small_backlog_waiting", "small_backlog_waited",
-         "at_max_jobs", "enough_jobs", "scale_up")
+         "at_max_jobs", "enough_jobs", "scale_up", "backing_off")
 
 
 def decide(

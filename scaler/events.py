@@ -82,6 +82,11 @@ class Recorder:
         regarding = Reference("batch/v1", "Job", job.name, self._namespace, job.uid)
         self._put(_Event(regarding, "Normal", "CreatedForBacklog", "Create", note, kind=""))
 
+    def job_warning(self, job_name: str, job_uid: str, reason: str, note: str) -> None:
+        """A Warning Event on a worker Job: what keeps it from running."""
+        regarding = Reference("batch/v1", "Job", job_name, self._namespace, job_uid)
+        self._put(_Event(regarding, "Warning", reason, "Watch", note, kind=""))
+
     def warning(self, reason: str, note: str, *, action: str, kind: str) -> None:
         """A Warning Event on the scaler itself; repeats of the same `reason` and `kind` add to one series."""
         self._put(_Event(self._scaler, "Warning", reason, action, note, kind))

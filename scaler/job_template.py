@@ -1,6 +1,8 @@
 """The Job manifest the scaler creates: loaded from YAML, checked at start, rendered per Job."""
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,8 @@ PACKAGED = Path(__file__).with_name("job-template.yaml")
 LABEL_KEY, LABEL_VALUE = "app", "worker-job"
 LABEL_SELECTOR = f"{LABEL_KEY}={LABEL_VALUE}"
 DEFAULT_GENERATE_NAME = "worker-job-"
+# On each Job: which template made it, so a stuck Job of an older template is known as such.
+HASH_ANNOTATION = "kube-job.io/template-hash"
 
 
 class TemplateError(ValueError):
@@ -38,9 +42,15 @@ def render(template: dict[str, Any], *, namespace: str) -> dict[str, Any]:
     # Forced, not defaulted: a Job without the label would be invisible to the count and
     # the scaler would keep creating more of them.
     _own_mapping(meta, "labels")[LABEL_KEY] = LABEL_VALUE
+    _own_mapping(meta, "annotations")[HASH_ANNOTATION] = template_hash(template)
     pod_meta = _own_mapping(job["spec"]["template"], "metadata")
     _own_mapping(pod_meta, "labels")[LABEL_KEY] = LABEL_VALUE
     return job
+
+
+def template_hash(template: dict[str, Any]) -> str:
+    """A short digest of the template: equal for the same template, whatever its YAML layout."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _problems(manifest: Any):

@@ -22,7 +22,9 @@ PERMISSIONS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create")}
 
 # Conditions after which a Job's pods will not take more messages. FailureTarget and
 # SuccessCriteriaMet are set (Kubernetes 1.31+) just before Failed and Complete.
-_FINISHED = {"Complete", "Failed", "FailureTarget", "SuccessCriteriaMet"}
+_FAILED = {"Failed", "FailureTarget"}
+_COMPLETE = {"Complete", "SuccessCriteriaMet"}
+_FINISHED = _FAILED | _COMPLETE
 
 
 class KubeError(Exception):
@@ -43,6 +45,16 @@ class Unfinished:
     @property
     def total(self) -> int:
         return self.pending + self.running
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One worker Job as the scaler sees it: `state` is one of running, pending, failed, complete, finished."""
+
+    name: str
+    uid: str
+    state: str
+    template_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,16 +87,19 @@ class Jobs:
                  timeout_s: float) -> None:
         self._api, self._namespace, self._template = api, namespace, template
         self._timeout_s = timeout_s
+        self.template_hash = job_template.template_hash(template)
 
-    def unfinished(self) -> Unfinished:
-        """Jobs labelled app=worker-job that have not completed or failed, read live."""
+    def read(self) -> list[JobView]:
+        """Every Job labelled app=worker-job, read live."""
         listed = self._call(
             "list jobs", self._api.list_namespaced_job, self._namespace,
             label_selector=job_template.LABEL_SELECTOR,
         )
-        unfinished = [job for job in listed.items if not is_finished(job)]
-        running = sum(1 for job in unfinished if job.status and (job.status.ready or 0) > 0)
-        return Unfinished(pending=len(unfinished) - running, running=running)
+        return [view(job) for job in listed.items]
+
+    def unfinished(self) -> Unfinished:
+        """Jobs labelled app=worker-job that have not completed or failed, read live."""
+        return count_unfinished(self.read())
 
     def create(self) -> CreatedJob:
         """Create one Job from the template; return its generated name and uid."""
@@ -106,6 +121,28 @@ def call(what: str, method, *args, timeout_s: float, **kwargs):
         raise KubeError(f"{what}: HTTP {exc.status} {_api_message(exc)}", status=exc.status) from None
     except urllib3.exceptions.HTTPError as exc:
         raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
+
+
+def view(job: client.V1Job) -> JobView:
+    """What the scaler needs of a Job."""
+    annotations = job.metadata.annotations or {}
+    return JobView(job.metadata.name, job.metadata.uid, _state(job), annotations.get(job_template.HASH_ANNOTATION, ""))
+
+
+def count_unfinished(jobs: list[JobView], *, uncounted: frozenset[str] = frozenset()) -> Unfinished:
+    """The unfinished Jobs, but for those whose uid is `uncounted`."""
+    counted = [job for job in jobs if job.uid not in uncounted]
+    running = sum(1 for job in counted if job.state == "running")
+    return Unfinished(pending=sum(1 for job in counted if job.state == "pending"), running=running)
+
+
+def _state(job: client.V1Job) -> str:
+    if not is_finished(job):
+        return "running" if job.status and (job.status.ready or 0) > 0 else "pending"
+    true = {c.type for c in (job.status and job.status.conditions) or [] if c.status == "True"}
+    if true & _FAILED:
+        return "failed"
+    return "complete" if true & _COMPLETE else "finished"
 
 
 def is_finished(job: client.V1Job) -> bool:

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from scaler import metrics
+from scaler.backoff import JobBackoff
 from scaler.decide import Decision, decide
-from scaler.jobs import CreatedJob, KubeError, Unfinished
+from scaler.jobs import CreatedJob, JobView, KubeError, Unfinished, count_unfinished
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
+from scaler.stuck import PodView, Stuck, stuck_pods
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +32,27 @@ class QueueReader(Protocol):
 
 
 class WorkerJobs(Protocol):
-    """Where the Jobs are counted and made: scaler.jobs.Jobs; raises KubeError when it can't."""
+    """Where the Jobs are listed and made: scaler.jobs.Jobs; raises KubeError when it can't."""
 
-    def unfinished(self) -> Unfinished: ...
+    template_hash: str  # of the template it creates Jobs from
+
+    def read(self) -> list[JobView]: ...
 
     def create(self) -> CreatedJob: ...
+
+
+class WorkerPodReader(Protocol):
+    """Where the Jobs' pods are read: scaler.pods.WorkerPods; raises KubeError when it can't."""
+
+    def read(self) -> list[PodView]: ...
 
 
 class EventRecorder(Protocol):
     """Where Kubernetes Events go: scaler.events.Recorder."""
 
     def job_created(self, job: CreatedJob, note: str) -> None: ...
+
+    def job_warning(self, job_name: str, job_uid: str, reason: str, note: str) -> None: ...
 
     def warning(self, reason: str, note: str, *, action: str, kind: str) -> None: ...
 
@@ -53,6 +65,9 @@ class Limits:
     messages_per_job: int
     max_jobs: int
     small_backlog_wait_s: float
+    stuck_s: float
+    job_backoff_s: float
+    job_backoff_max_s: float
 
 
 class SmallBacklogClock:
@@ -81,11 +96,14 @@ def backoff_s(failures: int, *, poll_s: float, cap_s: float) -> float:
 class Scaler:
     """Polls the queue and the Jobs and creates the Jobs the decision asks for."""
 
-    def __init__(self, *, queue: QueueReader, jobs: WorkerJobs, limits: Limits, events: EventRecorder,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._queue, self._jobs, self._limits, self._clock = queue, jobs, limits, clock
-        self._events = events
+    def __init__(self, *, queue: QueueReader, jobs: WorkerJobs, pods: WorkerPodReader, limits: Limits,
+                 events: EventRecorder, clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self._queue, self._jobs, self._pods, self._limits, self._clock = queue, jobs, pods, limits, clock
+        self._events, self._wall_clock = events, wall_clock
         self._small_backlog = SmallBacklogClock()
+        self._backoff = JobBackoff(first_s=limits.job_backoff_s, cap_s=limits.job_backoff_max_s)
+        self._reported: set[tuple[str, str]] = set()  # (pod, cause) already said to be stuck
         self._last_kind: str | None = None
         self._last_error: tuple[str, str] | None = None
         self._failing_since: float | None = None
@@ -95,16 +113,33 @@ class Scaler:
     def poll_once(self) -> Decision:
         """One poll; raises QueueReadError or KubeError before creating anything it can't back."""
         counts = self._queue.read()
-        unfinished = self._jobs.unfinished()
+        jobs = self._jobs.read()
+        pods = self._pods.read()
+        stuck = stuck_pods(pods, now=self._wall_clock(), grace_s=self._limits.stuck_s)
+        self._report_stuck(stuck, listed={pod.name for pod in pods})
+        stale = self._stale(jobs, stuck)
+        unfinished = count_unfinished(jobs, uncounted=stale)
         _observe(counts, unfinished)
         self._last_depth = counts.messages
-        age = self._small_backlog.age(now=self._clock(), counts=counts, unfinished_jobs=unfinished.total)
-        decision = decide(
+        now = self._clock()
+        # Only Jobs of the current template say whether the next one will fare better.
+        current = [job for job in jobs if job.template_hash == self._jobs.template_hash]
+        stuck_jobs = frozenset(pod.job_uid for pod in stuck if pod.job_uid) - stale
+        grew = self._backoff.observe(
+            now=now, depth=counts.messages,
+            bad=frozenset(j.uid for j in current if j.state == "failed") | stuck_jobs,
+            completed=frozenset(j.uid for j in current if j.state == "complete"),
+        )
+        age = self._small_backlog.age(now=now, counts=counts, unfinished_jobs=unfinished.total)
+        decision = self._backoff.hold(decide(
             depth=counts.messages, unfinished_jobs=unfinished.total, backlog_age_s=age,
             threshold=self._limits.threshold, messages_per_job=self._limits.messages_per_job,
             max_jobs=self._limits.max_jobs, small_backlog_wait_s=self._limits.small_backlog_wait_s,
-        )
+        ), now=now)
         metrics.DECISIONS.labels(decision.kind).inc()
+        if decision.kind == "backing_off" and (grew or self._last_kind != decision.kind):
+            self._events.warning("BackingOff", f"queue depth {counts.messages}: {decision.reason}",
+                                 action="Create", kind=decision.kind)
         created: list[str] = []
         try:
             for _ in range(decision.create):
@@ -121,7 +156,8 @@ class Scaler:
                 "depth": counts.messages, "ready": counts.messages_ready,
                 "unacked": counts.messages_unacknowledged, "consumers": counts.consumers,
                 "unfinished_jobs": unfinished.total, "pending_jobs": unfinished.pending,
-                "running_jobs": unfinished.running, "backlog_age_s": round(age, 1),
+                "running_jobs": unfinished.running, "backlog_age_s": round(age, 1), "stuck_pods": len(stuck),
+                "stale_stuck_jobs": len(stale), "failing_streak": self._backoff.streak,
                 "create": decision.create, "reason": decision.reason, "kind": decision.kind, "jobs_created": created,
             })
         return decision
@@ -150,6 +186,27 @@ class Scaler:
                 self._summarise()
                 next_summary = self._clock() + summary_s
             stop.wait(backoff_s(failures, poll_s=poll_s, cap_s=max_backoff_s))
+
+    def _report_stuck(self, stuck: list[Stuck], *, listed: set[str]) -> None:
+        """Say once per pod and cause that it is stuck: a WARNING line and a Warning Event on its Job."""
+        for pod in stuck:
+            if (pod.pod, pod.cause) in self._reported:
+                continue
+            self._reported.add((pod.pod, pod.cause))
+            log.warning("worker pod stuck", extra={"job": pod.job_name, "pod": pod.pod, "reason": pod.reason,
+                                                   "pod_message": pod.message, "stuck_s": pod.for_s})
+            if pod.job_uid:
+                self._events.job_warning(pod.job_name, pod.job_uid, "WorkerPodStuck",
+                                         f"pod {pod.pod}: {pod.reason} for {pod.for_s:g} s: {pod.message}")
+        # Forget pods that are gone, so the set holds no more than the pods listed.
+        self._reported = {key for key in self._reported if key[0] in listed}
+
+    def _stale(self, jobs: list[JobView], stuck: list[Stuck]) -> frozenset[str]:
+        """Stuck Jobs of another template than the current one: they will never drain, and the fix is in,
+        so they leave room for Jobs of the current template. Stuck Jobs of the current template count:
+        more of the same would be stuck too."""
+        current = {job.uid for job in jobs if job.template_hash == self._jobs.template_hash}
+        return frozenset(pod.job_uid for pod in stuck if pod.job_uid and pod.job_uid not in current)
 
     def _why(self, depth: int, unfinished: int, decision: Decision) -> str:
         wanted = unfinished + decision.create

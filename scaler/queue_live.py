@@ -5,6 +5,8 @@ default): with them alone the first Job came 3-4 s after a backlog appeared (ben
 A passive queue declare over AMQP answers with this instant's ready messages and consumers, as
 KEDA's `amqp` mode reads them; only the unacked count, which AMQP does not give, comes from the
 management API, and only while the queue has consumers (without one, nothing is unacked).
+The ready count adds "<queue>.limit" (kubejob.message): rows the broker dead-lettered at its
+delivery limit, which only a worker records and moves on, so they need a Job as much as any.
 
 The declare runs on pika's asyncio adapter under one deadline. pika's BlockingConnection has
 no timeout once a connection is open: a network that goes silent under it hung the scaler,
@@ -20,6 +22,7 @@ import pika.exceptions
 from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
+from kubejob import message
 from scaler.queue_counts import QueueCounts, QueueReadError
 from scaler.queue_depth import ManagementClient
 
@@ -63,18 +66,25 @@ class LiveQueue:
     async def _ready_and_consumers(self) -> tuple[int, int]:
         try:
             connection = await self._connected()
+            ready, consumers = await self._declared(connection, self._queue)
+            # Rows the broker dead-lettered at its delivery limit wait there for a worker to record them.
+            limited, _ = await self._declared(connection, message.limit_queue(self._queue))
+            return ready + limited, consumers
+        except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
+            # A refused connection fails in pika's connection workflow, outside AMQPError.
+            self._drop_connection()
+            raise QueueReadError(f"AMQP unreachable: {type(exc).__name__}: {exc}") from None
+
+    async def _declared(self, connection: AsyncioConnection, queue: str) -> tuple[int, int]:
+        try:
             self._pending = declared = self._loop.create_future()
-            connection.channel(on_open_callback=lambda channel: self._declare(channel, declared))
+            connection.channel(on_open_callback=lambda channel: self._declare(channel, queue, declared))
             method = await declared
             return method.message_count, method.consumer_count
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 404:  # not declared yet: no upload has arrived
                 return 0, 0
             raise QueueReadError(f"AMQP passive declare refused: {exc.reply_code} {exc.reply_text}") from None
-        except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
-            # A refused connection fails in pika's connection workflow, outside AMQPError.
-            self._drop_connection()
-            raise QueueReadError(f"AMQP unreachable: {type(exc).__name__}: {exc}") from None
 
     async def _connected(self) -> AsyncioConnection:
         if self._connection is not None and self._connection.is_open:
@@ -96,14 +106,14 @@ class LiveQueue:
             if self._pending is not None:
                 _settle(self._pending, error=error)
 
-    def _declare(self, channel: Any, declared: asyncio.Future) -> None:
+    def _declare(self, channel: Any, queue: str, declared: asyncio.Future) -> None:
         # A 404 closes the channel; closing it ourselves after the answer keeps one per poll.
         channel.add_on_close_callback(lambda _channel, reason: _settle(declared, error=reason))
 
         def answered(frame: Any) -> None:
             _settle(declared, frame.method)
             channel.close()
-        channel.queue_declare(self._queue, passive=True, callback=answered)
+        channel.queue_declare(queue, passive=True, callback=answered)
 
     def _drop_connection(self) -> None:
         # Not waited for: on a silent network the close handshake would be silent too, and pika

@@ -42,6 +42,20 @@ class Settings(ServiceSettings):
         30.0, ge=0.5,
         description="Longest wait between retries after the broker or the Kubernetes API failed.",
     )
+    scaler_stuck_seconds: float = Field(
+        120.0, ge=0,
+        description=("Seconds a worker pod may be Unschedulable or wait on its image or a crash loop "
+                     "before the scaler warns about it, and stops counting its Job if the template has changed."),
+    )
+    # From the first failed or stuck Job, 10 s doubling: at the 600 s cap, about 11 Jobs an hour.
+    scaler_job_backoff_seconds: float = Field(
+        10.0, ge=0,
+        description="Wait before the next Job after a Job failed or got stuck with the queue not shrinking; doubles.",
+    )
+    scaler_job_backoff_max_seconds: float = Field(
+        600.0, ge=0,
+        description="Longest wait between Jobs while recent Jobs keep failing or getting stuck.",
+    )
     scaler_http_timeout_seconds: float = Field(
         5.0, gt=0,
         description=("Timeout of each management API call and AMQP read; Kubernetes calls get it "

@@ -5,20 +5,16 @@ period and a handler that does nothing. Every change to the namespace's Jobs is 
 whole drain, so a moment with one Job too many cannot slip between two polls of the test.
 """
 
-import base64
 import json
 import threading
-import uuid
 
-import pika
 from kubernetes import client, watch
 
-from kubejob.message import dead_letter_queue, encode
+from kubejob.message import dead_letter_queue
 from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
 from tests.helpers import wait_for
-from tests.helpers.broker import Broker
-from tests.helpers.kube import deploy, queue_depths
+from tests.helpers.kube import deploy, publish_backlog, queue_depths
 
 MESSAGES = 100_000
 MAX_JOBS = 3
@@ -67,24 +63,6 @@ class JobWatch:
         else:
             self.jobs[job.metadata.name] = job
         self.max_unfinished = max(self.max_unfinished, self.unfinished())
-
-
-def publish_backlog(kube_node, ns: str, queue: str, count: int) -> None:
-    """`count` producer-shaped messages through a port-forward to the namespace's RabbitMQ,
-    published without confirms, then counted by the broker."""
-    secret = kube_node.api_client()
-    data = client.CoreV1Api(secret).read_namespaced_secret("rabbitmq-credentials", ns).data
-    user, password = (base64.b64decode(data[k]).decode() for k in ("username", "password"))
-    upload_id = uuid.uuid4().hex
-    with kube_node.port_forward("service/rabbitmq", 5672, namespace=ns) as port:
-        params = pika.ConnectionParameters("127.0.0.1", port, credentials=pika.PlainCredentials(user, password))
-        with pika.BlockingConnection(params) as conn:
-            channel = conn.channel()
-            Broker.declare(channel, queue)
-            for n in range(1, count + 1):
-                body, properties = encode({"id": str(n), "name": f"row {n}"}, upload_id=upload_id,
-                                          row_number=n, line=n + 1)
-                channel.basic_publish("", queue, body, properties)
 
 
 def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_namespace):

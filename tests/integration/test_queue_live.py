@@ -5,6 +5,7 @@ import time
 import pika
 import pytest
 
+from kubejob.message import limit_queue
 from scaler.queue_counts import QueueReadError, StatsNotReady
 from scaler.queue_depth import ManagementClient
 from scaler.queue_live import LiveQueue
@@ -98,3 +99,18 @@ def test_a_silent_broker_costs_one_timeout_and_the_next_read_reconnects(
     assert reader.read().messages_ready == 25
     reader.close()
     proxy.close()
+
+
+def test_rows_the_broker_dead_lettered_at_its_delivery_limit_count_as_backlog(broker: Broker, queue_name: str) -> None:
+    broker.publish_rows(queue_name, rows(5))
+    # As the broker puts them there: only a worker records them in the ledger and moves them on.
+    with broker.connection() as conn:
+        channel = conn.channel()
+        for n in range(3):
+            channel.basic_publish("", limit_queue(queue_name), f'{{"id": "{n}"}}'.encode())
+    reader = live(broker, queue_name)
+    counts = reader.read()
+    assert (counts.messages, counts.messages_ready) == (8, 8)
+    broker.drain(queue_name)
+    assert reader.read().messages == 3  # the limit queue alone still wants a worker
+    reader.close()

@@ -15,13 +15,15 @@ from kubernetes import client, utils
 from scaler import events, job_template
 from scaler.jobs import Jobs, KubeError, api_client
 from scaler.loop import Limits, Scaler
+from scaler.pods import WorkerPods
 from scaler.queue_depth import ManagementClient
 from tests.helpers import free_port, wait_for
 from tests.helpers.broker import rows
 from tests.helpers.kube import SCALER_PERMISSIONS, scaler_rbac
 
 STATS_WAIT_S = 20  # the management API's counts lag by its statistics interval
-LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
+BACKOFF = {"stuck_s": 120.0, "job_backoff_s": 10.0, "job_backoff_max_s": 600.0}
+LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, **BACKOFF)
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +46,10 @@ def worker_jobs(namespace: str) -> list[client.V1Job]:
     return batch_api().list_namespaced_job(
         namespace, label_selector=job_template.LABEL_SELECTOR
     ).items
+
+
+def worker_pods(namespace: str, api: client.ApiClient | None = None) -> WorkerPods:
+    return WorkerPods(client.CoreV1Api(api or api_client()), namespace=namespace, timeout_s=5)
 
 
 def recorder(namespace: str, api: client.ApiClient | None = None) -> events.Recorder:
@@ -76,8 +82,8 @@ def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock
            base_url: str | None = None, template: str = "") -> Scaler:
     jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(template),
                 timeout_s=5)
-    return Scaler(queue=management(broker, queue, base_url), jobs=jobs, limits=limits, events=recorder(namespace),
-                  clock=clock)
+    return Scaler(queue=management(broker, queue, base_url), jobs=jobs, pods=worker_pods(namespace), limits=limits,
+                  events=recorder(namespace), clock=clock)
 
 
 def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
@@ -142,7 +148,7 @@ def test_a_queue_it_cannot_read_is_one_warning_event_whose_count_grows(queue_nam
 
 def test_never_more_than_max_jobs(broker, queue_name, namespace):
     publish(broker, queue_name, 3_000)
-    limits = Limits(threshold=20, messages_per_job=100, max_jobs=2, small_backlog_wait_s=60.0)
+    limits = Limits(threshold=20, messages_per_job=100, max_jobs=2, small_backlog_wait_s=60.0, **BACKOFF)
     the_scaler = scaler(broker, queue_name, namespace, limits=limits)
     assert [the_scaler.poll_once().create for _ in range(3)] == [2, 0, 0]
     assert len(worker_jobs(namespace)) == 2
@@ -214,7 +220,7 @@ def test_a_failed_job_is_not_counted(broker, queue_name, namespace):
 def test_small_backlog_gets_one_job_after_waiting(broker, queue_name, namespace):
     publish(broker, queue_name, 3)
     now = [1000.0]
-    limits = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=30.0)
+    limits = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=30.0, **BACKOFF)
     the_scaler = scaler(broker, queue_name, namespace, limits=limits, clock=lambda: now[0])
     assert the_scaler.poll_once().create == 0
     now[0] += 29.0
@@ -257,13 +263,14 @@ def test_the_scaler_role_allows_what_the_scaler_calls_and_nothing_else(broker, q
     assert allowed(as_scaler, namespace) - everywhere == SCALER_PERMISSIONS
     assert not {group for group, _, _ in everywhere} & {group for group, _, _ in SCALER_PERMISSIONS}
 
-    # And they are enough: a poll through the ServiceAccount's token counts and creates Jobs, and
-    # records their Events; a repeated warning patches its Event's series.
+    # And they are enough: a poll through the ServiceAccount's token counts and creates Jobs, lists
+    # their pods, and records their Events; a repeated warning patches its Event's series.
     jobs = Jobs(client.BatchV1Api(as_scaler), namespace=namespace, template=job_template.load(),
                 timeout_s=5)
     publish(broker, queue_name, 600)
     as_recorder = recorder(namespace, as_scaler)
-    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, limits=LIMITS, events=as_recorder)
+    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, pods=worker_pods(namespace, as_scaler),
+                        limits=LIMITS, events=as_recorder)
     assert the_scaler.poll_once().create == 2
     assert len(worker_jobs(namespace)) == 2
     for _ in range(2):
@@ -283,3 +290,25 @@ def test_unreachable_apiserver_is_our_error_and_creates_nothing():
         jobs.unfinished()
     with pytest.raises(KubeError, match="unreachable"):
         jobs.create()
+
+
+def test_jobs_that_keep_failing_are_replaced_ever_more_slowly_and_it_says_why(broker, queue_name, namespace, caplog):
+    publish(broker, queue_name, 100)  # wants one Job, which fails by its deadline every time
+    limits = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, stuck_s=120.0,
+                    job_backoff_s=2.0, job_backoff_max_s=8.0)
+    the_scaler = scaler(broker, queue_name, namespace, limits=limits, template=FAILING)
+    stop = threading.Event()
+    polling = threading.Thread(target=the_scaler.run, args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 1})
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        polling.start()
+        time.sleep(20)
+        stop.set()
+        polling.join(timeout=10)
+    # Replaced at each poll, a Job failing within about 2 s would have been ~10 Jobs in 20 s; backing
+    # off 2, 4, 8 s after each failure leaves room for 4 at most, and at least 2: it does retry.
+    made = worker_jobs(namespace)
+    assert 2 <= len(made) <= 4, [(j.metadata.name, j.metadata.creation_timestamp) for j in made]
+    waiting = [r for r in caplog.records if r.getMessage() == "decision changed" and r.kind == "backing_off"]
+    assert waiting and "recent Jobs failed or stuck, queue not shrinking, next Job in" in waiting[0].reason
+    said = wait_for(lambda: recorded(namespace, "BackingOff"), what="a BackingOff Event")
+    assert said[0].type == "Warning" and "backing off: 1 recent Jobs failed" in said[0].note

@@ -83,5 +83,6 @@ def test_each_kind_is_one_rule_whatever_its_numbers():
     for depth, unfinished, age, create, _, _ in CASES:
         decision = decide(depth=depth, unfinished_jobs=unfinished, backlog_age_s=age, **DEFAULTS)
         kinds.setdefault(decision.kind, set()).add(create > 0)
-    assert set(kinds) == set(KINDS)
+    # backing_off is scaler.backoff's rule, applied after this decision.
+    assert set(kinds) == set(KINDS) - {"backing_off"}
     assert all(len(creates) == 1 for creates in kinds.values()), kinds

@@ -9,11 +9,13 @@ import threading
 
 import pytest
 
-from scaler.jobs import CreatedJob, KubeError, Unfinished
+from scaler.jobs import CreatedJob, JobView, KubeError
 from scaler.loop import Limits, Scaler, SmallBacklogClock, backoff_s
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
+from scaler.stuck import PodView
 
-LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0)
+LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, stuck_s=120.0,
+                job_backoff_s=10.0, job_backoff_max_s=600.0)
 POLL_S, CAP_S = 0.01, 0.08
 
 
@@ -66,21 +68,35 @@ class Readings:
 class JobList:
     """The worker Jobs, in memory: `unfinished` of them, and `create` fails once `fail_create_at` were made."""
 
+    template_hash = "current"
+
     def __init__(self, *, unfinished: int = 0, count_error: Exception | None = None,
                  fail_create_at: int | None = None) -> None:
-        self.unfinished_jobs, self.count_error, self.fail_create_at = unfinished, count_error, fail_create_at
+        self.count_error, self.fail_create_at = count_error, fail_create_at
+        self.jobs = [JobView(f"old-{n}", f"old-uid-{n}", "pending", "current") for n in range(unfinished)]
         self.created: list[str] = []
 
-    def unfinished(self) -> Unfinished:
+    def read(self) -> list[JobView]:
         if self.count_error is not None:
             raise self.count_error
-        return Unfinished(pending=self.unfinished_jobs + len(self.created), running=0)
+        return list(self.jobs)
 
     def create(self) -> CreatedJob:
         if len(self.created) == self.fail_create_at:
             raise KubeError("create job: HTTP 500 etcd timeout", status=500)
         self.created.append(f"worker-job-{len(self.created)}")
+        self.jobs.append(JobView(self.created[-1], f"uid-{len(self.created)}", "pending", self.template_hash))
         return CreatedJob(self.created[-1], uid=f"uid-{len(self.created)}")
+
+
+class PodList:
+    """The worker pods, in memory, as a test sets them."""
+
+    def __init__(self) -> None:
+        self.pods: list[PodView] = []
+
+    def read(self) -> list[PodView]:
+        return list(self.pods)
 
 
 class EventList:
@@ -91,6 +107,9 @@ class EventList:
 
     def job_created(self, job: CreatedJob, note: str) -> None:
         self.recorded.append(("Normal", job.name, "CreatedForBacklog", note, ""))
+
+    def job_warning(self, job_name: str, job_uid: str, reason: str, note: str) -> None:
+        self.recorded.append(("Warning", job_name, reason, note, ""))
 
     def warning(self, reason: str, note: str, *, action: str, kind: str) -> None:
         self.recorded.append(("Warning", "scaler", reason, note, kind))
@@ -109,7 +128,8 @@ class Clock:
 def run(readings: Readings, jobs: JobList, caplog: pytest.LogCaptureFixture, *, events: EventList | None = None,
         clock: Clock | None = None, summary_s: float = 60.0) -> list[logging.LogRecord]:
     """Run the loop until `readings` is used up; return its log lines, DEBUG included."""
-    scaler = Scaler(queue=readings, jobs=jobs, limits=LIMITS, events=events or EventList(), clock=clock or Clock())
+    scaler = Scaler(queue=readings, jobs=jobs, pods=PodList(), limits=LIMITS, events=events or EventList(),
+                    clock=clock or Clock())
     with caplog.at_level(logging.DEBUG, logger="scaler"):
         scaler.run(readings.stop, poll_s=POLL_S, max_backoff_s=CAP_S, summary_s=summary_s)
     return [r for r in caplog.records if r.name == "scaler.loop"]
@@ -205,3 +225,64 @@ def test_a_surprise_is_logged_in_full_and_the_loop_goes_on(caplog):
     lines = run(Readings(ValueError("a bug"), counts(0)), JobList(), caplog)
     assert [r.getMessage() for r in lines] == ["poll crashed", "decision changed"]
     assert lines[0].exc_info and lines[0].failures == 1
+
+
+def stuck_scaler(jobs: JobList, pods: PodList, events: EventList, now: list[float]) -> Scaler:
+    return Scaler(queue=Readings(*[counts(1500)] * 100), jobs=jobs, pods=pods, limits=LIMITS, events=events,
+                  clock=lambda: now[0], wall_clock=lambda: now[0])
+
+
+def test_a_stuck_pod_is_said_once_per_pod_and_cause_in_a_warning_and_an_event_on_its_job(caplog):
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        the_scaler.poll_once()
+        pods.pods = [PodView("worker-job-0-p", "worker-job-0", "uid-1", created=1000.0,
+                             waiting=(("ErrImagePull", "pull access denied"),))]
+        now[0] = 1119.0
+        the_scaler.poll_once()  # within the grace period
+        for waiting in ("ImagePullBackOff", "ErrImagePull", "ImagePullBackOff"):
+            now[0] += 5
+            pods.pods = [PodView("worker-job-0-p", "worker-job-0", "uid-1", created=1000.0,
+                                 waiting=((waiting, "pull access denied"),))]
+            the_scaler.poll_once()
+    warned = [r for r in caplog.records if r.getMessage() == "worker pod stuck"]
+    assert [(r.levelname, r.job, r.pod, r.reason, r.pod_message) for r in warned] == [
+        ("WARNING", "worker-job-0", "worker-job-0-p", "ImagePullBackOff", "pull access denied")]
+    stuck_events = [e for e in events.recorded if e[2] == "WorkerPodStuck"]
+    assert stuck_events == [("Warning", "worker-job-0", "WorkerPodStuck",
+                             "pod worker-job-0-p: ImagePullBackOff for 124 s: pull access denied", "")]
+
+
+def test_a_stuck_job_of_an_older_template_neither_counts_nor_holds_back_the_fixed_one():
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("old", "u-old", "pending", "older")]
+    pods.pods = [PodView("old-p", "old", "u-old", created=0.0, unschedulable=(0.0, "0/1 nodes"))]
+    assert stuck_scaler(jobs, pods, events, now).poll_once().create == 3  # 1500 rows want 3 Jobs
+
+
+def test_a_stuck_job_of_the_current_template_counts_and_holds_back_more_of_the_same():
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("same", "u-same", "pending", "current")]
+    pods.pods = [PodView("same-p", "same", "u-same", created=0.0, unschedulable=(0.0, "0/1 nodes"))]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    assert the_scaler.poll_once().kind == "backing_off"
+    now[0] += LIMITS.job_backoff_s
+    assert the_scaler.poll_once().create == 2  # the stuck one is one of the 3
+
+
+def test_failed_jobs_hold_back_the_next_one_and_say_why_once(caplog):
+    jobs, pods, events, now = JobList(), PodList(), EventList(), [1000.0]
+    jobs.jobs = [JobView("f1", "u-f1", "failed", "current")]
+    the_scaler = stuck_scaler(jobs, pods, events, now)
+    with caplog.at_level(logging.INFO, logger="scaler"):
+        first = the_scaler.poll_once()
+        now[0] += 5
+        the_scaler.poll_once()
+    assert (first.create, first.kind) == (0, "backing_off")
+    assert first.reason == "backing off: 1 recent Jobs failed or stuck, queue not shrinking, next Job in 10 s"
+    assert [e[2:] for e in events.recorded] == [("BackingOff", f"queue depth 1500: {first.reason}", "backing_off")]
+    changed = [r for r in caplog.records if r.getMessage() == "decision changed"]
+    assert [(r.kind, r.failing_streak) for r in changed] == [("backing_off", 1)]
+    now[0] += 5
+    assert the_scaler.poll_once().create == 3  # the wait is over
