@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint rabbitmq postgres browser prometheus perftest demo test test-unit bench images clean
+.PHONY: help install lint rabbitmq postgres browser prometheus perftest demo test test-unit bench profile images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test-unit: install ## Run only the unit tests (no services needed)
 
 bench: install rabbitmq postgres cluster perftest ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
+
+profile: install rabbitmq postgres ## Profile one worker draining 100k rows with py-spy (flame graph in /tmp, see bench/profile_drain.py)
+	$(PY) -m bench.profile_drain
 
 images: ## Build the three images with Docker (here: on a debootstrapped base; minikube: run minikube docker-env first)
 	infra/local-cluster/images.sh services
