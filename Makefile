@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint rabbitmq postgres browser prometheus demo test test-unit bench images clean
+.PHONY: help install lint rabbitmq postgres browser prometheus perftest demo test test-unit bench profile images clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,10 @@ browser: ## Install Debian's chromium and chromium-driver if missing (the browse
 prometheus: ## Install Debian's prometheus server if missing (the end-to-end test that scrapes the services)
 	bash scripts/prometheus.sh
 
+perftest: install ## Install Debian's Maven and Java if missing, fetch RabbitMQ PerfTest (the benches' yardstick)
+	bash scripts/perftest.sh
+	$(PY) -m bench.perftest
+
 demo: install rabbitmq postgres ## Run the whole job locally: generate a CSV, upload it, drain it with a worker
 	bash scripts/demo.sh
 
@@ -42,8 +46,11 @@ lint: install ## ruff (pyproject's rule set) over everything, mypy over the serv
 test-unit: install ## Run only the unit tests (no services needed)
 	$(PY) -m pytest tests/unit
 
-bench: install rabbitmq postgres cluster ## Run the benchmarks (not part of make test); figures in bench/results.json
+bench: install rabbitmq postgres cluster perftest ## Run the benchmarks (not part of make test); figures in bench/results.json
 	$(PY) -m bench
+
+profile: install rabbitmq postgres ## Profile one worker draining 100k rows with py-spy (flame graph in /tmp, see bench/profile_drain.py)
+	$(PY) -m bench.profile_drain
 
 images: ## Build the three images with Docker (here: on a debootstrapped base; minikube: run minikube docker-env first)
 	infra/local-cluster/images.sh services

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         figures = BENCHMARKS[name]()
         print(f"{name} ({time.monotonic() - started:.0f}s)")
         for key, value in figures.items():
-            print(f"  {key:32} {value}")
+            print(f"  {key:40} {value}")
         results.update(figures)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")

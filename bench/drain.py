@@ -2,7 +2,9 @@
 
 The ceiling is a bare pika consumer acking each message by hand at a large prefetch. The
 worker drains twice: recording every row in the ledger as shipped, and with recording left
-out, so `drain_ledger_ratio` is what the ledger costs.
+out, so `drain_ledger_ratio` is what the ledger costs. The yardstick is RabbitMQ's PerfTest
+consuming as many messages of our size with manual acks, prefetch 100, acking 100 at a time
+(multiple): `drain_vs_perftest` is the worker without the ledger over it.
 """
 
 import collections
@@ -12,7 +14,7 @@ import uuid
 import pika
 import psycopg
 
-from bench import support
+from bench import perftest, support
 from worker.consumer import Consumer
 from worker.handlers import Handler, noop
 from worker.ledger import Ledger, RowOutcome
@@ -88,6 +90,7 @@ def run(messages: int = 100_000, prefetch: int = 1000) -> dict[str, float]:
     batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
     fill(queue, batch)
     ceiling = _bare_consume(queue, messages, prefetch)
+    yardstick = perftest.consume_multi_ack(messages, size=perftest.message_size())
     fill(queue, batch)
     unrecorded = worker(queue, messages, prefetch, Unrecorded)
     fill(queue, batch)
@@ -100,4 +103,6 @@ def run(messages: int = 100_000, prefetch: int = 1000) -> dict[str, float]:
         "drain_ratio": round(unrecorded / ceiling, 3),
         "drain_ledger_msgs_per_s": round(recorded),
         "drain_ledger_ratio": round(recorded / unrecorded, 3),
+        "perftest_consume_multi_ack_msgs_per_s": round(yardstick),
+        "drain_vs_perftest": round(unrecorded / yardstick, 3),
     }

@@ -3,12 +3,15 @@
 - ceiling: the same messages, already built, published by pika without confirms, to a
   queue declared as the producer declares it and to a default classic queue; the faster
   of the two is the ceiling (here the default queue takes unconfirmed messages faster);
-- naive: pika's BlockingConnection in confirm mode, one basic_publish (and wait) per row.
+- naive: pika's BlockingConnection in confirm mode, one basic_publish (and wait) per row;
+- PerfTest: RabbitMQ's own tool publishing as many messages of our size with confirms, as many in
+  flight as the producer's PUBLISH_WINDOW: `ingest_vs_perftest` is the producer over it.
 """
 
 import time
 
-from bench import support
+from bench import perftest, support
+from producer.settings import Settings
 from tests.helpers.producer import producer, upload
 
 
@@ -45,10 +48,13 @@ def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, float]:
     assert result["rows"] == rows and support.broker.depth(queue) == rows, "the upload lost rows"
     support.broker.delete_queue(queue)
     naive = _bare_publish(messages[:naive_rows], queue, confirm=True)
+    yardstick = perftest.publish_confirms(rows, size=perftest.message_size(), window=Settings().publish_window)
     ingest = rows / seconds
     return {
         "ingest_rows_per_s": round(ingest),
         "ingest_ceiling_rows_per_s": round(ceiling),
         "ingest_ratio": round(ingest / ceiling, 3),
         "naive_confirm_rows_per_s": round(naive),
+        "perftest_publish_confirms_msgs_per_s": round(yardstick),
+        "ingest_vs_perftest": round(ingest / yardstick, 3),
     }
