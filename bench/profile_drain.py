@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from bench import support
-from bench.drain import _fill, _recorded
+from bench.drain import _recorded, fill
 from tests.helpers import REPO_ROOT
 
 
@@ -33,7 +33,7 @@ def main(argv: list[str]) -> int:
     if py_spy is None:
         sys.exit("profile_drain: py-spy is missing: pip install -r requirements-dev.txt")
     queue, upload_id = f"bench-profile-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex}"
-    _fill(queue, support.encoded_messages(support.sample_csv(args.rows), upload_id=upload_id))
+    fill(queue, support.encoded_messages(support.sample_csv(args.rows), upload_id=upload_id))
     env = os.environ | {"QUEUE_NAME": queue, "WORKER_HANDLER": "worker.handlers:noop",
                         "WORKER_PREFETCH": str(args.prefetch), "WORKER_IDLE_SECONDS": "0.5",
                         "WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING"}
