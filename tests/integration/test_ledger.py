@@ -1,5 +1,6 @@
 """The ledger against real RabbitMQ and PostgreSQL: uploads reach `done`, failed rows come back, none counts twice."""
 
+import collections
 import csv
 import io
 import signal
@@ -19,6 +20,7 @@ from tests.helpers.broker import Broker
 from tests.helpers.producer import csv_file
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.worker import handled, start_worker
+from worker.ledger import Ledger, RowOutcome
 
 
 def upload(client: TestClient, data: bytes, **headers: str):
@@ -162,3 +164,20 @@ def test_uploads_older_than_the_retention_are_deleted(queue_name: str, ledger_da
     with TestClient(create_app(Settings(queue_name=queue_name, ledger_retention_days=7))) as client:
         wait_for(lambda: client.get(f"/uploads/{old}").status_code == 404, what="the old upload to be deleted")
         assert client.get(f"/uploads/{new}").status_code == 200
+
+
+def test_outcomes_keep_quotes_backslashes_braces_and_unicode_exactly(client: TestClient, ledger_database: str) -> None:
+    upload_id = upload(client, csv_file(2)).json()["upload_id"]
+    awkward = 'a "quoted" \\ back{slash}, comma; NULL é ✓'
+    ledger = Ledger(ledger_database, timeout_s=5)
+    ledger.open()
+    try:
+        ledger.record([RowOutcome(upload_id, 1, 1),
+                       RowOutcome(upload_id, 2, 3, error=f"ValueError: {awkward}", data={"id": awkward, "name": "NULL", "poison": "no"})],
+                      redelivered=collections.Counter())
+    finally:
+        ledger.close()
+    status = client.get(f"/uploads/{upload_id}").json()
+    assert (status["state"], status["done"], status["failed"]) == ("done", 1, 1)
+    assert list(csv.reader(io.StringIO(client.get(status["failed_url"]).text)))[1:] == [
+        [awkward, "NULL", "no", "2", "3", f"ValueError: {awkward}"]]
