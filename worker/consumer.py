@@ -60,6 +60,7 @@ class Consumer:
         self._writing = False  # a batch is with the ledger thread
         self._ledger_error: LedgerUnavailable | None = None  # the ledger has stayed down too long
         self._in_flight = 0
+        self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
         self.handled = 0
 
@@ -109,6 +110,9 @@ class Consumer:
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=0.5)
+            if self._arrived:
+                self._rows.submit(self._arrived)
+                self._arrived = []
             if self._widen_due:
                 consumer_tag = self._widen(consumer_tag)
             if self._rows.overdue(time.monotonic()):
@@ -116,7 +120,8 @@ class Consumer:
             if self._record_when_due() or self._in_flight:
                 last_activity = time.monotonic()
             elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
-                if self._retries_waiting():
+                # A row may have come back from its delay, and reached us, during that check.
+                if self._retries_waiting() or self._in_flight:
                     last_activity = time.monotonic()  # they come back into the queue after their delay
                     continue
                 self._move_limit_queue()
@@ -167,7 +172,7 @@ class Consumer:
         if self._narrow and not method.redelivered:
             self._narrow, self._widen_due = False, True
         self._settler.acks.delivered(method.delivery_tag)
-        self._rows.submit(Delivery(method.delivery_tag, properties, body, bool(method.redelivered)))
+        self._arrived.append(Delivery(method.delivery_tag, properties, body, bool(method.redelivered)))
 
     def _wake(self) -> None:
         """From a handler: wake the I/O loop to record and ack what finished now."""

@@ -46,10 +46,11 @@ class Rows:
         self._active = 0  # handed to a handler and not finished
         self._running: dict[int, tuple[Delivery, message.Row, float]] = {}  # by tag: in the handler since
         self.timed_out: RowTimedOut | None = None
-        self._todo: queue.Queue[Delivery | None] = queue.Queue()
+        # Rows arrive a list at a time: what one pass of the I/O loop received.
+        self._todo: queue.Queue[list[Delivery] | None] = queue.Queue()
         # An `async def` handler's rows go to its event loop's queue instead.
         self._loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(handler) else None
-        self._todo_async: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._todo_async: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
 
     def start(self) -> None:
         if self._loop is None:
@@ -58,12 +59,12 @@ class Rows:
             threading.Thread(target=self._loop.run_until_complete, args=(self._dispatch_on_loop(),),
                              name="event-loop", daemon=True).start()
 
-    def submit(self, delivery: Delivery | None) -> None:
-        """Hand a row on (None: start no more), from the I/O thread."""
+    def submit(self, deliveries: list[Delivery] | None) -> None:
+        """Hand rows on (None: start no more), from the I/O thread."""
         if self._loop is None:
-            self._todo.put(delivery)
+            self._todo.put(deliveries)
         else:
-            self._loop.call_soon_threadsafe(self._todo_async.put_nowait, delivery)
+            self._loop.call_soon_threadsafe(self._todo_async.put_nowait, deliveries)
 
     def close(self) -> None:
         """Start no more rows; those not started stay unacked and go back to the queue."""
@@ -94,22 +95,23 @@ class Rows:
         """Hand rows to the handler threads, started as they are first needed."""
         ready: queue.Queue[Delivery] = queue.Queue()
         threads = 0
-        while (delivery := self._todo.get()) is not None:
-            if self._stopping.is_set():
-                continue  # not started, so not acked: the broker requeues it
-            if delivery.redelivered:
-                self._wait_until_all_recorded()
-            if delivery.redelivered or self._concurrency == 1:
-                self._handle(delivery)  # on this thread: alone, or one at a time anyway
-                continue
-            with self._lock:
-                self._active += 1
-                busy = self._active
-            if busy > threads and threads < self._concurrency:
-                threading.Thread(target=self._handle_from, args=(ready,), name=f"handler-{threads}",
-                                 daemon=True).start()
-                threads += 1
-            ready.put(delivery)
+        while (deliveries := self._todo.get()) is not None:
+            for delivery in deliveries:
+                if self._stopping.is_set():
+                    break  # not started, so not acked: the broker requeues them
+                if delivery.redelivered:
+                    self._wait_until_all_recorded()
+                if delivery.redelivered or self._concurrency == 1:
+                    self._handle(delivery)  # on this thread: alone, or one at a time anyway
+                    continue
+                with self._lock:
+                    self._active += 1
+                    busy = self._active
+                if busy > threads and threads < self._concurrency:
+                    threading.Thread(target=self._handle_from, args=(ready,), name=f"handler-{threads}",
+                                     daemon=True).start()
+                    threads += 1
+                ready.put(delivery)
 
     def _handle_from(self, ready: "queue.Queue[Delivery]") -> None:
         while True:
@@ -141,17 +143,18 @@ class Rows:
             tasks.discard(task)
             slots.release()
 
-        while (delivery := await self._todo_async.get()) is not None:
-            if self._stopping.is_set():
-                continue
-            if delivery.redelivered:
-                await asyncio.to_thread(self._wait_until_all_recorded)
-                await self._handle_async(delivery)
-                continue
-            await slots.acquire()
-            task = asyncio.create_task(self._handle_async(delivery))
-            tasks.add(task)
-            task.add_done_callback(finished)
+        while (deliveries := await self._todo_async.get()) is not None:
+            for delivery in deliveries:
+                if self._stopping.is_set():
+                    break
+                if delivery.redelivered:
+                    await asyncio.to_thread(self._wait_until_all_recorded)
+                    await self._handle_async(delivery)
+                    continue
+                await slots.acquire()
+                task = asyncio.create_task(self._handle_async(delivery))
+                tasks.add(task)
+                task.add_done_callback(finished)
         # Returning would cancel the rows in hand; on SIGTERM they get their time to finish.
         await asyncio.gather(*tasks)
 
