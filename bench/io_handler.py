@@ -6,17 +6,13 @@ an event loop), with the ledger recording every row as shipped.
 """
 
 import asyncio
-import time
 import uuid
 
 from bench import drain, support
+from worker.handlers import wait_20ms
 
-WAIT_S, CONCURRENCY = 0.020, 32
+WAIT_S, CONCURRENCY = 0.020, 32  # the wait of worker.handlers.wait_20ms
 IDEAL = CONCURRENCY / WAIT_S
-
-
-def waits(_row: dict[str, str]) -> None:
-    time.sleep(WAIT_S)
 
 
 async def waits_async(_row: dict[str, str]) -> None:
@@ -26,7 +22,7 @@ async def waits_async(_row: dict[str, str]) -> None:
 def run(rows: int = 16_000) -> dict[str, float]:
     queue = "bench-io"
     figures = {}
-    for name, handler in (("io_handler", waits), ("io_handler_async", waits_async)):
+    for name, handler in (("io_handler", wait_20ms), ("io_handler_async", waits_async)):
         batch = support.encoded_messages(support.sample_csv(rows), upload_id=f"bench-{uuid.uuid4().hex}")
         drain.fill(queue, batch)
         rate = drain.worker(queue, rows, prefetch=100, handler=handler, concurrency=CONCURRENCY)

@@ -4,6 +4,7 @@ import hashlib
 import importlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,11 @@ def checksum_row(row: dict[str, str]) -> None:
 
 def noop(row: dict[str, str]) -> None:
     """Does nothing: for measuring the queue machinery alone."""
+
+
+def wait_20ms(row: dict[str, str]) -> None:
+    """Waits 20 ms, as a handler calling another service would: for measuring WORKER_CONCURRENCY and scale-out."""
+    time.sleep(0.020)
 
 
 class HandlerNotFound(ValueError):

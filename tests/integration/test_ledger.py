@@ -172,9 +172,9 @@ def test_outcomes_keep_quotes_backslashes_braces_and_unicode_exactly(client: Tes
     ledger = Ledger(ledger_database, timeout_s=5)
     ledger.open()
     try:
-        ledger.record([RowOutcome(upload_id, 1, 1),
-                       RowOutcome(upload_id, 2, 3, error=f"ValueError: {awkward}", data={"id": awkward, "name": "NULL", "poison": "no"})],
-                      redelivered=collections.Counter())
+        data = {"id": awkward, "name": "NULL", "poison": "no"}
+        failed = RowOutcome(upload_id, 2, 3, error=f"ValueError: {awkward}", data=data)
+        ledger.record([RowOutcome(upload_id, 1, 1), failed], redelivered=collections.Counter())
     finally:
         ledger.close()
     status = client.get(f"/uploads/{upload_id}").json()
