@@ -69,8 +69,9 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
                                          "Retry-After seconds"},
     409: {"model": Error, "description": "The Idempotency-Key was used with another file, or is being published"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
-    503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable; `upload_id` and `confirmed` say "
-                                         "how far it got"},
+    503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable, or RabbitMQ blocks publishers (a "
+                                         "memory or disk alarm; with Retry-After); `upload_id` and `confirmed` "
+                                         "say how far it got"},
 }
 
 
