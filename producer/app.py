@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
 from producer import metrics, routes, status
-from producer.broker_watch import BrokerWatch
+from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit, UploadGate
@@ -89,10 +89,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
     forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
+    watching = asyncio.create_task(app.state.ledger.watch(PROBE_SECONDS))
     try:
         yield
     finally:
         forgetting.cancel()
+        watching.cancel()
         await app.state.broker_watch.stop()
         await pool.close()
 

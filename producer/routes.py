@@ -164,9 +164,10 @@ async def healthz() -> Health:
 @router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ is not reachable or blocks "
                                                                        "publishers, or PostgreSQL does not answer"}})
 async def readyz(request: Request, ledger: LedgerDep) -> Health:
-    """RabbitMQ is connected and takes publishes (from a watch kept open, no new connection); PostgreSQL answers."""
+    """RabbitMQ is connected and takes publishes, and PostgreSQL answers, as their watches last saw (no I/O here)."""
     problem = request.app.state.broker_watch.problem
     if problem is not None:
         raise BrokerUnavailable(problem)
-    await ledger.ping()
+    if ledger.problem is not None:
+        raise LedgerUnavailable(ledger.problem)
     return Health(status="ok")
