@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, memory, reaction, scaleout
+from bench import drain, ingest, load, memory, reaction, scaleout
 
 BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "memory": memory.run, "reaction": reaction.run,
-    "scaleout": scaleout.run,
+    "scaleout": scaleout.run, "load": load.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
 
