@@ -34,6 +34,16 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
+def _write_config(path: Path, *, amqp: int, management: int, prometheus: int) -> Path:
+    """The shipped settings, with every listener on 127.0.0.1 at the ports given."""
+    path.write_text(SHIPPED_CONFIG.read_text() + "\n".join([
+        f"listeners.tcp.1 = 127.0.0.1:{amqp}",
+        "management.tcp.ip = 127.0.0.1", f"management.tcp.port = {management}",
+        "prometheus.tcp.ip = 127.0.0.1", f"prometheus.tcp.port = {prometheus}", ""]))
+    path.chmod(0o644)  # the image runs RabbitMQ as uid 999
+    return path
+
+
 class DockerRabbitmq(Broker):
     """A running container of the rabbitmq image; `rabbitmqctl` runs its CLI inside it."""
 
@@ -53,12 +63,7 @@ class DockerRabbitmq(Broker):
         image = subprocess.run(["bash", str(IMAGES_SH), "rabbitmq"], check=True, capture_output=True,
                                text=True, timeout=1800).stdout.strip()
         amqp, management, prometheus, epmd, distribution = free_ports(5)
-        config = state / "rabbitmq.conf"
-        config.write_text(SHIPPED_CONFIG.read_text() + "\n".join([
-            f"listeners.tcp.1 = 127.0.0.1:{amqp}",
-            "management.tcp.ip = 127.0.0.1", f"management.tcp.port = {management}",
-            "prometheus.tcp.ip = 127.0.0.1", f"prometheus.tcp.port = {prometheus}", ""]))
-        config.chmod(0o644)  # the image runs RabbitMQ as uid 999
+        config = _write_config(state / "rabbitmq.conf", amqp=amqp, management=management, prometheus=prometheus)
         name = f"kube-job-test-rabbitmq-{uuid.uuid4().hex[:8]}"
         environment = {
             # A node name and an epmd of its own, so it never meets the local RabbitMQ's node.
