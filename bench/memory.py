@@ -14,7 +14,7 @@ def _peak_rss_mb(size_bytes: int) -> float:
     support.broker.delete_queue(queue)
     stop = threading.Event()
     # Keep the broker lean: a consumer throws the rows away as they arrive.
-    drainer = threading.Thread(target=_discard, args=(queue, stop), daemon=True)
+    drainer = threading.Thread(target=support.discard, args=(support.broker, queue, stop), daemon=True)
     with producer(queue) as (url, pid), support.PeakRss(pid) as rss:
         drainer.start()
         upload(url, path)
@@ -22,15 +22,6 @@ def _peak_rss_mb(size_bytes: int) -> float:
     drainer.join()
     support.broker.delete_queue(queue)
     return round(rss.peak / MB, 1)
-
-
-def _discard(queue: str, stop: threading.Event) -> None:
-    with support.broker.connection() as conn:
-        channel = conn.channel()
-        support.broker.declare(channel, queue)
-        for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
-            if method is None and stop.is_set():
-                break
 
 
 def run() -> dict[str, float]:

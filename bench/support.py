@@ -62,3 +62,13 @@ class PeakRss:
     def _sample(self) -> None:
         while not self._stop.wait(0.02):
             self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def discard(broker: Broker, queue: str, stop: threading.Event) -> None:
+    """Consume `queue` on `broker`, throwing the rows away, until it is empty after `stop` is set."""
+    with broker.connection() as conn:
+        channel = conn.channel()
+        broker.declare(channel, queue)
+        for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
+            if method is None and stop.is_set():
+                break

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
 from producer import metrics, routes, status
-from producer.broker_watch import BrokerWatch
+from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit, UploadGate
@@ -86,14 +86,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     claim_timeout = timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2))
     app.state.ledger = Ledger(pool, claim_timeout=claim_timeout)
     log.info("ledger ready", extra={"schema_version": version})
-    app.state.broker_watch = BrokerWatch(settings)
     app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
     forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
+    watching = asyncio.create_task(app.state.ledger.watch(PROBE_SECONDS))
     try:
         yield
     finally:
         forgetting.cancel()
+        watching.cancel()
         await app.state.broker_watch.stop()
         await pool.close()
 
@@ -113,12 +114,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="kube-job producer", description="Upload a CSV; each row becomes a RabbitMQ message.",
                   lifespan=lifespan)
     app.state.settings = settings or Settings()
+    app.state.broker_watch = watch = BrokerWatch(app.state.settings)
     app.include_router(routes.router)
     app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
     # Added after the size limit, so it runs before it: a refused upload is not counted against the limit.
     app.add_middleware(UploadGate, token=app.state.settings.upload_token.get_secret_value(),
-                       max_uploads=app.state.settings.max_concurrent_uploads)
+                       max_uploads=app.state.settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked)
     # Outermost, so every answer to an upload is counted, the gate's refusals included.
     app.add_middleware(metrics.UploadMetrics)
     app.add_exception_handler(CsvError, csv_error)

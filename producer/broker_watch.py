@@ -21,11 +21,15 @@ _NOWHERE = "kube-job.readiness-probe"
 
 
 class BrokerWatch:
-    """`problem` is None while RabbitMQ is connected and not blocking publishers, else what is wrong."""
+    """`problem` is None while RabbitMQ is connected and not blocking publishers, else what is wrong.
+
+    `blocked` is the part of it an upload cannot get past: the broker's alarm, while it lasts.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self._parameters = settings.connection_parameters(connection_attempts=1, socket_timeout=5, heartbeat=10)
         self.problem: str | None = "not connected to RabbitMQ yet"
+        self.blocked: str | None = None
         self._connection: AsyncioConnection | None = None
         self._channel: pika.channel.Channel | None = None
         self._task: asyncio.Task[None] | None = None
@@ -66,13 +70,16 @@ class BrokerWatch:
         self._set(None)
 
     def _on_blocked(self, _connection: object, frame: pika.frame.Method) -> None:
-        self._set(f"RabbitMQ blocks publishers: {frame.method.reason}")
+        self.blocked = f"RabbitMQ blocks publishers: {frame.method.reason}"
+        self._set(self.blocked)
 
     def _on_unblocked(self, _connection: object, _frame: object) -> None:
+        self.blocked = None
         self._set(None)
 
     def _lost(self, reason: str) -> None:
-        self._channel = None
+        # A new connection learns afresh whether the broker blocks it.
+        self._channel, self.blocked = None, None
         self._set(reason)
 
     def _set(self, problem: str | None) -> None:

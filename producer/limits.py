@@ -1,6 +1,7 @@
-"""ASGI middleware that guard POST /upload before its body is read: size, token, uploads at once."""
+"""ASGI middleware that guard POST /upload before its body is read: size, token, broker alarm, uploads at once."""
 
 import secrets
+from collections.abc import Callable
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
@@ -48,14 +49,16 @@ class BodySizeLimit:
 
 
 class UploadGate:
-    """ASGI middleware: POST /upload without the token gets 401, and past `max_uploads` at once 429.
+    """ASGI middleware: POST /upload without the token gets 401, while the broker blocks publishers
+    503, and past `max_uploads` at once 429.
 
-    Both answer from the headers alone, before a byte of the body is read (FastAPI would parse
+    Each answers from the headers alone, before a byte of the body is read (FastAPI would parse
     the whole form, spooling it to disk, before any dependency runs).
     """
 
-    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int) -> None:
-        self.app, self.token, self.max_uploads = app, token, max_uploads
+    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int,
+                 broker_blocked: Callable[[], str | None]) -> None:
+        self.app, self.token, self.max_uploads, self.broker_blocked = app, token, max_uploads, broker_blocked
         self.in_progress = 0  # one event loop: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -65,6 +68,11 @@ class UploadGate:
         if not token_matches(self.token, Headers(scope=scope).get("authorization")):
             refusal = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
                                    headers={"WWW-Authenticate": "Bearer"})
+        elif blocked := self.broker_blocked():
+            # Publishing would wait for the alarm to clear, up to CONFIRM_TIMEOUT_SECONDS, then fail.
+            refusal = JSONResponse(
+                {"error": f"{blocked}; nothing was read or published, try again in {RETRY_AFTER_SECONDS} s"},
+                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         elif self.in_progress >= self.max_uploads:
             refusal = JSONResponse(
                 {"error": f"{self.in_progress} uploads are in progress, the most this server takes at once "

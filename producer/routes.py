@@ -69,8 +69,9 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
                                          "Retry-After seconds"},
     409: {"model": Error, "description": "The Idempotency-Key was used with another file, or is being published"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
-    503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable; `upload_id` and `confirmed` say "
-                                         "how far it got"},
+    503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable, or RabbitMQ blocks publishers (a "
+                                         "memory or disk alarm; with Retry-After); `upload_id` and `confirmed` "
+                                         "say how far it got"},
 }
 
 
@@ -163,9 +164,10 @@ async def healthz() -> Health:
 @router.get("/readyz", responses={503: {"model": Error, "description": "RabbitMQ is not reachable or blocks "
                                                                        "publishers, or PostgreSQL does not answer"}})
 async def readyz(request: Request, ledger: LedgerDep) -> Health:
-    """RabbitMQ is connected and takes publishes (from a watch kept open, no new connection); PostgreSQL answers."""
+    """RabbitMQ is connected and takes publishes, and PostgreSQL answers, as their watches last saw (no I/O here)."""
     problem = request.app.state.broker_watch.problem
     if problem is not None:
         raise BrokerUnavailable(problem)
-    await ledger.ping()
+    if ledger.problem is not None:
+        raise LedgerUnavailable(ledger.problem)
     return Health(status="ok")

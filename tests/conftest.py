@@ -2,7 +2,8 @@
 
 RabbitMQ (with its management plugin) and PostgreSQL must already run: `.ci/run` and
 `make test` start them. The Kubernetes control plane is built from source by infra/local-cluster/build.sh
-(minutes the first time, instant after) and started here. A missing service fails the run:
+(minutes the first time, instant after) and started here; so is a RabbitMQ 4.0 of the session's own,
+from the image infra/local-cluster/images.sh builds (Docker). A missing service fails the run:
 nothing here skips.
 """
 
@@ -17,6 +18,7 @@ import pytest
 
 from tests.helpers.broker import Broker
 from tests.helpers.kube import KubeCluster
+from tests.helpers.rabbitmq_server import DockerRabbitmq
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster import netns
@@ -53,12 +55,42 @@ def ledger_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def broker() -> Broker:
+def local_broker() -> Broker:
+    """The local RabbitMQ (make rabbitmq; Debian 12's 3.10 here), as RABBITMQ_HOST and friends name it."""
     broker = Broker()
     try:
         broker.check()
     except Exception as exc:
         pytest.fail(f"RabbitMQ with its management plugin is not reachable: {exc!r}", pytrace=False)
+    return broker
+
+
+@pytest.fixture(scope="session")
+def broker(local_broker: Broker) -> Broker:
+    """The broker a test uses; a module may override it with `each_broker` to run on every one."""
+    return local_broker
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerRabbitmq]:
+    """RabbitMQ 4.0 from the image infra/k8s runs, of this session's own (its alarms touch no other test)."""
+    try:
+        server = DockerRabbitmq.start(tmp_path_factory.mktemp("rabbitmq4"))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, TimeoutError) as exc:
+        stderr = getattr(exc, "stderr", None) or ""
+        pytest.fail(f"RabbitMQ 4.0 did not start: {exc} {stderr}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "4.0"], ids=["rabbitmq-local", "rabbitmq-4.0"])
+def each_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
+    """The local RabbitMQ, then RabbitMQ 4.0; the environment points the services a test starts at it."""
+    broker: Broker = request.getfixturevalue("local_broker" if request.param == "local" else "rabbitmq_4")
+    for name, value in broker.environment().items():
+        monkeypatch.setenv(name, value)
     return broker
 
 

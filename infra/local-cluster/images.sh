@@ -4,6 +4,7 @@
 #
 #   images.sh services      producer, worker, scaler (`make images`), from the repo's Dockerfile
 #   images.sh cluster       also the images infra/k8s and the node need: rabbitmq, postgres, pause
+#   images.sh rabbitmq      only the rabbitmq image, and print its tag (the tests run a RabbitMQ 4.0 from it)
 #   images.sh load SOCKET   copy every image above into the containerd at SOCKET (namespace k8s.io)
 #
 # A base image is tagged with the hash of the functions that make it, so it is built once and
@@ -127,9 +128,10 @@ postgres_base="kube-job-base/postgres:$({ declare -f bootstrap postgres; cat "$h
 case "${1:-}" in
   services) ensure_daemon; build_services ;;
   cluster) ensure_daemon; build_services; rabbitmq; postgres; pause ;;
+  rabbitmq) ensure_daemon; rabbitmq; echo "$rabbitmq_image" ;;
   load)
     [[ -n "${2:-}" ]] || { echo "usage: $0 load CONTAINERD_SOCKET" >&2; exit 2; }
     images=("${services[@]/%/:latest}" "$rabbitmq_image" "$postgres_image" "$pause_image")
     docker save "${images[@]}" | "$bin/ctr" --address "$2" -n k8s.io images import - >/dev/null ;;
-  *) sed -n '2,11p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
+  *) sed -n '2,12p' "${BASH_SOURCE[0]}" >&2; exit 2 ;;
 esac

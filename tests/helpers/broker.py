@@ -16,13 +16,19 @@ def rows(count: int) -> list[dict[str, str]]:
 
 
 class Broker:
-    """The broker the services use, found as they find it (RABBITMQ_HOST and friends)."""
+    """A broker as the services find it: by default the one RABBITMQ_HOST and friends name."""
 
-    def __init__(self) -> None:
-        self.host = os.environ.get("RABBITMQ_HOST", "localhost")
-        self.port = int(os.environ.get("RABBITMQ_PORT", "5672"))
-        self.management_url = os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://localhost:15672")
+    def __init__(self, *, host: str | None = None, port: int | None = None,
+                 management_url: str | None = None) -> None:
+        self.host = host or os.environ.get("RABBITMQ_HOST", "localhost")
+        self.port = port or int(os.environ.get("RABBITMQ_PORT", "5672"))
+        self.management_url = management_url or os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://localhost:15672")
         self.user, self.password = "guest", "guest"
+
+    def environment(self) -> dict[str, str]:
+        """The variables that point a service (and a Broker() made later) at this broker."""
+        return {"RABBITMQ_HOST": self.host, "RABBITMQ_PORT": str(self.port),
+                "RABBITMQ_MANAGEMENT_URL": self.management_url}
 
     def connection(self) -> pika.BlockingConnection:
         params = pika.ConnectionParameters(

@@ -31,22 +31,41 @@ def producer(queue: str, **settings: str) -> Iterator[tuple[str, int]]:
 
 
 class StreamedUpload:
-    """A POST /upload whose body (a multipart form of `size` bytes) is sent over a raw socket as fast as
-    the server takes it, until the server answers; says when, and how much of the body it had taken."""
+    """A POST /upload whose body (a multipart form of `size` bytes, or of the file at `path`) is sent over a raw
+    socket as fast as the server takes it, until the server answers; says when, and how much of the body it had
+    taken. Unlike an HTTP client, it hears an answer that comes while the body is still going out."""
 
-    def __init__(self, url: str, *, size: int, token: str | None = None) -> None:
+    BOUNDARY = "b"
+    HEAD = (f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n'
+            "Content-Type: text/csv\r\n\r\n").encode()
+    TAIL = f"\r\n--{BOUNDARY}--\r\n".encode()
+
+    def __init__(self, url: str, *, size: int = 0, path: Path | None = None, token: str | None = None) -> None:
         host, port = url.removeprefix("http://").split(":")
         self.sock = socket.create_connection((host, int(port)))
+        self.file = open(path, "rb") if path else None  # noqa: SIM115 - closed by close()
+        if path:
+            size = len(self.HEAD) + path.stat().st_size + len(self.TAIL)
         auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.sock.sendall((f"POST /upload HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Length: {size}\r\n"
-                           "Content-Type: multipart/form-data; boundary=b\r\n\r\n").encode())
+                           f"Content-Type: multipart/form-data; boundary={self.BOUNDARY}\r\n\r\n").encode())
         self.size, self.sent, self.started = size, 0, time.perf_counter()
+
+    def _body(self, chunk: int) -> Iterator[bytes]:
+        if self.file is None:  # a form whose file is `size` bytes of x, never held whole
+            yield self.HEAD.ljust(chunk, b"x")[: self.size]
+            while True:
+                yield b"x" * chunk
+        else:
+            yield self.HEAD
+            while data := self.file.read(chunk):
+                yield data
+            yield self.TAIL
 
     def send_until_answered(self, *, timeout: float, chunk: int = 1 << 16) -> tuple[str, float]:
         """The response's status line ("" if none came) and seconds from the first byte sent to it."""
         self.sock.setblocking(False)
-        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.csv"\r\n\r\n'
-        data = head.ljust(chunk, b"x")
+        body, pending = self._body(chunk), b""
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             writing = [self.sock] if self.sent < self.size else []
@@ -58,14 +77,18 @@ class StreamedUpload:
                     answer = ""
                 return answer.split("\r\n", 1)[0], time.perf_counter() - self.started
             if writable:
+                pending = pending or next(body)[: self.size - self.sent]
                 try:
-                    self.sent += self.sock.send(data[: self.size - self.sent])
+                    sent = self.sock.send(pending)
                 except OSError:
                     continue  # the server closed its side; its answer may still be readable
+                self.sent, pending = self.sent + sent, pending[sent:]
         return "", time.perf_counter() - self.started
 
     def close(self) -> None:
         self.sock.close()
+        if self.file:
+            self.file.close()
 
 
 def csv_file(rows: int, poison: frozenset[int] = frozenset()) -> bytes:

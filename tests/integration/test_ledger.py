@@ -129,7 +129,9 @@ def test_an_unreachable_ledger_means_503_and_nothing_published(queue_name: str, 
         response = upload(client, csv_file(10))
         assert response.status_code == 503, response.text
         assert response.json()["error"].startswith("PostgreSQL unavailable, nothing published")
-        assert client.get("/readyz").status_code == 503
+        # /readyz answers from the ledger's watch, which pings every PROBE_SECONDS.
+        wait_for(lambda: client.get("/readyz").status_code == 503, what="/readyz to see PostgreSQL gone", timeout=10,
+                 interval=0.2)
     assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
 
 

@@ -2,7 +2,8 @@
 
 Each ends in the dead-letter queue after WORKER_MAX_ATTEMPTS, with its error, recorded as
 failed in the ledger, while every other row is handled; workers are restarted as a Job's
-restart policy would, and the rows handled twice are counted.
+restart policy would, and the rows handled twice are counted. Each test runs on the local
+RabbitMQ (3.10) and on RabbitMQ 4.0, whose quorum queues default to a delivery limit of 20.
 """
 
 import collections
@@ -26,6 +27,12 @@ from tests.helpers.producer import csv_file
 from tests.helpers.worker import handled, start_worker
 
 ROWS, POISON, PREFETCH, MAX_ATTEMPTS = 300, 100, 20, 3
+
+
+@pytest.fixture
+def broker(each_broker: Broker) -> Broker:
+    """Every test here runs on the local RabbitMQ (3.10) and on 4.0, whose quorum queues count deliveries anew."""
+    return each_broker
 
 
 @pytest.fixture

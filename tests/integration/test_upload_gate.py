@@ -1,10 +1,13 @@
-"""The real producer refuses an upload from its headers alone: without the token, or past MAX_CONCURRENT_UPLOADS."""
+"""The real producer refuses an upload from its headers alone: without the token, while RabbitMQ blocks
+publishers, or past MAX_CONCURRENT_UPLOADS; /readyz says when the broker blocks."""
 
 import time
 
 import httpx
 
+from tests.helpers import wait_for
 from tests.helpers.producer import StreamedUpload, csv_file, producer
+from tests.helpers.rabbitmq_server import DockerRabbitmq
 
 GIGABYTE = 1 << 30
 
@@ -32,3 +35,38 @@ def test_an_upload_past_the_limit_gets_429_at_once_with_retry_after(queue_name: 
     assert second.status_code == 429 and second.headers["retry-after"] == "5"
     assert "MAX_CONCURRENT_UPLOADS" in second.json()["error"]
     assert seconds < 0.5
+
+
+def readiness(url: str) -> tuple[int, float]:
+    started = time.perf_counter()
+    status = httpx.get(f"{url}/readyz", timeout=5).status_code
+    return status, time.perf_counter() - started
+
+
+def test_a_memory_alarm_makes_readyz_503_and_uploads_fail_at_once_until_it_clears(
+        rabbitmq_4: DockerRabbitmq, queue_name: str) -> None:
+    # The session's own broker: an alarm on the shared one would block every other test's publishers.
+    with producer(queue_name, **rabbitmq_4.environment()) as (url, _):
+        wait_for(lambda: readiness(url)[0] == 200, what="the producer to be ready", timeout=30, interval=0.2)
+        rabbitmq_4.rabbitmqctl("set_vm_memory_high_watermark", "absolute", "1")
+        alarm = time.perf_counter()
+        try:
+            wait_for(lambda: readiness(url)[0] == 503, what="/readyz to see the alarm", timeout=10, interval=0.2)
+            noticed = time.perf_counter() - alarm
+            status, probe = readiness(url)
+            started = time.perf_counter()
+            upload = httpx.post(f"{url}/upload", files={"file": ("rows.csv", csv_file(3), "text/csv")}, timeout=30)
+            refused = time.perf_counter() - started
+        finally:
+            rabbitmq_4.rabbitmqctl("set_vm_memory_high_watermark", "0.6")
+        cleared = time.perf_counter()
+        wait_for(lambda: readiness(url)[0] == 200, what="/readyz after the alarm", timeout=10, interval=0.2)
+        recovered = time.perf_counter() - cleared
+        after = httpx.post(f"{url}/upload", files={"file": ("rows.csv", csv_file(3), "text/csv")}, timeout=30)
+    # The watch publishes every PROBE_SECONDS (2 s); the broker says it blocks on the next publish.
+    assert noticed < 3.0 and status == 503 and probe < 0.5, (noticed, status, probe)
+    assert upload.status_code == 503 and refused < 1.0, (upload.status_code, refused)
+    assert "RabbitMQ blocks publishers: low on memory" in upload.json()["error"], upload.json()
+    assert upload.headers["retry-after"] == "5"
+    assert recovered < 3.0
+    assert after.status_code == 200 and rabbitmq_4.depth(queue_name) == 3, after.text
