@@ -3,14 +3,11 @@
 # fetches it with Maven and runs it with Java). Installs them (as root, or with sudo) when either is
 # missing. Idempotent.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if command -v mvn >/dev/null && command -v java >/dev/null; then
   echo "perftest: $(mvn -B -v 2>/dev/null | head -1) and java already installed"
   exit 0
 fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "perftest: installing Debian's maven and default-jre-headless"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends maven default-jre-headless >/dev/null
+apt_install perftest maven default-jre-headless
 echo "perftest: $(mvn -B -v 2>/dev/null | head -1) installed"

@@ -3,14 +3,11 @@
 # services (tests/e2e/test_prometheus.py). Installs it (as root, or with sudo) when missing; the
 # test starts its own server on a free port, so the package's service is not needed. Idempotent.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if command -v prometheus >/dev/null; then
   echo "prometheus: $(prometheus --version 2>&1 | head -1) already installed"
   exit 0
 fi
-sudo=""
-[ "$(id -u)" -eq 0 ] || sudo="sudo"
-echo "prometheus: installing Debian's prometheus"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+apt_install prometheus prometheus
 echo "prometheus: $(prometheus --version 2>&1 | head -1) installed"
