@@ -134,3 +134,18 @@ def test_rows_are_handled_worker_concurrency_at_a_time_each_once(
     # The prefetch was raised to keep 8 busy; none of the rows came back unacked.
     assert max(int(n) for n in peaks.read_text().split()) == 8
     assert broker.depth(queue_name) == 0
+
+
+def test_sigterm_lets_the_rows_in_hand_finish_at_any_concurrency(broker: Broker, queue_name: str,
+                                                                  tmp_path: Path) -> None:
+    record, peaks = tmp_path / "handled", tmp_path / "peaks"
+    broker.publish_rows(queue_name, rows(10))
+    worker = start_worker(queue_name, record, "overlapping", SLOW_SECONDS="2", PEAK_FILE=str(peaks),
+                          WORKER_CONCURRENCY="4", WORKER_PREFETCH="1")
+    # It holds twice its concurrency (and the first row, taken before it widened its prefetch to that).
+    wait_for(lambda: broker.depth(queue_name) <= 2, what="the worker to take its rows", timeout=30, interval=0.1)
+    time.sleep(0.5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=10) == 0
+    assert sum(handled(record).values()) == 4
+    assert broker.depth(queue_name) == 6
