@@ -89,9 +89,14 @@ def migration_hint(queue: str, reason: str) -> str:
             "'Upgrading to quorum queues'")
 
 
+# Made once: json.dumps with options other than its defaults builds a new encoder on every call,
+# a tenth of the producer's time per row.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -> tuple[bytes, pika.BasicProperties]:
     """Body and properties of the message for one row."""
-    body = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    body = _ENCODER.encode(row).encode()
     properties = pika.BasicProperties(
         content_type=CONTENT_TYPE,
         delivery_mode=pika.DeliveryMode.Persistent,
