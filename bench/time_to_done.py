@@ -34,7 +34,9 @@ def _measure(kube: KubeCluster, path: Path) -> tuple[float, float, float]:
                 started = time.perf_counter()
                 with open(path, "rb") as f:
                     response = api.post("/upload", files={"file": (path.name, f, "text/csv")})
-                return response.raise_for_status().json()["status_url"], started
+                if response.status_code != 200:
+                    raise RuntimeError(f"the upload got {response.status_code}: {response.text}")
+                return response.json()["status_url"], started
 
             kube.kubectl("scale", "-n", namespace, "deployment/scaler", "--replicas=0")
             status_url, started = upload()
