@@ -171,6 +171,9 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     broker.publish_rows(queue, rows(BEFORE))
     before = jobs_wanted(BEFORE, 0)
     wait_for(lambda: job_count(batch, namespace) == before, what=f"{before} Jobs before the fault")
+    # The poll that made them logs them after their Events are sent: its line belongs before the mark.
+    wait_for(lambda: sum(len(e.get("jobs_created", ())) for e in scaler.events()) == before,
+             what=f"the scaler's line for the {before} Jobs", interval=0.1)
 
     mark = len(scaler.events())
     inject()
