@@ -9,14 +9,14 @@ import asyncio
 import uuid
 
 from bench import drain, support
-from worker.handlers import wait_20ms
+from worker.handlers import WAIT_20MS_S, wait_20ms
 
-WAIT_S, CONCURRENCY = 0.020, 32  # the wait of worker.handlers.wait_20ms
-IDEAL = CONCURRENCY / WAIT_S
+CONCURRENCY = 32
+IDEAL = CONCURRENCY / WAIT_20MS_S
 
 
 async def waits_async(_row: dict[str, str]) -> None:
-    await asyncio.sleep(WAIT_S)
+    await asyncio.sleep(WAIT_20MS_S)
 
 
 def run(rows: int = 16_000) -> dict[str, float]:

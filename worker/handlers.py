@@ -23,9 +23,12 @@ def noop(row: dict[str, str]) -> None:
     """Does nothing: for measuring the queue machinery alone."""
 
 
+WAIT_20MS_S = 0.020
+
+
 def wait_20ms(row: dict[str, str]) -> None:
     """Waits 20 ms, as a handler calling another service would: for measuring WORKER_CONCURRENCY and scale-out."""
-    time.sleep(0.020)
+    time.sleep(WAIT_20MS_S)
 
 
 class HandlerNotFound(ValueError):
