@@ -16,6 +16,7 @@ from scaler import events, job_template
 from scaler.jobs import Jobs, KubeError, api_client
 from scaler.loop import Limits, Scaler
 from scaler.pods import WorkerPods
+from scaler.queue_counts import StatsNotReady
 from scaler.queue_depth import ManagementClient
 from tests.helpers import free_port, wait_for
 from tests.helpers.broker import rows
@@ -72,10 +73,25 @@ def management(broker, queue: str, base_url: str | None = None) -> ManagementCli
 
 
 def publish(broker, queue: str, count: int) -> None:
-    """Put `count` messages in `queue` and wait until the management API, which the scaler reads here, reports them."""
+    """Put `count` messages in `queue` and wait until the scaler's own reading of the management API counts them.
+
+    `messages` can appear a statistics emission before `consumers` does, so the wait reads every count the
+    scaler needs, through the scaler's reader.
+    """
     broker.publish_rows(queue, rows(count))
-    wait_for(lambda: broker.reported_messages(queue) == count, what=f"the management API to count {count} in {queue}",
-             timeout=STATS_WAIT_S, interval=0.25)
+    reader = management(broker, queue)
+
+    def counted() -> bool:
+        try:
+            return reader.read().messages == count
+        except StatsNotReady:
+            return False
+
+    try:
+        wait_for(counted, what=f"the management API to count {count} in {queue}", timeout=STATS_WAIT_S,
+                 interval=0.25)
+    finally:
+        reader.close()
 
 
 def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock=time.monotonic,
