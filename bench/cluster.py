@@ -4,12 +4,14 @@ import contextlib
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from kubernetes import client, config
 
 import tests.helpers  # noqa: F401 - puts infra/local-cluster, where the launcher is, on the path
-from tests.helpers.kube import KubeCluster
+from tests.helpers.kube import KubeCluster, deploy
 
 from localcluster import netns
 from localcluster.control_plane import ControlPlane, bin_dir
@@ -47,3 +49,50 @@ def node() -> Iterator[KubeCluster]:
             Node(plane).down()
             plane.down()
             network.delete()
+
+
+@dataclass
+class Deployment:
+    """infra/k8s deployed in a namespace of the cluster, its producer reached through a port-forward."""
+
+    kube: KubeCluster
+    namespace: str
+    api: httpx.Client
+
+    def scale_scaler(self, replicas: int) -> None:
+        self.kube.kubectl("scale", "-n", self.namespace, "deployment/scaler", f"--replicas={replicas}")
+
+    def upload(self, path: Path) -> str:
+        """POST the file and return its status URL; raises, with the producer's answer, unless it says 200."""
+        with open(path, "rb") as f:
+            response = self.api.post("/upload", files={"file": (path.name, f, "text/csv")})
+        if response.status_code != 200:
+            raise RuntimeError(f"the upload got {response.status_code}: {response.text}; rabbitmq-0 restarts: "
+                               f"{self.restarts('rabbitmq-0')}")
+        return response.json()["status_url"]
+
+    def status(self, status_url: str) -> dict:
+        return self.api.get(status_url).raise_for_status().json()
+
+    def restarts(self, pod: str) -> str:
+        """How often `pod`'s containers restarted and why they last ended, e.g. "1 (OOMKilled)"."""
+        read = client.CoreV1Api(self.kube.api_client()).read_namespaced_pod(pod, self.namespace)
+        said = []
+        for container in read.status.container_statuses or []:
+            ended = container.last_state.terminated if container.last_state else None
+            said.append(f"{container.restart_count}" + (f" ({ended.reason})" if ended else ""))
+        return ", ".join(said) or "none"
+
+
+@contextlib.contextmanager
+def deployed(kube: KubeCluster, **settings: str) -> Iterator[Deployment]:
+    """infra/k8s as shipped, `settings` put in kube-job-config, in a fresh namespace for the block."""
+    namespace = kube.namespace()
+    try:
+        token = deploy(kube, namespace, **settings)
+        with kube.port_forward("service/producer", 8000, namespace=namespace) as port, \
+                httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=None,
+                             headers={"Authorization": f"Bearer {token}"}) as api:
+            yield Deployment(kube, namespace, api)
+    finally:
+        kube.kubectl("delete", "namespace", namespace, "--wait=false")

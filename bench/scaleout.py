@@ -14,13 +14,12 @@ and PostgreSQL included; the upload goes through `kubectl port-forward` to the p
 import time
 from pathlib import Path
 
-import httpx
 from kubernetes import client
 
 from bench import cluster, support
 from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
-from tests.helpers.kube import KubeCluster, deploy, queue_depths
+from tests.helpers.kube import KubeCluster, queue_depths
 
 IO_CONCURRENCY = 32
 
@@ -30,45 +29,31 @@ def _unfinished(batch: client.BatchV1Api, namespace: str) -> int:
     return sum(1 for job in jobs if not is_finished(job))
 
 
-def _drain_seconds(kube: KubeCluster, path, *, max_jobs: int) -> float:
-    namespace = kube.namespace()
+def _drain_seconds(kube: KubeCluster, path: Path, *, max_jobs: int) -> float:
     batch = client.BatchV1Api(kube.api_client())
-    try:
-        token = deploy(kube, namespace, SCALER_MAX_JOBS=str(max_jobs))
-        with kube.port_forward("service/producer", 8000, namespace=namespace) as port, open(path, "rb") as f:
-            started = time.perf_counter()
-            httpx.post(f"http://127.0.0.1:{port}/upload", files={"file": (path.name, f, "text/csv")},
-                       headers={"Authorization": f"Bearer {token}"}, timeout=None).raise_for_status()
-        while queue_depths(kube, namespace).get("rows") or _unfinished(batch, namespace):
+    with cluster.deployed(kube, SCALER_MAX_JOBS=str(max_jobs)) as deployment:
+        started = time.perf_counter()
+        deployment.upload(path)
+        while queue_depths(kube, deployment.namespace).get("rows") or _unfinished(batch, deployment.namespace):
             time.sleep(0.5)
         return time.perf_counter() - started
-    finally:
-        kube.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def _io_rows_per_s(kube: KubeCluster, path: Path, *, max_jobs: int) -> float:
-    namespace = kube.namespace()
-    try:
-        token = deploy(kube, namespace, SCALER_MAX_JOBS=str(max_jobs), WORKER_HANDLER="worker.handlers:wait_20ms",
-                       WORKER_CONCURRENCY=str(IO_CONCURRENCY), SCALER_MESSAGES_PER_JOB="100")
+    with cluster.deployed(kube, SCALER_MAX_JOBS=str(max_jobs), WORKER_HANDLER="worker.handlers:wait_20ms",
+                          WORKER_CONCURRENCY=str(IO_CONCURRENCY), SCALER_MESSAGES_PER_JOB="100") as deployment:
         # The backlog is queued in full before any Job starts, so that the rate is the Jobs' alone.
-        kube.kubectl("scale", "-n", namespace, "deployment/scaler", "--replicas=0")
-        with kube.port_forward("service/producer", 8000, namespace=namespace) as port, open(path, "rb") as f:
-            api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=None)
-            upload = api.post("/upload", files={"file": (path.name, f, "text/csv")},
-                              headers={"Authorization": f"Bearer {token}"})
-            status_url = upload.raise_for_status().json()["status_url"]
-            kube.kubectl("scale", "-n", namespace, "deployment/scaler", "--replicas=1")
-            marks: dict[float, float] = {}
-            while len(marks) < 2:
-                status = api.get(status_url).raise_for_status().json()
-                for share in (0.1, 0.9):
-                    if share not in marks and status["done"] >= share * status["rows"]:
-                        marks[share] = time.perf_counter()
-                time.sleep(0.2)
-        return 0.8 * status["rows"] / (marks[0.9] - marks[0.1])
-    finally:
-        kube.kubectl("delete", "namespace", namespace, "--wait=false")
+        deployment.scale_scaler(0)
+        status_url = deployment.upload(path)
+        deployment.scale_scaler(1)
+        marks: dict[float, float] = {}
+        while len(marks) < 2:
+            status = deployment.status(status_url)
+            for share in (0.1, 0.9):
+                if share not in marks and status["done"] >= share * status["rows"]:
+                    marks[share] = time.perf_counter()
+            time.sleep(0.2)
+    return 0.8 * status["rows"] / (marks[0.9] - marks[0.1])
 
 
 def run(rows: int = 100_000, io_rows: int = 100_000) -> dict[str, float]:

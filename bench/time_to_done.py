@@ -11,46 +11,29 @@ The ideal is the slower of the first two; `time_to_done_ratio` is the third over
 import time
 from pathlib import Path
 
-import httpx
-
 from bench import cluster, support
-from tests.helpers.kube import KubeCluster, deploy
+from tests.helpers.kube import KubeCluster
 
 
-def _until_done(api: httpx.Client, status_url: str) -> None:
-    while api.get(status_url).raise_for_status().json()["state"] != "done":
+def _until_done(deployment: cluster.Deployment, status_url: str) -> None:
+    while deployment.status(status_url)["state"] != "done":
         time.sleep(0.2)
 
 
 def _measure(kube: KubeCluster, path: Path) -> tuple[float, float, float]:
-    namespace = kube.namespace()
-    try:
-        token = deploy(kube, namespace, WORKER_HANDLER="worker.handlers:noop")
-        with kube.port_forward("service/producer", 8000, namespace=namespace) as port:
-            api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=None,
-                               headers={"Authorization": f"Bearer {token}"})
-
-            def upload() -> tuple[str, float]:
-                started = time.perf_counter()
-                with open(path, "rb") as f:
-                    response = api.post("/upload", files={"file": (path.name, f, "text/csv")})
-                if response.status_code != 200:
-                    raise RuntimeError(f"the upload got {response.status_code}: {response.text}")
-                return response.json()["status_url"], started
-
-            kube.kubectl("scale", "-n", namespace, "deployment/scaler", "--replicas=0")
-            status_url, started = upload()
-            ingest = time.perf_counter() - started
-            kube.kubectl("scale", "-n", namespace, "deployment/scaler", "--replicas=1")
-            started = time.perf_counter()
-            _until_done(api, status_url)
-            drain = time.perf_counter() - started
-            status_url, started = upload()
-            _until_done(api, status_url)
-            both = time.perf_counter() - started
-        return ingest, drain, both
-    finally:
-        kube.kubectl("delete", "namespace", namespace, "--wait=false")
+    with cluster.deployed(kube, WORKER_HANDLER="worker.handlers:noop") as deployment:
+        deployment.scale_scaler(0)
+        started = time.perf_counter()
+        status_url = deployment.upload(path)
+        ingest = time.perf_counter() - started
+        deployment.scale_scaler(1)
+        started = time.perf_counter()
+        _until_done(deployment, status_url)
+        drain = time.perf_counter() - started
+        started = time.perf_counter()
+        _until_done(deployment, deployment.upload(path))
+        both = time.perf_counter() - started
+    return ingest, drain, both
 
 
 def run(rows: int = 1_000_000) -> dict[str, float]:
