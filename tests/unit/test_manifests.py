@@ -1,5 +1,6 @@
 """What the manifests ship is what the code and the local setup use."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,17 @@ def manifest(name: str, kind: str, object_name: str) -> dict:
 def test_the_shipped_rabbitmq_config_is_the_local_one() -> None:
     shipped = manifest("rabbitmq.yaml", "ConfigMap", "rabbitmq-config")["data"]["20-kube-job.conf"]
     assert shipped == (ROOT / "infra" / "rabbitmq" / "rabbitmq.conf").read_text()
+
+
+def test_rabbitmq_blocks_publishers_well_below_its_pods_memory_limit() -> None:
+    config = manifest("rabbitmq.yaml", "ConfigMap", "rabbitmq-config")["data"]["30-memory.conf"]
+    threshold = re.search(r"^vm_memory_high_watermark\.absolute = (\d+)MiB$", config, re.MULTILINE)
+    assert threshold, config
+    pod = manifest("rabbitmq.yaml", "StatefulSet", "rabbitmq")["spec"]["template"]["spec"]
+    limit = pod["containers"][0]["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    # Erlang's garbage collection can briefly double what a process holds: the alarm must leave room.
+    assert int(threshold.group(1)) <= 0.6 * 1024 * int(limit.removesuffix("Gi"))
 
 
 def test_the_deployed_producer_requires_an_upload_token_from_a_secret() -> None:
