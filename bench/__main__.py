@@ -13,19 +13,16 @@ BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "io": io_handler.run, "memory": memory.run, "reaction": reaction.run,
     "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
 }
-# Run only when named: on the 2-core VM it was written on, its 1M-row upload did not complete against
-# the cluster's RabbitMQ as shipped (issue 14 has what was seen).
-NAMED_ONLY = {"time_to_done"}
 RESULTS = Path(__file__).with_name("results.json")
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help=f"default: all but {', '.join(NAMED_ONLY)}")
+    parser.add_argument("names", nargs="*", choices=[*BENCHMARKS, []], help="default: all")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    for name in args.names or [name for name in BENCHMARKS if name not in NAMED_ONLY]:
+    for name in args.names or BENCHMARKS:
         started = time.monotonic()
         figures = BENCHMARKS[name]()
         print(f"{name} ({time.monotonic() - started:.0f}s)")

@@ -16,6 +16,18 @@ WORK = REPO_ROOT / ".run" / "bench"
 broker = Broker()
 
 
+class MachineCpu:
+    """The machine's busy CPU time (every core, every process) since the mark: what a span cost it."""
+
+    def __init__(self) -> None:
+        self._marked = psutil.cpu_times()
+
+    def busy_s(self) -> float:
+        now = psutil.cpu_times()
+        spent = sum(now) - sum(self._marked)
+        return spent - ((now.idle + now.iowait) - (self._marked.idle + self._marked.iowait))
+
+
 def sample_csv(rows: int) -> Path:
     """A generated CSV of `rows` data rows, made once and kept under .run/bench."""
     path = WORK / f"rows-{rows}.csv"
