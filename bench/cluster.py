@@ -1,7 +1,10 @@
 """A local Kubernetes for the benchmarks that create Jobs (see infra/local-cluster)."""
 
+import collections
 import contextlib
+import glob
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -82,6 +85,60 @@ class Deployment:
             ended = container.last_state.terminated if container.last_state else None
             said.append(f"{container.restart_count}" + (f" ({ended.reason})" if ended else ""))
         return ", ".join(said) or "none"
+
+
+class PodCpu:
+    """CPU seconds that each app's pods in a namespace used, read from the pods' cgroups (cgroup v1).
+
+    Sampled every second, so that a pod which ended (a finished worker Job) keeps its last reading.
+    """
+
+    def __init__(self, kube: KubeCluster, namespace: str) -> None:
+        self._core = client.CoreV1Api(kube.api_client())
+        self._namespace = namespace
+        self._pods: dict[str, tuple[str, float]] = {}  # uid -> (its `app` label, CPU seconds)
+        self._paths: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_every_second, daemon=True)
+        self._thread.start()
+
+    def by_app(self) -> dict[str, float]:
+        """CPU seconds per `app` label until now."""
+        self._sample()
+        totals: collections.defaultdict[str, float] = collections.defaultdict(float)
+        with self._lock:
+            for app, seconds in self._pods.values():
+                totals[app] += seconds
+        return dict(totals)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample_every_second(self) -> None:
+        while not self._stop.wait(1.0):
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            self._read_pods()
+
+    def _read_pods(self) -> None:
+        for pod in self._core.list_namespaced_pod(self._namespace).items:
+            uid = pod.metadata.uid
+            if uid not in self._paths:
+                found = glob.glob(f"/sys/fs/cgroup/cpuacct/kube-job-*/kubepods/**/pod{uid}/cpuacct.usage",
+                                  recursive=True)
+                if not found:
+                    continue
+                self._paths[uid] = found[0]
+            try:
+                with open(self._paths[uid]) as f:
+                    seconds = int(f.read()) / 1e9
+            except FileNotFoundError:  # the pod ended since the listing: keep the last reading
+                continue
+            self._pods[uid] = (pod.metadata.labels.get("app", "other"), seconds)
 
 
 @contextlib.contextmanager
