@@ -18,7 +18,7 @@ from tests.helpers.kube import KubeCluster, deploy
 
 from localcluster import netns
 from localcluster.control_plane import ControlPlane, bin_dir
-from localcluster.node import Node
+from localcluster.node import CGROUPS, Node
 from localcluster.stack import build_images
 
 
@@ -122,23 +122,21 @@ class PodCpu:
 
     def _sample(self) -> None:
         with self._lock:
-            self._read_pods()
-
-    def _read_pods(self) -> None:
-        for pod in self._core.list_namespaced_pod(self._namespace).items:
-            uid = pod.metadata.uid
-            if uid not in self._paths:
-                found = glob.glob(f"/sys/fs/cgroup/cpuacct/kube-job-*/kubepods/**/pod{uid}/cpuacct.usage",
-                                  recursive=True)
-                if not found:
+            for pod in self._core.list_namespaced_pod(self._namespace).items:
+                uid = pod.metadata.uid
+                if uid not in self._paths:
+                    # Under whichever node's cgroup root (localcluster.node): a pod's uid is unique.
+                    found = glob.glob(str(CGROUPS / "cpuacct" / "*" / "kubepods" / "**" / f"pod{uid}" /
+                                          "cpuacct.usage"), recursive=True)
+                    if not found:
+                        continue
+                    self._paths[uid] = found[0]
+                try:
+                    with open(self._paths[uid]) as f:
+                        seconds = int(f.read()) / 1e9
+                except FileNotFoundError:  # the pod ended since the listing: keep the last reading
                     continue
-                self._paths[uid] = found[0]
-            try:
-                with open(self._paths[uid]) as f:
-                    seconds = int(f.read()) / 1e9
-            except FileNotFoundError:  # the pod ended since the listing: keep the last reading
-                continue
-            self._pods[uid] = (pod.metadata.labels.get("app", "other"), seconds)
+                self._pods[uid] = (pod.metadata.labels.get("app", "other"), seconds)
 
 
 @contextlib.contextmanager
