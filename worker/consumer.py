@@ -117,9 +117,10 @@ class Consumer:
                 consumer_tag = self._widen(consumer_tag)
             if self._rows.overdue(time.monotonic()):
                 break
+            now = time.monotonic()
             if self._record_when_due() or self._in_flight:
-                last_activity = time.monotonic()
-            elif time.monotonic() - last_activity >= self.settings.worker_idle_seconds:
+                last_activity = now
+            elif idle_for(now, last_activity, self._settler.retries_back_at) >= self.settings.worker_idle_seconds:
                 # A row may have come back from its delay, and reached us, during that check.
                 if self._retries_waiting() or self._in_flight:
                     last_activity = time.monotonic()  # they come back into the queue after their delay
@@ -225,6 +226,11 @@ class Consumer:
             self._ledger_retry.succeeded()
         self._in_flight -= len(batch)
         self.handled += self._settler.settle(batch)
+
+
+def idle_for(now: float, last_activity: float, retries_back_at: float) -> float:
+    """How long the worker has had nothing to do; a row it retries counts as work until it is due back."""
+    return now - max(last_activity, retries_back_at)
 
 
 def install_sigterm(consumer: Consumer) -> None:

@@ -9,6 +9,7 @@ back no ack but its own.
 
 import collections
 import logging
+import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -93,6 +94,9 @@ class Settler:
         self._channel, self._settings = channel, settings
         self.acks = Acks()
         self.queue = settings.queue_name
+        # When the last row this worker sent to the retry queue is due back (time.monotonic()). On its way
+        # back it is in neither queue for a moment, so counting them cannot tell that it still comes.
+        self.retries_back_at = 0.0
 
     def settle(self, batch: list[Outcome]) -> int:
         """Ack, retry or dead-letter each recorded row; return how many succeeded."""
@@ -135,6 +139,7 @@ class Settler:
             target, properties = message.retry_queue(self.queue), message.retry_properties(
                 delivery.properties, attempt=row.attempt + 1, delay_s=delay)
             counted = metrics.RETRIED
+            self.retries_back_at = max(self.retries_back_at, time.monotonic() + delay)
         self._channel.basic_publish("", target, delivery.body, properties, mandatory=True)
         self._channel.basic_ack(delivery.tag)
         self.acks.settled(delivery.tag)

@@ -1,8 +1,9 @@
-"""Which acks settle rows that finish out of delivery order (worker.settle.Acks)."""
+"""Which acks settle rows that finish out of delivery order (worker.settle.Acks), and when a worker is idle."""
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from worker.consumer import idle_for
 from worker.settle import Acks
 
 
@@ -46,3 +47,10 @@ def test_every_success_is_acked_once_and_a_multiple_ack_never_covers_a_row_in_ha
         assert not acked & set(alone)
         acked |= set(alone)
     assert acked == set(range(1, 40))
+
+
+def test_a_row_sent_to_wait_for_its_retry_keeps_the_worker_from_idling_until_it_is_due_back() -> None:
+    # It is in neither queue for a moment on its way back, so the worker cannot count on seeing it there.
+    assert idle_for(now=10.0, last_activity=4.0, retries_back_at=9.5) == 0.5
+    assert idle_for(now=10.0, last_activity=4.0, retries_back_at=11.0) < 0
+    assert idle_for(now=10.0, last_activity=4.0, retries_back_at=0.0) == 6.0
