@@ -7,6 +7,9 @@ since the last batch are recorded in one ledger transaction before any of them i
 a thread of its own, one batch at a time, so rows keep being delivered and handled meanwhile
 and the next batch grows by what finished during the write.
 
+A few rows arriving on their own are waited on for WORKER_LINGER_SECONDS, so that they are
+handled, recorded and acked in a batch (worker.linger).
+
 A worker starts with a prefetch of 1 and widens it at the first row that is not a
 redelivery, so that after a death the redelivered rows come back one at a time.
 """
@@ -27,6 +30,7 @@ from kubejob import message
 from worker import dead_letters
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable, Retry
+from worker.linger import Linger
 from worker.rows import Rows
 from worker.settings import Settings
 from worker.settle import Delivery, Outcome, Settler
@@ -62,6 +66,7 @@ class Consumer:
         self._in_flight = 0
         self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
+        self._linger = Linger(settings.worker_linger_seconds, settings.prefetch)
         self.handled = 0
 
     def run(self) -> None:
@@ -110,6 +115,9 @@ class Consumer:
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=0.5)
+            if not self._narrow and self._linger.due(time.monotonic(), len(self._arrived), self._ready):
+                time.sleep(self._linger.seconds)
+                self._connection.process_data_events(time_limit=0)
             if self._arrived:
                 self._rows.submit(self._arrived)
                 self._arrived = []
@@ -136,6 +144,10 @@ class Consumer:
         self._connection.close()
         if self._rows.timed_out is not None:
             raise self._rows.timed_out
+
+    def _ready(self) -> int:
+        """Rows ready in the queue (not counting those delivered and not yet acked)."""
+        return self._channel.queue_declare(self.queue, passive=True).method.message_count
 
     def _retries_waiting(self) -> bool:
         """Rows wait in the retry queue, or have just come back from it and not reached us yet."""
