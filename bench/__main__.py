@@ -7,11 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, io_handler, load, memory, reaction, scaleout, time_to_done
+from bench import drain, ingest, io_handler, load, memory, reaction, scaleout, time_to_done, trickle
 
 BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "io": io_handler.run, "memory": memory.run, "reaction": reaction.run,
-    "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
+    "trickle": trickle.run, "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
 
