@@ -3,11 +3,11 @@
 A worker that shares a shallow queue with others, while an upload is still being published,
 gets its rows one or two at a time, and each is then read, handled, recorded in the ledger
 and acked on its own: per row that costs the worker, RabbitMQ and PostgreSQL together about
-1.6 times the CPU of the same rows in batches (`python -m bench trickle`). Waiting
+1.5 times the CPU of the same rows in batches (`python -m bench trickle`). Waiting
 WORKER_LINGER_SECONDS after a delivery of fewer than half the prefetch gathers a batch that
-is handled, recorded in one transaction and acked at once. Only while the queue has no row
-ready behind them, read from the broker at most once a READ_EVERY_S: a worker with a backlog
-never waits.
+is handled, recorded in one transaction and acked at once. It waits only while the queue has
+no row ready behind that delivery (read from the broker at most once every READ_EVERY_S), so
+a worker with a backlog never waits.
 """
 
 from collections.abc import Callable
