@@ -145,14 +145,13 @@ class Consumer:
         if self._rows.timed_out is not None:
             raise self._rows.timed_out
 
-    def _ready(self) -> int:
-        """Rows ready in the queue (not counting those delivered and not yet acked)."""
-        return self._channel.queue_declare(self.queue, passive=True).method.message_count
+    def _ready(self, name: str | None = None) -> int:
+        """Rows ready in queue `name` (ours by default), not counting those delivered and not yet acked."""
+        return self._channel.queue_declare(name or self.queue, passive=True).method.message_count
 
     def _retries_waiting(self) -> bool:
         """Rows wait in the retry queue, or have just come back from it and not reached us yet."""
-        return any(self._channel.queue_declare(name, passive=True).method.message_count
-                   for name in (message.retry_queue(self.queue), self.queue))
+        return any(self._ready(name) for name in (message.retry_queue(self.queue), self.queue))
 
     def _widen(self, consumer_tag: str) -> str:
         """Take the full prefetch: a new consumer, since the broker applies a prefetch to consumers made after it."""
