@@ -2,10 +2,13 @@
 
 One row at a time that is 50 rows/s; 32 at once, ideally 1,600. The efficiency is the rows
 per second measured over that ideal, for a function (threads) and for a coroutine (tasks on
-an event loop), with the ledger recording every row as shipped.
+an event loop), with the ledger recording every row as shipped. The CPU a row costs the
+worker (all its threads) and the whole machine (RabbitMQ and PostgreSQL too) says what the
+handlers' waiting costs, and so how many such workers a machine holds (`python -m bench scaleout`).
 """
 
 import asyncio
+import time
 import uuid
 
 from bench import drain, support
@@ -25,7 +28,10 @@ def run(rows: int = 16_000) -> dict[str, float]:
     for name, handler in (("io_handler", wait_20ms), ("io_handler_async", waits_async)):
         batch = support.encoded_messages(support.sample_csv(rows), upload_id=f"bench-{uuid.uuid4().hex}")
         drain.fill(queue, batch)
+        worker_cpu, machine_cpu = time.process_time(), support.MachineCpu()
         rate = drain.worker(queue, rows, prefetch=100, handler=handler, concurrency=CONCURRENCY)
-        figures |= {f"{name}_rows_per_s": round(rate), f"{name}_efficiency": round(rate / IDEAL, 3)}
+        figures |= {f"{name}_rows_per_s": round(rate), f"{name}_efficiency": round(rate / IDEAL, 3),
+                    f"{name}_cpu_us_per_row": round((time.process_time() - worker_cpu) / rows * 1e6),
+                    f"{name}_machine_cpu_us_per_row": round(machine_cpu.busy_s() / rows * 1e6)}
     support.broker.delete_queue(queue)
     return figures

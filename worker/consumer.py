@@ -7,8 +7,9 @@ since the last batch are recorded in one ledger transaction before any of them i
 a thread of its own, one batch at a time, so rows keep being delivered and handled meanwhile
 and the next batch grows by what finished during the write.
 
-A few rows arriving on their own are waited on for WORKER_LINGER_SECONDS, so that they are
-handled, recorded and acked in a batch (worker.linger).
+A few rows arriving on their own, and rows finishing while other handlers still run, are
+waited on for up to WORKER_LINGER_SECONDS, so that they are handled, recorded and acked in a
+batch (worker.linger).
 
 A worker starts with a prefetch of 1 and widens it at the first row that is not a
 redelivery, so that after a death the redelivered rows come back one at a time.
@@ -30,12 +31,14 @@ from kubejob import message
 from worker import dead_letters
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable, Retry
-from worker.linger import Linger
+from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings
 from worker.settle import Delivery, Outcome, Settler
 
 log = logging.getLogger(__name__)
+
+POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
 
 
 class BrokerError(Exception):
@@ -67,6 +70,7 @@ class Consumer:
         self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
         self._linger = Linger(settings.worker_linger_seconds, settings.prefetch)
+        self._finished_since: float | None = None  # when the I/O thread first saw the rows in `done` now
         self.handled = 0
 
     def run(self) -> None:
@@ -114,7 +118,7 @@ class Consumer:
         threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
         last_activity = time.monotonic()
         while not self.stopping.is_set():
-            self._connection.process_data_events(time_limit=0.5)
+            self._connection.process_data_events(time_limit=self._record_in(time.monotonic()))
             if not self._narrow and self._linger.due(time.monotonic(), len(self._arrived), self._ready):
                 time.sleep(self._linger.seconds)
                 self._connection.process_data_events(time_limit=0)
@@ -193,18 +197,30 @@ class Consumer:
             self._connection.add_callback_threadsafe(lambda: None)
 
     def _record_when_due(self) -> bool:
-        """Hand what has finished to the ledger thread, unless a batch is there or a retry is not due."""
+        """Hand what has finished to the ledger thread, unless a batch is there, a retry is not due, or it gathers."""
         if self._ledger_error is not None:
             raise LedgerDown(str(self._ledger_error))
-        done = self._rows.done
-        if self._writing or not done or not self._ledger_retry.due(time.monotonic()):
+        if self._record_in(time.monotonic()) > 0:
             return False
+        done, self._finished_since = self._rows.done, None
         # Marked before the batch leaves `done`, so that a redelivered row waiting for all to be recorded never
         # sees neither. The handlers only append, so the first len() outcomes are ours to take.
         self._writing = True
         batch = [done.popleft() for _ in range(len(done))]
         self._batches.put(batch)
         return True
+
+    def _record_in(self, now: float) -> float:
+        """Seconds until the finished rows are to go to the ledger thread; POLL_S while none can."""
+        done = self._rows.done
+        if not done:
+            self._finished_since = None
+        if self._writing or not done or not self._ledger_retry.due(now):
+            return POLL_S
+        if self._finished_since is None:
+            self._finished_since = now
+        return gather_for(self.settings.worker_linger_seconds, self.settings.worker_concurrency,
+                          finished=len(done), running=not self._rows.idle(), since=self._finished_since, now=now)
 
     def _write_batches(self) -> None:
         """The ledger thread: record each batch, then have the I/O thread settle it."""

@@ -201,9 +201,10 @@ class Rows:
                 return  # the process is ending; the broker requeues this row
             self._running.pop(delivery.tag, None)
             self.done.append(outcome or Outcome(delivery, row, error))
-            # Rows already waiting have woken the I/O thread, which takes them all at once.
-            first = len(self.done) == 1
-        if first:
+            # Rows already waiting have woken the I/O thread, which takes them all at once, when enough have
+            # finished or no other is running (worker.linger.gather_for).
+            wake = len(self.done) in (1, self._concurrency) or self._active == 0
+        if wake:
             self._wake()
 
     def _wait_until_all_recorded(self) -> None:
