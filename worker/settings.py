@@ -37,8 +37,9 @@ class Settings(LedgerSettings):
     worker_idle_seconds: float = Field(5.0, gt=0, description="Exit 0 after the queue has been empty this long.")
     worker_linger_seconds: float = Field(
         0.05, ge=0, le=1,
-        description=("After a delivery of fewer rows than half the prefetch, wait this long for more, so that they "
-                     "are recorded and acked in one batch; 0 hands out every delivery at once."),
+        description=("After a delivery of fewer rows than half the prefetch, wait this long for more, and let a "
+                     "finished row wait this long for the handlers still running, so that they are recorded and "
+                     "acked in one batch; 0 hands out and records every row at once."),
     )
     worker_shutdown_seconds: float = Field(
         20.0, gt=0, description="On SIGTERM, how long the row in hand may finish before it is returned."

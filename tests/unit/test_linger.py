@@ -1,6 +1,8 @@
-"""When a worker waits for more rows before handing out a thin delivery (worker.linger)."""
+"""When a worker waits for more rows before handing out a thin delivery, or recording finished ones (worker.linger)."""
 
-from worker.linger import READ_EVERY_S, Linger
+import pytest
+
+from worker.linger import READ_EVERY_S, Linger, gather_for
 
 
 def test_a_few_rows_with_none_behind_them_are_waited_on() -> None:
@@ -32,3 +34,17 @@ def test_the_depth_is_read_from_the_broker_at_most_once_a_period() -> None:
 
 def test_zero_seconds_never_waits() -> None:
     assert not Linger(0.0, prefetch=100).due(now=0.0, arrived=1, ready=lambda: 0)
+
+
+def test_finished_rows_wait_for_the_handlers_still_running_up_to_the_linger() -> None:
+    assert gather_for(0.05, 32, finished=3, running=True, since=10.0, now=10.02) == pytest.approx(0.03)
+    assert gather_for(0.05, 32, finished=3, running=True, since=10.0, now=10.07) == 0.0
+
+
+def test_finished_rows_are_recorded_at_once_when_a_round_of_handlers_finished_or_none_runs() -> None:
+    assert gather_for(0.05, 32, finished=32, running=True, since=10.0, now=10.0) == 0.0
+    assert gather_for(0.05, 32, finished=3, running=False, since=10.0, now=10.0) == 0.0
+
+
+def test_one_row_at_a_time_never_gathers() -> None:
+    assert gather_for(0.05, 1, finished=1, running=True, since=10.0, now=10.0) == 0.0
