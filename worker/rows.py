@@ -201,9 +201,10 @@ class Rows:
                 return  # the process is ending; the broker requeues this row
             self._running.pop(delivery.tag, None)
             self.done.append(outcome or Outcome(delivery, row, error))
-            # Rows already waiting have woken the I/O thread, which takes them all at once, when enough have
-            # finished or no other is running (worker.linger.gather_for).
-            wake = len(self.done) in (1, self._concurrency) or self._active == 0
+            # Rows already waiting have woken the I/O thread, which takes them all at once when a round of
+            # handlers has finished, or at the end of its wait (worker.linger.gather_for). Waking it for each row
+            # that leaves no handler running would cost a wake-up per row at WORKER_CONCURRENCY 1.
+            wake = len(self.done) in (1, self._concurrency)
         if wake:
             self._wake()
 
