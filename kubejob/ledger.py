@@ -7,7 +7,14 @@ drift from the rows. The schema is created and upgraded here, by whichever servi
 first; an advisory lock makes concurrent starts wait for each other.
 """
 
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 import psycopg
+
+T = TypeVar("T")
 
 # Any constant works; it only has to be the same in every service.
 _MIGRATION_LOCK = 4_705_307_263
@@ -80,3 +87,50 @@ def migrate(conninfo: str, *, connect_timeout: float = 10) -> int:
             conn.execute(statements)
             conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
         return len(MIGRATIONS)
+
+
+class Retry:
+    """When to try an unreachable ledger again: doubling waits, and a deadline to give up at."""
+
+    def __init__(self, *, give_up_after_s: float, first_wait_s: float = 0.5, max_wait_s: float = 5.0) -> None:
+        self._give_up_after_s, self._first_wait_s, self._max_wait_s = give_up_after_s, first_wait_s, max_wait_s
+        self.failing_since: float | None = None
+        self._wait_s, self._next = first_wait_s, 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def failed(self, now: float) -> bool:
+        """Note a failure; True when it has failed for longer than allowed."""
+        if self.failing_since is None:
+            self.failing_since, self._wait_s = now, self._first_wait_s
+        self._next, self._wait_s = now + self._wait_s, min(self._wait_s * 2, self._max_wait_s)
+        return now - self.failing_since >= self._give_up_after_s
+
+    def succeeded(self) -> None:
+        self.failing_since, self._next = None, 0.0
+
+
+def keep_trying(attempt: Callable[[], T], *, errors: type[Exception], give_up_after_s: float,
+                log: logging.Logger) -> T:
+    """`attempt()` until it succeeds, a warning for each failure; its error once it has failed for `give_up_after_s`.
+
+    At start, so that a service started with PostgreSQL (as `make up` and a Deployment do)
+    waits for it instead of exiting and being restarted.
+    """
+    retry = Retry(give_up_after_s=give_up_after_s)
+    while True:
+        try:
+            return attempt()
+        except errors as exc:
+            if retry.failed(time.monotonic()):
+                raise
+            error = reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
+            log.warning("ledger unavailable at start, retrying", extra={"error": error})
+        while not retry.due(time.monotonic()):
+            time.sleep(0.1)
+
+
+def reachable(conninfo: str, *, connect_timeout: float) -> None:
+    """Raise psycopg.Error unless PostgreSQL takes a connection."""
+    psycopg.connect(conninfo, connect_timeout=int(max(1, connect_timeout))).close()

@@ -1,4 +1,8 @@
-"""`python -m producer`: serve the API with uvicorn; exit 3 if the ledger cannot be reached at start."""
+"""`python -m producer`: serve the API with uvicorn; exit 3 if the ledger stays unreachable at start.
+
+A producer started with PostgreSQL (`make up`, a Deployment) waits for it for
+PRODUCER_DATABASE_WAIT_SECONDS instead of exiting and being restarted.
+"""
 
 import logging
 import sys
@@ -13,10 +17,13 @@ from producer.settings import Settings
 
 settings = load_or_exit(Settings, "producer")
 logs.configure(settings.log_level, secrets=settings.secrets())
+log = logging.getLogger("producer")
 try:
-    # Here rather than only in the app's start-up, whose failure uvicorn reports as a traceback.
-    ledger.migrate(settings.database_url.get_secret_value(), connect_timeout=settings.database_timeout_seconds)
+    # Waited for here, as the app's start-up would only fail with a traceback; the app migrates the schema.
+    ledger.keep_trying(lambda: ledger.reachable(settings.database_url.get_secret_value(),
+                                                connect_timeout=settings.database_timeout_seconds),
+                       errors=psycopg.Error, give_up_after_s=settings.producer_database_wait_seconds, log=log)
 except psycopg.Error as exc:
-    logging.getLogger("producer").error("ledger unavailable at start", extra={"error": ledger.reason(exc)})
+    log.error("ledger unavailable at start, giving up", extra={"error": ledger.reason(exc)})
     sys.exit(3)
 uvicorn.run(create_app(settings), host="0.0.0.0", port=settings.producer_port, log_config=None)

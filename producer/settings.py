@@ -9,6 +9,9 @@ class Settings(LedgerSettings):
     """The broker and ledger settings, and the upload API's own."""
 
     producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    producer_database_wait_seconds: float = Field(
+        60.0, ge=0, description="How long the producer waits at start for PostgreSQL to answer before it exits 3."
+    )
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
     max_line_bytes: int = Field(1024**2, gt=0, description="Longest accepted CSV line; longer gets 400.")
     upload_token: SecretStr = Field(

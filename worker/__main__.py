@@ -11,12 +11,12 @@ Exit codes (the Job template's podFailurePolicy reads them):
 
 import logging
 import sys
-import time
 
+from kubejob import ledger as schema
 from kubejob import logs, metrics
 from kubejob.settings import EXIT_CONFIG, load_or_exit
 from worker.consumer import BrokerError, Consumer, LedgerDown, QueueMismatch, install_sigterm
-from worker.ledger import Ledger, LedgerUnavailable, Retry
+from worker.ledger import Ledger, LedgerUnavailable
 from worker.rows import RowTimedOut
 from worker.settings import Settings
 
@@ -26,18 +26,13 @@ log = logging.getLogger("worker")
 def open_ledger(settings: Settings) -> Ledger:
     """The ledger, its schema up to date; retried as an unreachable one is while draining."""
     ledger = Ledger(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
-    retry = Retry(give_up_after_s=settings.worker_database_retry_seconds)
-    while True:
-        try:
-            ledger.open()
-            return ledger
-        except LedgerUnavailable as exc:
-            if retry.failed(time.monotonic()):
-                log.error("ledger unavailable, giving up", extra={"error": str(exc)})
-                sys.exit(3)
-            log.warning("ledger unavailable, retrying", extra={"error": str(exc)})
-        while not retry.due(time.monotonic()):
-            time.sleep(0.1)
+    try:
+        schema.keep_trying(ledger.open, errors=LedgerUnavailable,
+                           give_up_after_s=settings.worker_database_retry_seconds, log=log)
+    except LedgerUnavailable as exc:
+        log.error("ledger unavailable, giving up", extra={"error": str(exc)})
+        sys.exit(3)
+    return ledger
 
 
 settings = load_or_exit(Settings, "worker")

@@ -28,9 +28,10 @@ import pika
 import pika.exceptions
 
 from kubejob import message
+from kubejob.ledger import Retry
 from worker import dead_letters
 from worker.handlers import Handler
-from worker.ledger import Ledger, LedgerUnavailable, Retry
+from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings

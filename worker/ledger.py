@@ -22,28 +22,6 @@ class LedgerUnavailable(Exception):
     """PostgreSQL could not be reached or did not take the batch."""
 
 
-class Retry:
-    """When to try an unreachable ledger again: doubling waits, and a deadline to give up at."""
-
-    def __init__(self, *, give_up_after_s: float, first_wait_s: float = 0.5, max_wait_s: float = 5.0) -> None:
-        self._give_up_after_s, self._first_wait_s, self._max_wait_s = give_up_after_s, first_wait_s, max_wait_s
-        self.failing_since: float | None = None
-        self._wait_s, self._next = first_wait_s, 0.0
-
-    def due(self, now: float) -> bool:
-        return now >= self._next
-
-    def failed(self, now: float) -> bool:
-        """Note a failure; True when it has failed for longer than allowed."""
-        if self.failing_since is None:
-            self.failing_since, self._wait_s = now, self._first_wait_s
-        self._next, self._wait_s = now + self._wait_s, min(self._wait_s * 2, self._max_wait_s)
-        return now - self.failing_since >= self._give_up_after_s
-
-    def succeeded(self) -> None:
-        self.failing_since, self._next = None, 0.0
-
-
 @dataclass(frozen=True)
 class RowOutcome:
     """What became of one row: done, or failed for good after `attempts` with `error`."""

@@ -30,6 +30,9 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
     subprocess.run([sys.executable, str(REPO_ROOT / "data" / "generate_data.py"), "--rows", str(ROWS),
                     "--out", str(data)], check=True, capture_output=True)
     token = deploy(kube_node, ns)
+    # Started together with PostgreSQL, the producer waited for it instead of exiting and being restarted.
+    producers = client.CoreV1Api(kube_node.api_client()).list_namespaced_pod(ns, label_selector="app=producer")
+    assert [c.restart_count for p in producers.items for c in p.status.container_statuses] == [0], producers
     with kube_node.port_forward("service/producer", 8000, namespace=ns) as port:
         url = f"http://127.0.0.1:{port}"
         # The manifests turn the token on. A small file: the producer answers 401 from the headers,

@@ -3,21 +3,26 @@
 import collections
 import csv
 import io
+import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from producer.app import create_app
 from producer.settings import Settings
-from tests.helpers import wait_for
+from tests.helpers import REPO_ROOT, wait_for
 from tests.helpers.broker import Broker
-from tests.helpers.producer import csv_file
+from tests.helpers.producer import csv_file, producer
 from tests.helpers.tcp_proxy import TcpProxy
 from tests.helpers.worker import handled, start_worker
 from worker.ledger import Ledger, RowOutcome
@@ -133,6 +138,30 @@ def test_an_unreachable_ledger_means_503_and_nothing_published(queue_name: str, 
         wait_for(lambda: client.get("/readyz").status_code == 503, what="/readyz to see PostgreSQL gone", timeout=10,
                  interval=0.2)
     assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
+
+
+def test_a_producer_started_before_postgresql_waits_for_it_and_serves(queue_name: str, ledger_database: str) -> None:
+    proxy = TcpProxy(urlsplit(ledger_database).port or 5432)
+    proxy.cut("refuse")
+    threading.Timer(2.0, proxy.restore).start()  # PostgreSQL comes after the producer has started
+    with producer(queue_name, DATABASE_URL=through(proxy, ledger_database), DATABASE_TIMEOUT_SECONDS="1",
+                  PRODUCER_DATABASE_WAIT_SECONDS="30") as (url, _pid):
+        assert httpx.get(f"{url}/readyz").status_code == 200
+    proxy.close()
+
+
+def test_a_producer_whose_postgresql_never_comes_exits_3_and_says_why(queue_name: str, ledger_database: str) -> None:
+    proxy = TcpProxy(urlsplit(ledger_database).port or 5432)
+    proxy.cut("refuse")
+    env = os.environ | {"QUEUE_NAME": queue_name, "DATABASE_URL": through(proxy, ledger_database),
+                        "DATABASE_TIMEOUT_SECONDS": "1", "PRODUCER_DATABASE_WAIT_SECONDS": "1"}
+    started = time.monotonic()
+    finished = subprocess.run([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=30)
+    proxy.close()
+    assert finished.returncode == 3, finished.stderr
+    assert "ledger unavailable at start, giving up" in finished.stdout, finished.stdout
+    assert time.monotonic() - started < 15
 
 
 def test_the_same_key_returns_the_same_upload_and_publishes_nothing_again(client: TestClient, broker: Broker,
