@@ -7,6 +7,7 @@ Prometheus, epmd and Erlang distribution) is a free one on loopback, beside the 
 """
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pika.exceptions
+import psutil
 
 from tests.helpers import REPO_ROOT
 from tests.helpers.broker import Broker
@@ -23,6 +25,9 @@ IMAGES_SH = REPO_ROOT / "infra" / "local-cluster" / "images.sh"
 # The settings the manifests ship to RabbitMQ, so that this broker behaves as the deployed one.
 SHIPPED_CONFIG = REPO_ROOT / "infra" / "rabbitmq" / "rabbitmq.conf"
 START_TIMEOUT = 120.0
+# The pid of the test session or bench that started a container: one whose process is gone was
+# never stopped (the session was killed), and the next start removes it.
+OWNER_LABEL = "kube-job-test-owner"
 
 
 def free_ports(count: int) -> list[int]:
@@ -72,7 +77,9 @@ class DockerRabbitmq(Broker):
             "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
         }
         data = ["--tmpfs", "/var/lib/rabbitmq:uid=999,gid=999,mode=0700"] if data_in_memory else []
+        remove_orphans()
         subprocess.run(["docker", "run", "--detach", "--rm", "--name", name, "--network", "host", *data,
+                        "--label", f"{OWNER_LABEL}={os.getpid()}",
                         "--volume", f"{config}:/etc/rabbitmq/rabbitmq.conf:ro",
                         *(f"--env={key}={value}" for key, value in environment.items()), image],
                        check=True, capture_output=True, timeout=60)
@@ -114,3 +121,15 @@ class DockerRabbitmq(Broker):
 
     def stop(self) -> None:
         subprocess.run(["docker", "rm", "--force", self.name], capture_output=True, timeout=60)
+
+
+def remove_orphans() -> list[str]:
+    """Remove the containers whose owning process is gone; return their names."""
+    listed = subprocess.run(["docker", "ps", "--all", "--filter", f"label={OWNER_LABEL}", "--format",
+                             f'{{{{.Names}}}} {{{{.Label "{OWNER_LABEL}"}}}}'],
+                            check=True, capture_output=True, text=True, timeout=30).stdout
+    orphans = [name for name, owner in (line.split() for line in listed.splitlines())
+               if not psutil.pid_exists(int(owner))]
+    if orphans:
+        subprocess.run(["docker", "rm", "--force", *orphans], capture_output=True, timeout=60)
+    return orphans
