@@ -16,8 +16,11 @@ from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
 from kubejob.message import declarations, migration_hint
+from producer import writes
 from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
+
+writes.install()
 
 # The longest one upload holds the event loop, which also answers the probes and the other uploads.
 # Yielding every 500 rows instead, /healthz took 0.74 s with four uploads on a loaded 2-core machine.
