@@ -3,7 +3,7 @@
 pika's BlockingConnection waits for each confirm in turn (about 1.5k msg/s here); keeping a
 window of unconfirmed messages lets the broker confirm them in batches. pika opens the
 connection and the channel and handles the confirms; the messages' frames are built by
-producer.frames and handed to pika's output directly.
+kubejob.frames and handed to pika's output directly.
 """
 
 import asyncio
@@ -17,8 +17,9 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
+from kubejob import frames
 from kubejob.message import declarations, migration_hint
-from producer import frames, writes
+from producer import writes
 from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
 
@@ -87,7 +88,7 @@ class ConfirmingPublisher:
         """Send one message; waits while the window of unconfirmed messages is full."""
         self._raise_if_failed()
         assert self._frames is not None
-        # Channel.basic_publish would marshal the same frames (producer.frames) at four times the cost.
+        # Channel.basic_publish would marshal the same frames (kubejob.frames) at four times the cost.
         self._connection._output_marshaled_frames([self._frames.message(body, properties)])
         self._published += 1
         self._unconfirmed.append(self._published)

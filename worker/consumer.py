@@ -27,7 +27,7 @@ import time
 import pika
 import pika.exceptions
 
-from kubejob import message
+from kubejob import frames, message
 from kubejob.ledger import Retry
 from worker import dead_letters
 from worker.handlers import Handler
@@ -38,6 +38,8 @@ from worker.settings import Settings
 from worker.settle import Delivery, Outcome, Settler
 
 log = logging.getLogger(__name__)
+
+frames.install_decoder()
 
 POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
 
