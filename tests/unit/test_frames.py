@@ -1,6 +1,7 @@
 """kubejob.frames builds the very bytes pika sends for a basic.publish, and reads frames as pika does."""
 
 import decimal
+import struct
 
 import pika
 import pytest
@@ -133,4 +134,13 @@ def test_a_truncated_table_is_pikas_to_report() -> None:
     with pytest.raises(InvalidFieldTypeException):
         pika_decode_frame(bytes(data))
     with pytest.raises(InvalidFieldTypeException):  # not the next frame's bytes read as the table's
+        decode_frame(bytes(data) + deliver())
+
+
+def test_a_truncated_delivery_is_pikas_to_report() -> None:
+    data = bytearray(deliver())
+    data[11] = 200  # the consumer tag claims more than the frame holds
+    with pytest.raises(struct.error):
+        pika_decode_frame(bytes(data))
+    with pytest.raises(struct.error):
         decode_frame(bytes(data) + deliver())
