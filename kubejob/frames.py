@@ -23,8 +23,9 @@ FRAME_OVERHEAD = 8  # type, channel, size (7 bytes) and the end octet
 BASIC_CLASS, PUBLISH_METHOD, DELIVER_METHOD = 60, 40, 60
 # Property flags, in the order their values follow (AMQP 0-9-1 basic properties).
 CONTENT_TYPE, HEADERS, DELIVERY_MODE, MESSAGE_ID = 0x8000, 0x2000, 0x1000, 0x0080
-NOT_ENCODED = ("content_encoding", "priority", "correlation_id", "reply_to", "expiration", "timestamp", "type",
-               "user_id", "app_id", "cluster_id")
+ENCODED = ("content_type", "headers", "delivery_mode", "message_id")
+# Every other property pika knows, read from pika itself so that one it adds is refused too.
+NOT_ENCODED = tuple(name for name in vars(pika.BasicProperties()) if name not in ENCODED)
 _not_encoded = operator.attrgetter(*NOT_ENCODED)
 _NONE = (None,) * len(NOT_ENCODED)
 DECODED = CONTENT_TYPE | HEADERS | DELIVERY_MODE | MESSAGE_ID
@@ -52,7 +53,7 @@ class Publish:
     def message(self, body: bytes, properties: pika.BasicProperties) -> bytes:
         """The method, header and body frames of one message, as one string of bytes."""
         header = _frame(FRAME_HEADER, self._channel, _content_header(len(body), properties))
-        if len(body) <= self._body_max:
+        if len(body) <= self._body_max:  # nearly every row: no slicing the body
             return b"".join((self._method, header, _frame(FRAME_BODY, self._channel, body) if body else b""))
         parts = [self._method, header]
         for start in range(0, len(body), self._body_max):
