@@ -10,6 +10,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # What a client refused for too many uploads at once is told to wait, in seconds.
 RETRY_AFTER_SECONDS = 5
+# A refused upload's body up to this size is read and dropped before the answer, and the connection stays
+# open: closing one with unread bytes resets it, and `kubectl port-forward` ends for good on such a reset.
+# A larger body, or one of unknown length, is not read: the answer closes the connection at once.
+DROP_BODY_BYTES = 64 * 1024
 
 
 def too_large(max_bytes: int) -> HTTPException:
@@ -85,6 +89,17 @@ class UploadGate:
             finally:
                 self.in_progress -= 1
             return
-        # Connection: close, so the server does not go on to read the body it refused.
-        refusal.headers["Connection"] = "close"
+        if not await _dropped_small_body(scope, receive):
+            # Connection: close, so the server does not go on to read the body it refused.
+            refusal.headers["Connection"] = "close"
         await refusal(scope, receive, send)
+
+
+async def _dropped_small_body(scope: Scope, receive: Receive) -> bool:
+    """Read and drop the request's body if it declares at most DROP_BODY_BYTES; whether it did."""
+    length = Headers(scope=scope).get("content-length", "")
+    if not length.isdigit() or int(length) > DROP_BODY_BYTES:
+        return False
+    while (await receive()).get("more_body", False):
+        pass
+    return True

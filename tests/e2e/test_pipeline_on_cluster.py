@@ -35,8 +35,8 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
     assert [c.restart_count for p in producers.items for c in p.status.container_statuses] == [0], producers
     with kube_node.port_forward("service/producer", 8000, namespace=ns) as port:
         url = f"http://127.0.0.1:{port}"
-        # The manifests turn the token on. A small file: the producer answers 401 from the headers,
-        # and kubectl port-forward ends for good if a refused upload's body is still being sent.
+        # The manifests turn the token on. A small file: the producer reads and drops a refused body
+        # this small before its 401, as kubectl port-forward ends for good if the connection is reset.
         for refused in ({}, {"Authorization": "Bearer not-the-token"}):
             response = httpx.post(url + "/upload", files={"file": ("rows.csv", b"id\n1\n", "text/csv")},
                                   headers=refused, timeout=120)

@@ -1,6 +1,7 @@
 """The real producer refuses an upload from its headers alone: without the token, while RabbitMQ blocks
 publishers, or past MAX_CONCURRENT_UPLOADS; /readyz says when the broker blocks."""
 
+import socket
 import time
 
 import httpx
@@ -21,6 +22,22 @@ def test_an_unauthenticated_1gb_upload_is_refused_within_a_second_having_read_al
     assert seconds < 1.0
     # What the kernel's socket buffers took before the answer came, nothing like the gigabyte.
     assert request.sent < 16 << 20, request.sent
+
+
+def test_a_small_refused_upload_is_read_so_the_connection_goes_on(queue_name: str) -> None:
+    # Left unread, its bytes would reset the connection on close: `kubectl port-forward` dies of that.
+    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\n\r\nid\n1\n\r\n--b--\r\n"
+    with producer(queue_name, UPLOAD_TOKEN="s3cret") as (url, _):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            conn.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
+            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, once more
+            answers = b""
+            while answers.count(b"HTTP/1.1 ") < 2 and (chunk := conn.recv(65536)):
+                answers += chunk
+    assert answers.startswith(b"HTTP/1.1 401 Unauthorized"), answers
+    assert b"HTTP/1.1 200 OK" in answers, answers
 
 
 def test_an_upload_past_the_limit_gets_429_at_once_with_retry_after(queue_name: str) -> None:
