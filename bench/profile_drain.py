@@ -25,6 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--prefetch", type=int, default=1000)
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL")
+    parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--format", choices=["flamegraph", "raw", "speedscope"], default="flamegraph",
                         help="raw: one collapsed stack per line, for grep and scripts")
     parser.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "kube-job-drain-profile.svg")
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> int:
     env = os.environ | {"QUEUE_NAME": queue, "WORKER_HANDLER": "worker.handlers:noop",
                         "WORKER_PREFETCH": str(args.prefetch), "WORKER_IDLE_SECONDS": "0.5",
                         "WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING"}
-    command = [py_spy, "record", "--threads", "--nonblocking", "--rate", "100",
+    command = [py_spy, "record", "--threads", "--nonblocking", "--rate", str(args.rate),
                "--format", args.format, "-o", args.out, *(["--gil"] if args.gil else []),
                "--", sys.executable, "-m", "worker"]
     try:

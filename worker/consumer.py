@@ -27,19 +27,19 @@ import time
 import pika
 import pika.exceptions
 
-from kubejob import frames, message
+from kubejob import message
+from kubejob.frames import Delivery
 from kubejob.ledger import Retry
 from worker import dead_letters
+from worker.deliveries import Deliveries
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings
-from worker.settle import Delivery, Outcome, Settler
+from worker.settle import Outcome, Settler
 
 log = logging.getLogger(__name__)
-
-frames.install_decoder()
 
 POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
 
@@ -86,6 +86,7 @@ class Consumer:
             self._settler = Settler(self._channel, self.settings)
             self._declare()
             self._move_limit_queue()
+            self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries)
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
@@ -116,7 +117,7 @@ class Consumer:
             log.info("rows the broker dead-lettered recorded as failed", extra={"queue": self.queue, "rows": moved})
 
     def _consume(self) -> None:
-        consumer_tag = self._channel.basic_consume(self.queue, self._on_message)
+        consumer_tag = self._deliveries.consume(self.queue, self._on_message)
         self._rows.start()
         threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
         last_activity = time.monotonic()
@@ -143,7 +144,7 @@ class Consumer:
                 self._move_limit_queue()
                 log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
                 break
-        self._channel.basic_cancel(consumer_tag)
+        self._deliveries.cancel(consumer_tag)
         if self._rows.timed_out is not None:
             self._settle_what_finished()
         elif self.stopping.is_set():
@@ -163,9 +164,9 @@ class Consumer:
     def _widen(self, consumer_tag: str) -> str:
         """Take the full prefetch: a new consumer, since the broker applies a prefetch to consumers made after it."""
         self._widen_due = False
-        self._channel.basic_cancel(consumer_tag)
+        self._deliveries.cancel(consumer_tag)
         self._channel.basic_qos(prefetch_count=self.settings.prefetch)
-        return self._channel.basic_consume(self.queue, self._on_message)
+        return self._deliveries.consume(self.queue, self._on_message)
 
     def _settle_what_finished(self) -> None:
         """Record and settle every finished row, the timed-out one included; the rest go back on close."""
@@ -187,11 +188,15 @@ class Consumer:
     def _on_message(
         self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
-        self._in_flight += 1
-        if self._narrow and not method.redelivered:
+        """A message pika read itself (worker.deliveries reads nearly all of them)."""
+        self._on_deliveries([Delivery(method.delivery_tag, properties, body, bool(method.redelivered))])
+
+    def _on_deliveries(self, deliveries: list[Delivery]) -> None:
+        self._in_flight += len(deliveries)
+        if self._narrow and not all(delivery.redelivered for delivery in deliveries):
             self._narrow, self._widen_due = False, True
-        self._settler.acks.delivered(method.delivery_tag)
-        self._arrived.append(Delivery(method.delivery_tag, properties, body, bool(method.redelivered)))
+        self._settler.acks.delivered([delivery.tag for delivery in deliveries])
+        self._arrived += deliveries
 
     def _wake(self) -> None:
         """From a handler: wake the I/O loop to record and ack what finished now."""

@@ -20,11 +20,12 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from kubejob import message
+from kubejob.frames import Delivery
 from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger
 from worker.settings import Settings
-from worker.settle import Delivery, GaveUp, Outcome
+from worker.settle import GaveUp, Outcome
 
 log = logging.getLogger(__name__)
 

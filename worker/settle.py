@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterable
 from typing import NamedTuple
 
-import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from kubejob import message
+from kubejob.frames import Delivery
 from worker import metrics
 from worker.ledger import RowOutcome
 from worker.settings import Settings
@@ -26,13 +26,6 @@ log = logging.getLogger(__name__)
 
 class GaveUp(Exception):
     """A row the worker will not start again: workers kept dying while handling it."""
-
-
-class Delivery(NamedTuple):  # a tuple: made for every row, on the busiest thread
-    tag: int
-    properties: pika.BasicProperties
-    body: bytes
-    redelivered: bool
 
 
 class Outcome(NamedTuple):
@@ -65,9 +58,9 @@ class Acks:
         self._order: collections.deque[int] = collections.deque()
         self._open: dict[int, bool] = {}  # tag -> succeeded, awaiting its ack
 
-    def delivered(self, tag: int) -> None:
-        self._order.append(tag)
-        self._open[tag] = False
+    def delivered(self, tags: list[int]) -> None:
+        self._order.extend(tags)
+        self._open.update(dict.fromkeys(tags, False))
 
     def settled(self, tag: int) -> None:
         """The row was acked by itself (a failure, copied elsewhere first)."""

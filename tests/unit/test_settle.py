@@ -9,8 +9,7 @@ from worker.settle import Acks
 
 def delivered(*tags: int) -> Acks:
     acks = Acks()
-    for tag in tags:
-        acks.delivered(tag)
+    acks.delivered(list(tags))
     return acks
 
 
