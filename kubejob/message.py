@@ -13,9 +13,9 @@ receives what the broker itself dead-letters at the delivery limit, which the wo
 in the ledger and moves on to "<queue>.dead".
 """
 
-import json
 from dataclasses import dataclass
 
+import orjson
 import pika
 
 CONTENT_TYPE = "application/json"
@@ -89,14 +89,9 @@ def migration_hint(queue: str, reason: str) -> str:
             "'Upgrading to quorum queues'")
 
 
-# Made once: json.dumps with options other than its defaults builds a new encoder on every call,
-# a tenth of the producer's time per row.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-
-
 def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -> tuple[bytes, pika.BasicProperties]:
     """Body and properties of the message for one row."""
-    body = _ENCODER.encode(row).encode()
+    body = orjson.dumps(row)  # compact UTF-8, as json.dumps(ensure_ascii=False, separators=(",", ":")) gives
     properties = pika.BasicProperties(
         content_type=CONTENT_TYPE,
         delivery_mode=pika.DeliveryMode.Persistent,
@@ -110,8 +105,8 @@ def decode(body: bytes, properties: pika.BasicProperties) -> Row:
     """The row a message carries; raises BadMessage if the body is not a JSON object."""
     headers = properties.headers or {}
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:  # invalid UTF-8 included
         raise BadMessage(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadMessage("body is not a JSON object")

@@ -1,7 +1,11 @@
 """The producer-to-worker message contract: what one side encodes, the other decodes."""
 
+import json
+
 import pika
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from kubejob import message
 
@@ -15,6 +19,14 @@ def test_what_the_producer_encodes_the_worker_decodes() -> None:
     assert properties.message_id == "u1:3"
     assert properties.content_type == "application/json"
     assert properties.headers == {"upload_id": "u1", "row": 3, "line": 5}
+
+
+@given(st.dictionaries(st.text(), st.text()))
+def test_any_row_is_a_compact_utf8_json_object_any_reader_takes(row: dict[str, str]) -> None:
+    body, properties = message.encode(row, upload_id="u1", row_number=1, line=2)
+    assert json.loads(body.decode("utf-8")) == row
+    assert body == json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    assert message.decode(body, properties).data == row
 
 
 def test_a_retry_keeps_identity_counts_the_attempt_and_waits_its_delay() -> None:
