@@ -27,13 +27,19 @@ def test_prometheus_counts_the_rows_an_upload_published_and_the_workers_handled(
                                   WORKER_METRICS_PORT=str(worker_port), WORKER_IDLE_SECONDS="60")
             try:
                 handled = 'sum(kubejob_worker_rows_total{outcome=~"done|dead_lettered"})'
-                wait_for(lambda: query(server, handled) == ROWS, what=f"Prometheus to count {ROWS} rows handled",
-                         timeout=60)
+                answers(server, handled, ROWS, timeout=60)
                 # Asked while the worker runs: once its target is gone, its series go stale.
-                assert query(server, 'sum(kubejob_worker_rows_total{outcome="done"})') == ROWS - len(POISON)
-                assert query(server, 'sum(kubejob_worker_rows_total{outcome="dead_lettered"})') == len(POISON)
+                answers(server, 'sum(kubejob_worker_rows_total{outcome="done"})', ROWS - len(POISON))
+                answers(server, 'sum(kubejob_worker_rows_total{outcome="dead_lettered"})', len(POISON))
             finally:
                 worker.terminate()
                 worker.wait(timeout=30)
-            assert query(server, "kubejob_producer_rows_published_total") == ROWS
-            assert query(server, 'kubejob_producer_uploads_total{code="200"}') == 1
+            answers(server, "kubejob_producer_rows_published_total", ROWS)
+            answers(server, 'kubejob_producer_uploads_total{code="200"}', 1)
+
+
+def answers(server: str, promql: str, expected: int, timeout: float = 15) -> None:
+    """`promql` comes to `expected`: waited for, since a scrape that times out on a busy machine (the interval,
+    and so the timeout, is 1 s) leaves the series stale, and without an answer, until the next one."""
+    wait_for(lambda: query(server, promql) == expected, what=f"Prometheus to answer {promql} with {expected}",
+             timeout=timeout)
