@@ -13,7 +13,7 @@ receives what the broker itself dead-letters at the delivery limit, which the wo
 in the ledger and moves on to "<queue>.dead".
 """
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 import pika
@@ -25,8 +25,7 @@ class BadMessage(ValueError):
     """A message that no retry can make valid."""
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):  # a tuple: made for every row a worker handles, at half a dataclass's cost
     data: dict[str, str]
     upload_id: str
     row: int

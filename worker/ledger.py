@@ -8,7 +8,7 @@ PostgreSQL that cannot be reached or fails the batch is `LedgerUnavailable`.
 import collections
 import json
 import logging
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import psycopg
 from psycopg_pool import ConnectionPool
@@ -22,8 +22,7 @@ class LedgerUnavailable(Exception):
     """PostgreSQL could not be reached or did not take the batch."""
 
 
-@dataclass(frozen=True)
-class RowOutcome:
+class RowOutcome(NamedTuple):  # a tuple: made for every row recorded, at half a dataclass's cost
     """What became of one row: done, or failed for good after `attempts` with `error`."""
 
     upload_id: str
