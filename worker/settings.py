@@ -15,7 +15,7 @@ class Settings(LedgerSettings):
         description="`module:function` called with each row (a dict); raising means the row failed.",
     )
     worker_prefetch: int = Field(
-        100, ge=1, le=65535,
+        300, ge=1, le=65535,
         description="Unacked messages a worker holds at once; at least twice WORKER_CONCURRENCY is taken.",
     )
     worker_concurrency: int = Field(
