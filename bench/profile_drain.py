@@ -1,7 +1,7 @@
 """`python -m bench.profile_drain`: where one worker's drain spends its time, as a py-spy flame graph.
 
 Fills a fresh queue with producer-shaped rows, then drains it with a real `python -m worker`
-(no-op handler, the real ledger, the drain bench's prefetch) under py-spy, one stack per thread
+(no-op handler, the real ledger, the shipped prefetch unless --prefetch) under py-spy, one stack per thread
 (I/O, handler, ledger). With --gil only the samples of the thread holding the GIL count: the
 Python work the three threads take turns at. Leaves no queue and no ledger rows behind.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 from bench import support
 from bench.drain import _recorded, fill
 from tests.helpers import REPO_ROOT
+from worker.settings import Settings
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_drain", description=__doc__)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--prefetch", type=int, default=1000)
+    parser.add_argument("--prefetch", type=int, default=Settings().worker_prefetch)
     parser.add_argument("--gil", action="store_true", help="only samples that hold the GIL")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
     parser.add_argument("--format", choices=["flamegraph", "raw", "speedscope"], default="flamegraph",

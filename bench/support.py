@@ -1,7 +1,9 @@
 """What the benchmarks share: sample files, memory sampling, and the tests' broker (tests/helpers)."""
 
 import csv
+import statistics
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
@@ -13,6 +15,9 @@ from tests.helpers import REPO_ROOT
 from tests.helpers.broker import Broker
 
 WORK = REPO_ROOT / ".run" / "bench"
+# From one run to the next PerfTest's own rate moves by a fifth on this shared machine: a single
+# pair says more about the moment than about the service.
+ROUNDS = 3
 broker = Broker()
 
 
@@ -26,6 +31,16 @@ class MachineCpu:
         now = psutil.cpu_times()
         spent = sum(now) - sum(self._marked)
         return spent - ((now.idle + now.iowait) - (self._marked.idle + self._marked.iowait))
+
+
+def against_yardstick(ours: Callable[[], float], yardstick: Callable[[], float],
+                      rounds: int = ROUNDS) -> tuple[float, float, list[float]]:
+    """Run ours and the yardstick by turns: the median of each, and each round's ratio (ours over it)."""
+    mine, theirs = [], []
+    for _ in range(rounds):
+        mine.append(ours())
+        theirs.append(yardstick())
+    return statistics.median(mine), statistics.median(theirs), [a / b for a, b in zip(mine, theirs, strict=True)]
 
 
 def sample_csv(rows: int) -> Path:
