@@ -1,7 +1,9 @@
 """Load: 8 concurrent 1M-row uploads while /readyz and /healthz are probed every second, as the kubelet would.
 
 - probes: latency p50/p99/max of each; the max as a ratio of the probe's timeoutSeconds in
-  infra/k8s/producer.yaml (under 1: the pod would have stayed in the Service and alive);
+  infra/k8s/producer.yaml (under 1: the pod would have stayed in the Service and alive); how
+  many took longer than that, the most in a row (the kubelet acts after failureThreshold in a
+  row), and when into the load the slowest came;
 - the uploads past MAX_CONCURRENT_UPLOADS (its default): the slowest 429/503, in seconds;
 - an unauthenticated 1 GB upload sent mid-load (streamed, never on disk): seconds to its 401 and
   the bytes the server had taken by then;
@@ -11,6 +13,7 @@ rows do not weigh on the shared local one, with its data on a tmpfs: on this sha
 its quorum queue throttled the publishers (flow control) to about 1k rows/s.
 """
 
+import itertools
 import os
 import statistics
 import threading
@@ -40,8 +43,8 @@ def probe_timeouts() -> dict[str, float]:
     return {probe["httpGet"]["path"]: float(probe["timeoutSeconds"]) for probe in probes}
 
 
-def _probe(url: str, stop: threading.Event, latencies: list[float], failures: list[str]) -> None:
-    """GET `url` once a second until `stop`, noting each answer's latency and any answer but 200."""
+def _probe(url: str, stop: threading.Event, latencies: list[tuple[float, float]], failures: list[str]) -> None:
+    """GET `url` once a second until `stop`, noting when each was sent, its latency, and any answer but 200."""
     with httpx.Client(timeout=30) as client:
         while not stop.is_set():
             started = time.perf_counter()
@@ -51,7 +54,7 @@ def _probe(url: str, stop: threading.Event, latencies: list[float], failures: li
                     failures.append(str(status))
             except httpx.HTTPError as exc:
                 failures.append(repr(exc))
-            latencies.append(time.perf_counter() - started)
+            latencies.append((started, time.perf_counter() - started))
             stop.wait(max(0.0, 1.0 - (time.perf_counter() - started)))
 
 
@@ -63,12 +66,18 @@ def _upload(url: str, path: Path) -> tuple[str, float]:
         request.close()
 
 
-def _summary(name: str, latencies: list[float], timeout: float) -> dict[str, float]:
+def _summary(name: str, probes: list[tuple[float, float]], timeout: float, since: float) -> dict[str, float]:
+    latencies = [latency for _, latency in probes]
+    over = [latency > timeout for latency in latencies]
+    in_a_row = max((len(list(run)) for slow, run in itertools.groupby(over) if slow), default=0)
     return {
         f"load_{name}_p50_s": round(statistics.median(latencies), 3),
         f"load_{name}_p99_s": round(statistics.quantiles(latencies, n=100, method="inclusive")[98], 3),
         f"load_{name}_max_s": round(max(latencies), 3),
         f"load_{name}_max_ratio_to_timeout": round(max(latencies) / timeout, 3),
+        f"load_{name}_over_timeout": sum(over),
+        f"load_{name}_most_in_a_row_over_timeout": in_a_row,
+        f"load_{name}_max_at_s": round(max(probes, key=lambda probe: probe[1])[0] - since, 1),
     }
 
 
@@ -80,7 +89,7 @@ def run(uploads: int = UPLOADS, rows: int = ROWS) -> dict[str, float]:
     state.mkdir(parents=True, exist_ok=True)
     broker = DockerRabbitmq.start(state, data_in_memory=True)
     stop = threading.Event()
-    latencies: dict[str, list[float]] = {"/readyz": [], "/healthz": []}
+    latencies: dict[str, list[tuple[float, float]]] = {"/readyz": [], "/healthz": []}
     failures: dict[str, list[str]] = {"/readyz": [], "/healthz": []}
     drained = threading.Event()
     # A consumer keeps the queue short: with millions of rows queued, RabbitMQ 4.0's quorum queue
@@ -91,9 +100,9 @@ def run(uploads: int = UPLOADS, rows: int = ROWS) -> dict[str, float]:
         with producer(queue, UPLOAD_TOKEN=TOKEN, **broker.environment()) as (url, _pid):
             probes = [threading.Thread(target=_probe, args=(url + p, stop, latencies[p], failures[p]))
                       for p in latencies]
+            started = time.perf_counter()
             for thread in probes:
                 thread.start()
-            started = time.perf_counter()
             with ThreadPoolExecutor(uploads) as pool:
                 running = [pool.submit(_upload, url, path) for _ in range(uploads)]
                 stop.wait(MIDWAY_SECONDS)  # into the load: the accepted uploads are publishing by now
@@ -115,8 +124,8 @@ def run(uploads: int = UPLOADS, rows: int = ROWS) -> dict[str, float]:
     assert len(accepted) + len(refused) == uploads, answers
     assert status_401 == "HTTP/1.1 401 Unauthorized", status_401
     return {
-        **_summary("readyz", latencies["/readyz"], timeouts["/readyz"]),
-        **_summary("healthz", latencies["/healthz"], timeouts["/healthz"]),
+        **_summary("readyz", latencies["/readyz"], timeouts["/readyz"], started),
+        **_summary("healthz", latencies["/healthz"], timeouts["/healthz"], started),
         "load_probes": len(latencies["/readyz"]) + len(latencies["/healthz"]),
         "load_probe_failures": len(failures["/readyz"]) + len(failures["/healthz"]),
         "load_uploads_accepted": len(accepted),
