@@ -68,16 +68,17 @@ def _upload(url: str, path: Path) -> tuple[str, float]:
 
 def _summary(name: str, probes: list[tuple[float, float]], timeout: float, since: float) -> dict[str, float]:
     latencies = [latency for _, latency in probes]
+    slowest_at, slowest = max(probes, key=lambda probe: probe[1])
     over = [latency > timeout for latency in latencies]
     in_a_row = max((len(list(run)) for slow, run in itertools.groupby(over) if slow), default=0)
     return {
         f"load_{name}_p50_s": round(statistics.median(latencies), 3),
         f"load_{name}_p99_s": round(statistics.quantiles(latencies, n=100, method="inclusive")[98], 3),
-        f"load_{name}_max_s": round(max(latencies), 3),
-        f"load_{name}_max_ratio_to_timeout": round(max(latencies) / timeout, 3),
+        f"load_{name}_max_s": round(slowest, 3),
+        f"load_{name}_max_ratio_to_timeout": round(slowest / timeout, 3),
         f"load_{name}_over_timeout": sum(over),
         f"load_{name}_most_in_a_row_over_timeout": in_a_row,
-        f"load_{name}_max_at_s": round(max(probes, key=lambda probe: probe[1])[0] - since, 1),
+        f"load_{name}_max_at_s": round(slowest_at - since, 1),
     }
 
 

@@ -1,8 +1,8 @@
 """`python -m bench.profile_drain`: where one worker's drain spends its time, as a py-spy flame graph.
 
 Fills a fresh queue with producer-shaped rows, then drains it with a real `python -m worker`
-(no-op handler, the real ledger, the shipped prefetch unless --prefetch) under py-spy, one stack per thread
-(I/O, handler, ledger). With --gil only the samples of the thread holding the GIL count: the
+(no-op handler, the real ledger, the shipped prefetch unless --prefetch) under py-spy, one stack
+per thread (I/O, handler, ledger). With --gil only the samples of the thread holding the GIL count: the
 Python work the three threads take turns at. Leaves no queue and no ledger rows behind.
 """
 

@@ -5,6 +5,7 @@ import statistics
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pika
 import psutil
@@ -33,14 +34,23 @@ class MachineCpu:
         return spent - ((now.idle + now.iowait) - (self._marked.idle + self._marked.iowait))
 
 
-def against_yardstick(ours: Callable[[], float], yardstick: Callable[[], float],
-                      rounds: int = ROUNDS) -> tuple[float, float, list[float]]:
-    """Run ours and the yardstick by turns: the median of each, and each round's ratio (ours over it)."""
+class Compared(NamedTuple):
+    """Ours and a yardstick, by turns: the median rate of each, the median ratio and each round's."""
+
+    ours: float
+    yardstick: float
+    ratio: float
+    ratios: list[float]
+
+
+def against_yardstick(ours: Callable[[], float], yardstick: Callable[[], float], rounds: int = ROUNDS) -> Compared:
+    """Run ours and the yardstick by turns, `rounds` times each."""
     mine, theirs = [], []
     for _ in range(rounds):
         mine.append(ours())
         theirs.append(yardstick())
-    return statistics.median(mine), statistics.median(theirs), [a / b for a, b in zip(mine, theirs, strict=True)]
+    ratios = [a / b for a, b in zip(mine, theirs, strict=True)]
+    return Compared(statistics.median(mine), statistics.median(theirs), statistics.median(ratios), ratios)
 
 
 def sample_csv(rows: int) -> Path:
