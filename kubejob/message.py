@@ -18,6 +18,8 @@ from typing import NamedTuple
 import orjson
 import pika
 
+from kubejob.frames import AnyProperties
+
 CONTENT_TYPE = "application/json"
 
 
@@ -100,7 +102,7 @@ def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -
     return body, properties
 
 
-def decode(body: bytes, properties: pika.BasicProperties) -> Row:
+def decode(body: bytes, properties: AnyProperties) -> Row:
     """The row a message carries; raises BadMessage if the body is not a JSON object."""
     headers = properties.headers or {}
     try:
@@ -117,17 +119,17 @@ def decode(body: bytes, properties: pika.BasicProperties) -> Row:
     )
 
 
-def retry_properties(properties: pika.BasicProperties, *, attempt: int, delay_s: float) -> pika.BasicProperties:
+def retry_properties(properties: AnyProperties, *, attempt: int, delay_s: float) -> pika.BasicProperties:
     """The same message's properties for its next attempt, `delay_s` from now (in "<queue>.retry")."""
     return _copy(properties, attempt=attempt, expiration=str(max(0, round(delay_s * 1000))))
 
 
-def dead_properties(properties: pika.BasicProperties, *, error: str) -> pika.BasicProperties:
+def dead_properties(properties: AnyProperties, *, error: str) -> pika.BasicProperties:
     """The same message's properties as it goes to "<queue>.dead", with the last error."""
     return _copy(properties, error=error)
 
 
-def _copy(properties: pika.BasicProperties, *, expiration: str | None = None,
+def _copy(properties: AnyProperties, *, expiration: str | None = None,
           **headers: object) -> pika.BasicProperties:
     # The broker's own headers describe the old message's journey, not the new one's.
     kept = {k: v for k, v in (properties.headers or {}).items() if not k.startswith("x-")}
