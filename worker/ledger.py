@@ -6,6 +6,7 @@ PostgreSQL that cannot be reached or fails the batch is `LedgerUnavailable`.
 """
 
 import collections
+import contextlib
 import json
 import logging
 from typing import NamedTuple
@@ -52,6 +53,8 @@ UPDATE uploads SET done = uploads.done + counted.done, failed = uploads.failed +
 FROM counted WHERE uploads.id = counted.upload_id
 """
 
+_REDELIVERED = "UPDATE uploads SET redelivered = redelivered + %s WHERE id = %s"
+
 _START = """
 INSERT INTO redelivered_starts AS s (upload_id, row_number, starts) VALUES (%s, %s, 1)
 ON CONFLICT (upload_id, row_number) DO UPDATE SET starts = s.starts + 1, started_at = now()
@@ -80,7 +83,7 @@ class Ledger:
         self._conninfo, self._timeout_s = conninfo, timeout_s
         # Redelivered rows are checked one at a time (see worker.rows), so two connections serve.
         self._pool = ConnectionPool(conninfo, min_size=1, max_size=2, timeout=timeout_s, open=False,
-                                    kwargs={"connect_timeout": int(max(1, timeout_s))})
+                                    kwargs={"connect_timeout": int(max(1, timeout_s)), "autocommit": True})
 
     def open(self) -> None:
         """Bring the schema up to date and open the pool; raises LedgerUnavailable."""
@@ -101,12 +104,13 @@ class Ledger:
                    "{" + ",".join("t" if o.failed else "f" for o in outcomes) + "}",
                    _numbers([o.attempts for o in outcomes]), _array([o.error for o in outcomes]),
                    _array([json.dumps(o.data) if o.data is not None else None for o in outcomes]))
+        statements: list[tuple[str, tuple[object, ...]]] = [(_RECORD, columns)] if outcomes else []
+        statements += [(_REDELIVERED, (count, upload_id)) for upload_id, count in redelivered.items()]
+        alone = len(statements) == 1  # atomic by itself: no BEGIN and COMMIT, each a round trip of its own
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                if outcomes:
-                    conn.execute(_RECORD, columns)
-                for upload_id, count in redelivered.items():
-                    conn.execute("UPDATE uploads SET redelivered = redelivered + %s WHERE id = %s", (count, upload_id))
+            with self._pool.connection() as conn, contextlib.nullcontext() if alone else conn.transaction():
+                for query, parameters in statements:
+                    conn.execute(query, parameters)
         except psycopg.Error as exc:
             raise LedgerUnavailable(schema.reason(exc)) from None
 
