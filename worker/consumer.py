@@ -227,7 +227,7 @@ class Consumer:
             return POLL_S
         if self._finished_since is None:
             self._finished_since = now
-        return gather_for(self.settings.worker_linger_seconds, self.settings.worker_concurrency,
+        return gather_for(self.settings.worker_linger_seconds, self.settings.batch_rows,
                           finished=len(done), running=not self._rows.idle(), since=self._finished_since, now=now)
 
     def _write_batches(self) -> None:

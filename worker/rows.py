@@ -41,7 +41,7 @@ class Rows:
                  wake: Callable[[], None], recording: Callable[[], bool], stopping: threading.Event) -> None:
         self._settings, self._handler, self._ledger = settings, handler, ledger
         self._wake, self._recording, self._stopping = wake, recording, stopping
-        self._concurrency = settings.worker_concurrency
+        self._concurrency, self._batch_rows = settings.worker_concurrency, settings.batch_rows
         self.done: collections.deque[Outcome] = collections.deque()
         self._lock = threading.Lock()
         self._active = 0  # handed to a handler and not finished
@@ -202,10 +202,10 @@ class Rows:
                 return  # the process is ending; the broker requeues this row
             self._running.pop(delivery.tag, None)
             self.done.append(outcome or Outcome(delivery, row, error))
-            # Rows already waiting have woken the I/O thread, which takes them all at once when a round of
-            # handlers has finished, or at the end of its wait (worker.linger.gather_for). Waking it for each row
-            # that leaves no handler running would cost a wake-up per row at WORKER_CONCURRENCY 1.
-            wake = len(self.done) in (1, self._concurrency)
+            # Rows already waiting have woken the I/O thread, which takes them all at once when a batch has
+            # finished, or at the end of its wait (worker.linger.gather_for). Waking it for each row that leaves
+            # no handler running would cost a wake-up per row at WORKER_CONCURRENCY 1.
+            wake = len(self.done) in (1, self._batch_rows)
         if wake:
             self._wake()
 

@@ -63,6 +63,15 @@ class Settings(LedgerSettings):
         """WORKER_PREFETCH, raised so that each of the WORKER_CONCURRENCY handlers has a row waiting behind it."""
         return max(self.worker_prefetch, 2 * self.worker_concurrency)
 
+    @property
+    def batch_rows(self) -> int:
+        """Finished rows recorded and acked at once, with no wait for the handlers still running (worker.linger).
+
+        Half the prefetch: the rows waiting for their ack hold the rest of it, so the handlers
+        still get rows. A single handler's rows are recorded as they finish.
+        """
+        return 1 if self.worker_concurrency == 1 else self.prefetch // 2
+
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` before the next one."""
         return min(self.worker_retry_delay_seconds * 2 ** min(attempt - 1, 60), self.worker_retry_max_delay_seconds)

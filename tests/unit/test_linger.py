@@ -3,6 +3,7 @@
 import pytest
 
 from worker.linger import READ_EVERY_S, Linger, gather_for
+from worker.settings import Settings
 
 
 def test_a_few_rows_with_none_behind_them_are_waited_on() -> None:
@@ -37,14 +38,20 @@ def test_zero_seconds_never_waits() -> None:
 
 
 def test_finished_rows_wait_for_the_handlers_still_running_up_to_the_linger() -> None:
-    assert gather_for(0.05, 32, finished=3, running=True, since=10.0, now=10.02) == pytest.approx(0.03)
-    assert gather_for(0.05, 32, finished=3, running=True, since=10.0, now=10.07) == 0.0
+    assert gather_for(0.05, 150, finished=32, running=True, since=10.0, now=10.02) == pytest.approx(0.03)
+    assert gather_for(0.05, 150, finished=32, running=True, since=10.0, now=10.07) == 0.0
 
 
-def test_finished_rows_are_recorded_at_once_when_a_round_of_handlers_finished_or_none_runs() -> None:
-    assert gather_for(0.05, 32, finished=32, running=True, since=10.0, now=10.0) == 0.0
-    assert gather_for(0.05, 32, finished=3, running=False, since=10.0, now=10.0) == 0.0
+def test_finished_rows_are_recorded_at_once_when_a_batch_finished_or_no_handler_runs() -> None:
+    assert gather_for(0.05, 150, finished=150, running=True, since=10.0, now=10.0) == 0.0
+    assert gather_for(0.05, 150, finished=3, running=False, since=10.0, now=10.0) == 0.0
 
 
 def test_one_row_at_a_time_never_gathers() -> None:
     assert gather_for(0.05, 1, finished=1, running=True, since=10.0, now=10.0) == 0.0
+
+
+def test_a_batch_is_half_the_prefetch_and_a_single_handlers_rows_are_recorded_as_they_finish() -> None:
+    assert Settings(worker_concurrency=32, worker_prefetch=300).batch_rows == 150
+    assert Settings(worker_concurrency=100, worker_prefetch=10).batch_rows == 100  # the prefetch is raised to 200
+    assert Settings(worker_concurrency=1, worker_prefetch=300).batch_rows == 1
