@@ -1,4 +1,4 @@
-"""I/O-bound handlers: one worker whose handler waits 20 ms per row, WORKER_CONCURRENCY 32.
+"""I/O-bound handlers: one worker whose handler waits 20 ms per row, WORKER_CONCURRENCY 32, the shipped prefetch.
 
 One row at a time that is 50 rows/s; 32 at once, ideally 1,600. The efficiency is the rows
 per second measured over that ideal, for a function (threads) and for a coroutine (tasks on
@@ -13,6 +13,7 @@ import uuid
 
 from bench import drain, support
 from worker.handlers import WAIT_20MS_S, wait_20ms
+from worker.settings import Settings
 
 CONCURRENCY = 32
 IDEAL = CONCURRENCY / WAIT_20MS_S
@@ -29,7 +30,7 @@ def run(rows: int = 16_000) -> dict[str, float]:
         batch = support.encoded_messages(support.sample_csv(rows), upload_id=f"bench-{uuid.uuid4().hex}")
         drain.fill(queue, batch)
         worker_cpu, machine_cpu = time.process_time(), support.MachineCpu()
-        rate = drain.worker(queue, rows, prefetch=100, handler=handler, concurrency=CONCURRENCY)
+        rate = drain.worker(queue, rows, prefetch=Settings().worker_prefetch, handler=handler, concurrency=CONCURRENCY)
         figures |= {f"{name}_rows_per_s": round(rate), f"{name}_efficiency": round(rate / IDEAL, 3),
                     f"{name}_cpu_us_per_row": round((time.process_time() - worker_cpu) / rows * 1e6),
                     f"{name}_machine_cpu_us_per_row": round(machine_cpu.busy_s() / rows * 1e6)}
