@@ -8,13 +8,18 @@ three times on the same deployment:
 The ideal is the slower of the first two; `time_to_done_ratio` is the third over it. The busy
 CPU seconds of the whole machine in each phase say whether running both at once cost more
 work than running them one after the other, or only had less of the machine each; each app's
-CPU seconds (its pods' cgroups) say where.
+CPU seconds (its pods' cgroups) say where. The share of the machine's CPU busy in each phase
+says whether the machine set the pace: when the drain alone keeps every core busy, both at
+once cannot take less than the busy CPU seconds of the two phases together, over the cores,
+and the ideal is out of reach of any design on that machine.
 """
 
 import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import psutil
 
 from bench import cluster, support
 from tests.helpers.kube import KubeCluster
@@ -35,8 +40,10 @@ def _measure(kube: KubeCluster, path: Path) -> dict[str, float]:
         def phase(name: str) -> Iterator[None]:
             started, machine, apps = time.perf_counter(), support.MachineCpu(), pods.by_app()
             yield
-            figures[f"time_to_done_{name}_s"] = round(time.perf_counter() - started, 1)
-            figures[f"time_to_done_{name}_machine_cpu_s"] = round(machine.busy_s())
+            seconds, busy = time.perf_counter() - started, machine.busy_s()
+            figures[f"time_to_done_{name}_s"] = round(seconds, 1)
+            figures[f"time_to_done_{name}_machine_cpu_s"] = round(busy)
+            figures[f"time_to_done_{name}_machine_busy"] = round(busy / seconds / psutil.cpu_count(), 3)
             for app, seconds in sorted(pods.by_app().items()):
                 figures[f"time_to_done_{name}_cpu_s_{app}"] = round(seconds - apps.get(app, 0.0), 1)
 
