@@ -15,7 +15,6 @@ and PostgreSQL included; the upload goes through `kubectl port-forward` to the p
 import time
 from pathlib import Path
 
-import psutil
 from kubernetes import client
 
 from bench import cluster, support
@@ -56,7 +55,7 @@ def _io_rows_per_s(kube: KubeCluster, path: Path, *, max_jobs: int) -> tuple[flo
                 began, cpu = time.perf_counter(), support.MachineCpu()
             if cpu is not None and status["done"] >= 0.9 * status["rows"]:
                 seconds = time.perf_counter() - began
-                return 0.8 * status["rows"] / seconds, cpu.busy_s() / seconds / psutil.cpu_count()
+                return 0.8 * status["rows"] / seconds, cpu.busy_share(seconds)
             time.sleep(0.2)
 
 

@@ -33,6 +33,10 @@ class MachineCpu:
         spent = sum(now) - sum(self._marked)
         return spent - ((now.idle + now.iowait) - (self._marked.idle + self._marked.iowait))
 
+    def busy_share(self, seconds: float) -> float:
+        """The share of all the cores busy since the mark, `seconds` ago: near 1, the machine set the pace."""
+        return self.busy_s() / seconds / psutil.cpu_count()
+
 
 class Compared(NamedTuple):
     """Ours and a yardstick, by turns: the median rate of each, the median ratio and each round's."""
