@@ -15,27 +15,22 @@ and PostgreSQL included; the upload goes through `kubectl port-forward` to the p
 import time
 from pathlib import Path
 
-from kubernetes import client
-
 from bench import cluster, support
-from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
-from tests.helpers.kube import KubeCluster, queue_depths
+from tests.helpers.kube import KubeCluster, queue_depths, worker_jobs
 
 IO_CONCURRENCY = 32
 
 
-def _unfinished(batch: client.BatchV1Api, namespace: str) -> int:
-    jobs = batch.list_namespaced_job(namespace, label_selector=LABEL_SELECTOR).items
-    return sum(1 for job in jobs if not is_finished(job))
+def _unfinished(kube: KubeCluster, namespace: str) -> int:
+    return sum(1 for job in worker_jobs(kube, namespace) if not is_finished(job))
 
 
 def _drain_seconds(kube: KubeCluster, path: Path, *, max_jobs: int) -> float:
-    batch = client.BatchV1Api(kube.api_client())
     with cluster.deployed(kube, SCALER_MAX_JOBS=str(max_jobs)) as deployment:
         started = time.perf_counter()
         deployment.upload(path)
-        while queue_depths(kube, deployment.namespace).get("rows") or _unfinished(batch, deployment.namespace):
+        while queue_depths(kube, deployment.namespace).get("rows") or _unfinished(kube, deployment.namespace):
             time.sleep(0.5)
         return time.perf_counter() - started
 

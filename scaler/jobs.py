@@ -91,11 +91,9 @@ class Jobs:
 
     def read(self) -> list[JobView]:
         """Every Job labelled app=worker-job, read live."""
-        listed = self._call(
-            "list jobs", self._api.list_namespaced_job, self._namespace,
-            label_selector=job_template.LABEL_SELECTOR,
-        )
-        return [view(job) for job in listed.items]
+        listed = list_items("list jobs", self._api.list_namespaced_job, self._namespace,
+                            label_selector=job_template.LABEL_SELECTOR, timeout_s=self._timeout_s)
+        return [view(job) for job in listed]
 
     def unfinished(self) -> Unfinished:
         """Jobs labelled app=worker-job that have not completed or failed, read live."""
@@ -123,10 +121,25 @@ def call(what: str, method, *args, timeout_s: float, **kwargs):
         raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
 
 
-def view(job: client.V1Job) -> JobView:
-    """What the scaler needs of a Job."""
-    annotations = job.metadata.annotations or {}
-    return JobView(job.metadata.name, job.metadata.uid, _state(job), annotations.get(job_template.HASH_ANNOTATION, ""))
+def list_items(what: str, method, *args, timeout_s: float, **kwargs) -> list[dict[str, Any]]:
+    """The items of a list call, as the API's JSON; raises KubeError as `call` does.
+
+    The client's model objects are skipped: each one builds a Configuration of its own, which
+    resets the cache of every logger (kubernetes-client/python#1867). Listing 5 Jobs and their
+    pods that way cost the scaler 48 ms of CPU a poll, 5 % of a core at a poll a second.
+    """
+    response = call(what, method, *args, timeout_s=timeout_s, _preload_content=False, **kwargs)
+    try:
+        return json.loads(response.data)["items"]
+    finally:
+        response.release_conn()
+
+
+def view(job: dict[str, Any]) -> JobView:
+    """What the scaler needs of a Job (the API's JSON)."""
+    metadata = job["metadata"]
+    annotations = metadata.get("annotations") or {}
+    return JobView(metadata["name"], metadata["uid"], _state(job), annotations.get(job_template.HASH_ANNOTATION, ""))
 
 
 def count_unfinished(jobs: list[JobView], *, uncounted: frozenset[str] = frozenset()) -> Unfinished:
@@ -136,22 +149,23 @@ def count_unfinished(jobs: list[JobView], *, uncounted: frozenset[str] = frozens
     return Unfinished(pending=sum(1 for job in counted if job.state == "pending"), running=running)
 
 
-def _state(job: client.V1Job) -> str:
+def _state(job: dict[str, Any]) -> str:
+    status = job.get("status") or {}
     if not is_finished(job):
-        return "running" if job.status and (job.status.ready or 0) > 0 else "pending"
-    true = {c.type for c in (job.status and job.status.conditions) or [] if c.status == "True"}
+        return "running" if (status.get("ready") or 0) > 0 else "pending"
+    true = {c["type"] for c in status.get("conditions") or [] if c["status"] == "True"}
     if true & _FAILED:
         return "failed"
     return "complete" if true & _COMPLETE else "finished"
 
 
-def is_finished(job: client.V1Job) -> bool:
-    """Whether the Job will take no more messages: done, failed, or being deleted."""
+def is_finished(job: dict[str, Any]) -> bool:
+    """Whether the Job (the API's JSON) will take no more messages: done, failed, or being deleted."""
     # A Job being deleted is finished for our purpose: its pods are going away.
-    if job.metadata.deletion_timestamp is not None:
+    if job["metadata"].get("deletionTimestamp") is not None:
         return True
-    conditions = (job.status and job.status.conditions) or []
-    return any(c.type in _FINISHED and c.status == "True" for c in conditions)
+    conditions = (job.get("status") or {}).get("conditions") or []
+    return any(c["type"] in _FINISHED and c["status"] == "True" for c in conditions)
 
 
 def _api_message(exc: client.ApiException) -> str:

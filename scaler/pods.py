@@ -1,11 +1,12 @@
 """Reads the worker Jobs' pods through the Kubernetes API, for scaler.stuck to judge."""
 
 from datetime import datetime
+from typing import Any
 
 from kubernetes import client
 
 from scaler import job_template
-from scaler.jobs import call
+from scaler.jobs import list_items
 from scaler.stuck import PodView
 
 # Every call this module makes to the API, as scaler/jobs.py declares its own.
@@ -20,26 +21,28 @@ class WorkerPods:
 
     def read(self) -> list[PodView]:
         """Every pod labelled app=worker-job that has not ended; raises KubeError."""
-        listed = call("list pods", self._api.list_namespaced_pod, self._namespace,
-                      label_selector=job_template.LABEL_SELECTOR, timeout_s=self._timeout_s)
-        return [view(pod) for pod in listed.items if pod.status and pod.status.phase in ("Pending", "Running")]
+        listed = list_items("list pods", self._api.list_namespaced_pod, self._namespace,
+                            label_selector=job_template.LABEL_SELECTOR, timeout_s=self._timeout_s)
+        return [view(pod) for pod in listed if (pod.get("status") or {}).get("phase") in ("Pending", "Running")]
 
 
-def view(pod: client.V1Pod) -> PodView:
-    """The parts of a pod that say whether it is stuck."""
-    owner = next((o for o in pod.metadata.owner_references or [] if o.kind == "Job"), None)
-    status = pod.status
-    scheduled = next((c for c in status.conditions or [] if c.type == "PodScheduled"), None)
+def view(pod: dict[str, Any]) -> PodView:
+    """The parts of a pod (the API's JSON) that say whether it is stuck."""
+    metadata, status = pod["metadata"], pod.get("status") or {}
+    owner: dict[str, Any] = next((o for o in metadata.get("ownerReferences") or [] if o["kind"] == "Job"), {})
+    scheduled: dict[str, Any] = next((c for c in status.get("conditions") or [] if c["type"] == "PodScheduled"), {})
     unschedulable = None
-    if scheduled is not None and scheduled.status == "False" and scheduled.reason == "Unschedulable":
-        since = scheduled.last_transition_time or pod.metadata.creation_timestamp
-        unschedulable = (_seconds(since), scheduled.message or "")
-    waiting = tuple((s.state.waiting.reason or "", s.state.waiting.message or "")
-                    for s in [*(status.init_container_statuses or []), *(status.container_statuses or [])]
-                    if s.state and s.state.waiting)
-    return PodView(name=pod.metadata.name, job_name=owner.name if owner else "", job_uid=owner.uid if owner else "",
-                   created=_seconds(pod.metadata.creation_timestamp), unschedulable=unschedulable, waiting=waiting)
+    if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+        since = scheduled.get("lastTransitionTime") or metadata.get("creationTimestamp")
+        unschedulable = (_seconds(since), scheduled.get("message") or "")
+    containers = [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+    waiting = tuple((s["state"]["waiting"].get("reason") or "", s["state"]["waiting"].get("message") or "")
+                    for s in containers if (s.get("state") or {}).get("waiting") is not None)
+    return PodView(name=metadata["name"], job_name=owner.get("name", ""), job_uid=owner.get("uid", ""),
+                   created=_seconds(metadata.get("creationTimestamp")), unschedulable=unschedulable,
+                   waiting=waiting)
 
 
-def _seconds(when: datetime | None) -> float:
-    return when.timestamp() if when is not None else 0.0
+def _seconds(when: str | None) -> float:
+    """Unix seconds of an API timestamp (RFC 3339, e.g. 2026-01-01T00:01:00Z)."""
+    return datetime.fromisoformat(when).timestamp() if when else 0.0

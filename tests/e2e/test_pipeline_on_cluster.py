@@ -15,10 +15,9 @@ import pytest
 from kubernetes import client
 
 from kubejob.message import dead_letter_queue
-from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
 from tests.helpers import REPO_ROOT, wait_for
-from tests.helpers.kube import deploy, queue_depths
+from tests.helpers.kube import deploy, queue_depths, worker_jobs
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
@@ -54,23 +53,21 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
         status = wait_for(done, what="the upload's state to be done", timeout=DRAIN_TIMEOUT, interval=2)
     assert (status["done"], status["failed"], status["rows"]) == (ROWS, 0, ROWS)
 
-    batch = client.BatchV1Api(kube_node.api_client())
-
     def drained():
-        jobs = batch.list_namespaced_job(ns, label_selector=LABEL_SELECTOR).items
+        jobs = worker_jobs(kube_node, ns)
         return jobs and all(is_finished(j) for j in jobs) and queue_depths(kube_node, ns)["rows"] == 0 and jobs
     jobs = wait_for(drained, what="the queue to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
 
-    assert all(j.status.succeeded for j in jobs), [j.status for j in jobs]
+    assert all(j["status"].get("succeeded") for j in jobs), [j["status"] for j in jobs]
     depths = queue_depths(kube_node, ns)
     assert (depths["rows"], depths[dead_letter_queue("rows")]) == (0, 0), depths
     # The workers' own account of it, read through the apiserver from the kubelet.
-    counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j.metadata.name}", "-n", ns).stdout) for j in jobs]
+    counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j['metadata']['name']}", "-n", ns).stdout) for j in jobs]
     assert sum(counts) >= ROWS, counts
     # Each Job says why the scaler made it, reported by the scaler's pod (POD_NAME from the downward API).
     created = client.EventsV1Api(kube_node.api_client()).list_namespaced_event(
         ns, field_selector="reason=CreatedForBacklog").items
-    assert sorted(e.regarding.uid for e in created) == sorted(j.metadata.uid for j in jobs)
+    assert sorted(e.regarding.uid for e in created) == sorted(j["metadata"]["uid"] for j in jobs)
     assert {e.reporting_instance.startswith("scaler-") for e in created} == {True}, created
 
 

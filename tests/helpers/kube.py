@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client, config
 
 from kubejob.message import encode
-from scaler import events, jobs, pods
+from scaler import events, job_template, jobs, pods
 from tests.helpers import REPO_ROOT, wait_for
 from tests.helpers.broker import Broker
 
@@ -133,6 +133,12 @@ def deploy(kube_node: KubeCluster, namespace: str, **settings: str) -> str:
     for workload in WORKLOADS:
         kube_node.kubectl("rollout", "status", "-n", namespace, workload, "--timeout=300s", timeout=310)
     return token
+
+
+def worker_jobs(kube_node: KubeCluster, namespace: str) -> list[dict]:
+    """The worker Jobs of a namespace as the API's JSON, as the scaler reads them (for scaler.jobs.is_finished)."""
+    return jobs.list_items("list jobs", client.BatchV1Api(kube_node.api_client()).list_namespaced_job, namespace,
+                           label_selector=job_template.LABEL_SELECTOR, timeout_s=30)
 
 
 def queue_depths(kube_node: KubeCluster, namespace: str) -> dict[str, int]:

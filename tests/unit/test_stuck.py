@@ -3,7 +3,6 @@
 from datetime import UTC, datetime
 
 import pytest
-from kubernetes import client
 
 from scaler.pods import view
 from scaler.stuck import PodView, stuck_pods
@@ -45,20 +44,23 @@ def test_the_kubelet_s_two_names_for_a_bad_image_are_one_cause():
         [pod(waiting=(("CrashLoopBackOff", ""),))], now=NOW, grace_s=0)[0].cause
 
 
-def test_a_pod_object_is_read_with_its_job_its_scheduling_and_its_containers():
+def test_a_pod_is_read_from_the_api_s_json_with_its_job_its_scheduling_and_its_containers():
     created, unschedulable_since = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 1, tzinfo=UTC)
-    the_pod = client.V1Pod(
-        metadata=client.V1ObjectMeta(name="p", creation_timestamp=created, owner_references=[
-            client.V1OwnerReference(api_version="batch/v1", kind="Job", name="j", uid="u")]),
-        status=client.V1PodStatus(
-            phase="Pending",
-            conditions=[client.V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
-                                              message="0/1 nodes", last_transition_time=unschedulable_since)],
-            container_statuses=[client.V1ContainerStatus(
-                name="worker", image="x", image_id="", ready=False, restart_count=0,
-                state=client.V1ContainerState(waiting=client.V1ContainerStateWaiting(reason="ErrImagePull",
-                                                                                    message="nope")))]),
-    )
+    the_pod = {
+        "metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z", "ownerReferences": [
+            {"apiVersion": "batch/v1", "kind": "Job", "name": "j", "uid": "u"}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                            "message": "0/1 nodes", "lastTransitionTime": "2026-01-01T00:01:00Z"}],
+            "containerStatuses": [{"name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ErrImagePull", "message": "nope"}}}]},
+    }
     assert view(the_pod) == PodView("p", "j", "u", created.timestamp(),
                                     unschedulable=(unschedulable_since.timestamp(), "0/1 nodes"),
                                     waiting=(("ErrImagePull", "nope"),))
+
+
+def test_a_pod_just_created_has_no_status_yet():
+    assert view({"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"}}) == PodView(
+        "p", "", "", datetime(2026, 1, 1, tzinfo=UTC).timestamp())
