@@ -16,7 +16,7 @@ from kubernetes import client, watch
 
 from bench import cluster, support
 from scaler.job_template import LABEL_SELECTOR
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, die_with_parent
 from tests.helpers.kube import shipped_settings
 
 NAMESPACE = "bench-reaction"
@@ -70,7 +70,7 @@ def run(trials: int = 20) -> dict[str, float]:
             "RABBITMQ_HOST": "localhost", "RABBITMQ_MANAGEMENT_URL": "http://localhost:15672",
             "QUEUE_NAME": QUEUE, "POD_NAMESPACE": NAMESPACE, "KUBECONFIG": str(kubeconfig), "LOG_LEVEL": "WARNING",
         }
-        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env)
+        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
         try:
             chance = random.Random(7)
             poll_s = float(shipped["SCALER_POLL_SECONDS"])

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import answers, free_port, wait_for
+from tests.helpers import answers, die_with_parent, free_port, wait_for
 
 SCRAPE_INTERVAL_S = 1
 
@@ -31,7 +31,8 @@ def prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[str]:
     with (workdir / "prometheus.log").open("wb") as log:
         process = subprocess.Popen(
             [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{url}/-/ready"), what="Prometheus to be ready", timeout=30, interval=0.2)

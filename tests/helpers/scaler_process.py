@@ -7,7 +7,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from tests.helpers import REPO_ROOT, free_port
+from tests.helpers import REPO_ROOT, die_with_parent, free_port
 
 
 class ScalerProcess:
@@ -22,7 +22,7 @@ class ScalerProcess:
         self.log_path = log_path
         with log_path.open("wb") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
+                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
 
     def events(self) -> list[dict]:
         """Every log line so far; a line that is not JSON (a traceback) is kept as its text."""

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, die_with_parent
 
 
 def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
@@ -19,7 +19,8 @@ def start_worker(queue: str, record: Path, handler: str = "record", **env: str) 
         # Workers of a test run side by side on this host: only a test that reads metrics gives a port.
         "WORKER_METRICS_PORT": "0",
     }
-    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment | env)
+    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment | env,
+                            preexec_fn=die_with_parent)
 
 
 def handled(record: Path) -> collections.Counter[str]:

@@ -34,8 +34,8 @@ _prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child aft
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies."""
+def die_with_parent() -> None:
+    """In the child before exec (`preexec_fn`): get SIGTERM when the thread that started it ends."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
@@ -51,7 +51,7 @@ def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None =
         # A new session makes the process a group leader, so stop() reaches its children too.
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, cwd=cwd,
-                                preexec_fn=_die_with_parent if tied else None)
+                                preexec_fn=die_with_parent if tied else None)
     record(name, proc.pid, state=state, argv=argv)
     return proc.pid
 
