@@ -95,6 +95,13 @@ class LedgerSettings(ServiceSettings):
     database_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest wait to connect to PostgreSQL or for a free pooled connection."
     )
+    # RabbitMQ 4.0's own max_message_size; a row's body larger than the broker's limit is refused by it.
+    max_message_bytes: int = Field(
+        16 * 1024**2, gt=0, le=512 * 1024**2,
+        description=("Largest message body (a row as JSON): a larger row is refused at upload, and a larger "
+                     "delivery is dead-lettered by the worker without being held in memory. At most the "
+                     "broker's max_message_size."),
+    )
 
     @field_validator("database_url")
     @classmethod
