@@ -67,6 +67,14 @@ MIGRATIONS = [
     );
     CREATE INDEX redelivered_starts_started_at ON redelivered_starts (started_at);
     """,
+    """
+    -- A publisher now holds its upload by a session advisory lock (producer.ledger), which ends
+    -- with its connection, instead of a lease that outlived a dead producer by a minute.
+    -- `parameters` are what an Idempotency-Key binds besides the file; `error` why publishing
+    -- was refused for good.
+    ALTER TABLE uploads DROP COLUMN publisher, DROP COLUMN publisher_seen,
+        ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}', ADD COLUMN error text;
+    """,
 ]
 
 

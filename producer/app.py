@@ -19,7 +19,7 @@ from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit, UploadGate
-from producer.publisher import BrokerUnavailable, UploadInterrupted
+from producer.publisher import BrokerUnavailable, UploadInterrupted, UploadRefused
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,30 +31,49 @@ async def csv_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.message, "line": exc.line}, status_code=400)
 
 
-async def broker_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+def _uploading(request: Request) -> bool:
+    return request.method == "POST" and request.url.path == "/upload"
+
+
+async def broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("broker unavailable", extra={"reason": str(exc)})
-    return JSONResponse({"error": f"RabbitMQ unavailable, nothing acknowledged: {exc}"}, status_code=503)
+    done = "nothing published" if _uploading(request) else "not ready"
+    return JSONResponse({"error": f"RabbitMQ unavailable, {done}: {exc}"}, status_code=503)
 
 
 async def upload_interrupted(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, UploadInterrupted)
     fields = {"upload_id": exc.upload_id, "rows": exc.rows, "confirmed": exc.confirmed}
-    log.warning("upload interrupted", extra=fields | {"reason": str(exc)})
-    error = (f"publishing stopped after the broker confirmed {exc.confirmed} of {exc.rows} rows ({exc}); send the "
-             "file again with the same Idempotency-Key to publish only the rest")
+    log.warning("upload interrupted", extra=fields | {"reason": str(exc), "key_sent": exc.key_sent})
+    error = f"publishing stopped after the broker confirmed {exc.confirmed} of {exc.rows} rows ({exc}); "
+    if exc.key_sent:
+        error += "send the file again with the same Idempotency-Key to publish only the rest"
+    else:
+        error += (f"those rows stay queued as upload {exc.upload_id}, and the file sent again without an "
+                  "Idempotency-Key is a new upload that queues every row again: send uploads with an "
+                  "Idempotency-Key header, and a retry with it publishes only the rest")
     return JSONResponse({"error": error} | fields, status_code=503)
 
 
-async def ledger_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+async def upload_refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UploadRefused)
+    log.warning("upload refused by the broker", extra={"upload_id": exc.upload_id, "reason": str(exc)})
+    return JSONResponse({"error": str(exc), "upload_id": exc.upload_id}, status_code=413)
+
+
+async def ledger_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("ledger unavailable", extra={"reason": str(exc)})
-    return JSONResponse({"error": f"PostgreSQL unavailable, nothing published: {exc}"}, status_code=503)
+    done = "nothing published" if _uploading(request) else "try again shortly"
+    return JSONResponse({"error": f"PostgreSQL unavailable, {done}: {exc}"}, status_code=503)
 
 
 async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, KeyReused):
-        error = "this Idempotency-Key was used for another file; use a new key for a new file"
-    else:
-        error = "an upload with this Idempotency-Key is being published right now; try again when it has answered"
+        error = (f"this Idempotency-Key was used for {exc.differs}; send the same file and parameters to retry "
+                 "that upload, or use a new key for a new upload")
+        return JSONResponse({"error": error, "upload_id": exc.upload_id}, status_code=409)
+    error = ("an upload with this Idempotency-Key is being published by a request still running; try again when "
+             "it has answered")
     return JSONResponse({"error": error, "upload_id": str(exc)}, status_code=409)
 
 
@@ -82,12 +101,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url, timeout = settings.database_url.get_secret_value(), settings.database_timeout_seconds
     version = await run_in_threadpool(schema.migrate, url, connect_timeout=timeout)
+    # Checked as it is handed out, so that the first request after PostgreSQL came back gets a live connection,
+    # not one that broke while it was gone; a check costs a round trip only after a connection sat unused.
     pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
+                               check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
                                kwargs={"connect_timeout": int(max(1, timeout))})
     await pool.open()
-    # A claim outlives a publisher that stopped confirming (CONFIRM_TIMEOUT_SECONDS) before a retry may take it.
-    claim_timeout = timedelta(seconds=max(30.0, settings.confirm_timeout_seconds * 2))
-    app.state.ledger = Ledger(pool, claim_timeout=claim_timeout)
+    app.state.ledger = Ledger(pool, conninfo=url, connect_timeout=timeout)
     log.info("ledger ready", extra={"schema_version": version})
     app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
@@ -132,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.UploadMetrics)
     app.add_exception_handler(CsvError, csv_error)
     app.add_exception_handler(UploadInterrupted, upload_interrupted)
+    app.add_exception_handler(UploadRefused, upload_refused)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)
     app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
     app.add_exception_handler(KeyReused, key_conflict)

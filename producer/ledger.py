@@ -6,13 +6,15 @@ Errors: a PostgreSQL that cannot be reached or fails a statement becomes `Ledger
 """
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import psycopg
 from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from kubejob import ledger as schema
@@ -23,11 +25,19 @@ class LedgerUnavailable(Exception):
 
 
 class KeyReused(Exception):
-    """The Idempotency-Key was first used with a different file."""
+    """The Idempotency-Key was first used with a different file or other parameters; `differs` says what it was."""
+
+    def __init__(self, upload_id: str, differs: str) -> None:
+        super().__init__(upload_id)
+        self.upload_id, self.differs = upload_id, differs
 
 
 class UploadBusy(Exception):
     """Another request is publishing the upload of this Idempotency-Key right now."""
+
+
+# The class of the session advisory lock (with hashtext(upload id)) that a publisher holds on its upload.
+PUBLISHING_LOCK = 4_705_307
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,21 @@ class Upload:
     published_at: datetime | None
     finished_at: datetime | None
     file_sha256: str | None
+    parameters: dict[str, str]
+    error: str | None
+    publishing: bool  # a live publisher holds it
 
     @property
     def state(self) -> str:
-        """`publishing` until the broker confirmed every row, `done` once every row has an outcome."""
+        """`publishing` (or `interrupted` with no publisher left) until the broker confirmed every row, then
+        `processing`, `done` once every row has an outcome; `failed` when publishing was refused for good."""
         if self.done + self.failed >= self.rows:
             return "done"
-        return "processing" if self.published_at else "publishing"
+        if self.published_at:
+            return "processing"
+        if self.error is not None:
+            return "failed"
+        return "publishing" if self.publishing else "interrupted"
 
 
 @dataclass(frozen=True)
@@ -64,108 +82,150 @@ class FailedRow:
     data: dict[str, str] | None
 
 
-_UPLOAD = """SELECT id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
-                    created_at, published_at, finished_at, file_sha256 FROM uploads"""
+_UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
+                     created_at, published_at, finished_at, file_sha256, parameters, error,
+                     published_at IS NULL AND EXISTS (
+                         SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                         AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
+                         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                     ) AS publishing
+              FROM uploads"""
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """psycopg's errors as LedgerUnavailable, the one error the routes know the ledger by."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise LedgerUnavailable(schema.reason(exc)) from exc
+
+
+class Claim:
+    """A publisher's hold on one upload: a connection of its own holding the upload's session advisory lock.
+
+    The lock ends with the connection, so an upload whose producer died, or lost PostgreSQL,
+    is free for a retry at once, and its state reads `interrupted`.
+    """
+
+    def __init__(self, conn: psycopg.AsyncConnection, upload_id: str) -> None:
+        self._conn, self.upload_id = conn, upload_id
+
+    async def progress(self, confirmed: int) -> None:
+        """The broker has confirmed the first `confirmed` rows: a retry starts after them."""
+        await self._execute("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s",
+                            (confirmed, self.upload_id))
+
+    async def published(self) -> None:
+        """Every row is confirmed: the upload moves on to `processing`."""
+        await self._execute("UPDATE uploads SET confirmed = rows, published_at = now() WHERE id = %s",
+                            (self.upload_id,))
+
+    async def refused(self, error: str, *, confirmed: int) -> None:
+        """Publishing cannot succeed for this file as it is: the upload ends in `failed`."""
+        await self._execute("UPDATE uploads SET confirmed = greatest(confirmed, %s), error = %s WHERE id = %s",
+                            (confirmed, error, self.upload_id))
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def _execute(self, statement: str, params: tuple) -> None:
+        with _translated():
+            await self._conn.execute(statement, params)
 
 
 class Ledger:
     """Queries on a pool of connections; every method raises LedgerUnavailable when PostgreSQL fails."""
 
-    def __init__(self, pool: AsyncConnectionPool, *, claim_timeout: timedelta) -> None:
-        self._pool, self._claim_timeout = pool, claim_timeout
+    def __init__(self, pool: AsyncConnectionPool, *, conninfo: str, connect_timeout: float) -> None:
+        self._pool, self._conninfo, self._connect_timeout = pool, conninfo, int(max(1, connect_timeout))
         self.problem: str | None = None  # as of the last ping of watch()
 
-    async def start(self, *, key: str | None, file_name: str, sha256: str | None, columns: list[str],
-                    rows: int, queue: str, publisher: str) -> Upload:
-        """Record a new upload, or with a known `key` claim its earlier one to publish what is left."""
-        try:
-            async with self._pool.connection() as conn, conn.transaction():
-                if key is not None:
-                    earlier = await self._claim(conn, key=key, sha256=sha256, publisher=publisher)
-                    if earlier is not None:
-                        return earlier
-                cursor = conn.cursor(row_factory=class_row(Upload))
-                await cursor.execute(
-                    """INSERT INTO uploads (id, idempotency_key, file_name, file_sha256, columns, queue, rows,
-                                            publisher, publisher_seen)
-                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
-                       RETURNING id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
-                                 created_at, published_at, finished_at, file_sha256""",
-                    (uuid.uuid4().hex, key, file_name, sha256, columns, queue, rows, publisher))
-                created = await cursor.fetchone()
-                assert created is not None
-                return created
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+    async def start(self, *, key: str | None, file_name: str, sha256: str | None, parameters: dict[str, str],
+                    columns: list[str], rows: int, queue: str) -> tuple[Upload, Claim | None]:
+        """Record a new upload, or find the earlier one of a known `key`, and claim it to publish what is left.
 
-    async def _claim(self, conn: psycopg.AsyncConnection, *, key: str, sha256: str | None,
-                     publisher: str) -> Upload | None:
+        The claim is None for an upload with nothing left to publish (published, or refused for good).
+        Raises KeyReused, UploadBusy, LedgerUnavailable.
+        """
+        with _translated():
+            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
+                                                         connect_timeout=self._connect_timeout)
+        try:
+            with _translated():
+                upload = await self._claim(conn, key=key, file_name=file_name, sha256=sha256, parameters=parameters,
+                                           columns=columns, rows=rows, queue=queue)
+        except BaseException:
+            await conn.close()
+            raise
+        if upload.published_at is not None or upload.error is not None:
+            await conn.close()
+            return upload, None
+        return upload, Claim(conn, upload.id)
+
+    async def _claim(self, conn: psycopg.AsyncConnection, *, key: str | None, file_name: str, sha256: str | None,
+                     parameters: dict[str, str], columns: list[str], rows: int, queue: str) -> Upload:
+        new_id = uuid.uuid4().hex
+        # Held before the insert commits, so that no reader ever sees the new upload without its publisher.
+        await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
+        async with conn.transaction():
+            earlier = await self._earlier(conn, key=key, sha256=sha256, parameters=parameters) if key else None
+            if earlier is None:
+                await conn.execute(
+                    """INSERT INTO uploads (id, idempotency_key, file_name, file_sha256, parameters, columns, queue,
+                                            rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                    (new_id, key, file_name, sha256, Jsonb(parameters), columns, queue, rows))
+        if earlier is None:
+            return await self._read(conn, new_id)
+        await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
+        if earlier.published_at is None and earlier.error is None:
+            locked = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (PUBLISHING_LOCK, earlier.id))
+            if not (await locked.fetchone() or (False,))[0]:
+                raise UploadBusy(earlier.id)
+        # Read again under the lock: the publisher before us moved `confirmed` until it let go.
+        return await self._read(conn, earlier.id)
+
+    @staticmethod
+    async def _earlier(conn: psycopg.AsyncConnection, *, key: str, sha256: str | None,
+                       parameters: dict[str, str]) -> Upload | None:
         # Serialises two first requests with the same key: the second waits for the first's insert.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
         cursor = conn.cursor(row_factory=class_row(Upload))
-        await cursor.execute(_UPLOAD + " WHERE idempotency_key = %s FOR UPDATE", (key,))
+        await cursor.execute(_UPLOAD + " WHERE idempotency_key = %s", (key,))
         earlier = await cursor.fetchone()
         if earlier is None:
             return None
         if earlier.file_sha256 != sha256:
-            raise KeyReused(earlier.id)
-        if earlier.published_at is None:
-            claimed = await conn.execute(
-                """UPDATE uploads SET publisher = %s, publisher_seen = now()
-                   WHERE id = %s AND (publisher IS NULL OR publisher_seen < now() - %s)""",
-                (publisher, earlier.id, self._claim_timeout))
-            if claimed.rowcount == 0:
-                raise UploadBusy(earlier.id)
+            raise KeyReused(earlier.id, "another file")
+        differs = [f"{name} {earlier.parameters.get(name)!r} then, {value!r} now"
+                   for name, value in parameters.items() if earlier.parameters.get(name) != value]
+        if differs:
+            raise KeyReused(earlier.id, f"the same file with other parameters: {'; '.join(differs)}")
         return earlier
 
-    async def progress(self, upload_id: str, *, confirmed: int, publisher: str) -> None:
-        """The broker has confirmed the first `confirmed` rows; the claim is still ours."""
-        await self._execute("""UPDATE uploads SET confirmed = greatest(confirmed, %s), publisher_seen = now()
-                               WHERE id = %s AND publisher = %s""", (confirmed, upload_id, publisher))
-
-    async def published(self, upload_id: str, *, publisher: str) -> None:
-        """Every row is confirmed: the upload moves on to `processing`."""
-        await self._execute("""UPDATE uploads SET confirmed = rows, published_at = now(), publisher = NULL
-                               WHERE id = %s AND publisher = %s""", (upload_id, publisher))
-
-    async def release(self, upload_id: str, *, confirmed: int, publisher: str) -> None:
-        """Publishing stopped part-way: keep how far it got, and let a retry claim the upload."""
-        await self._execute("""UPDATE uploads SET confirmed = greatest(confirmed, %s), publisher = NULL
-                               WHERE id = %s AND publisher = %s""", (confirmed, upload_id, publisher))
+    @staticmethod
+    async def _read(conn: psycopg.AsyncConnection, upload_id: str) -> Upload:
+        cursor = conn.cursor(row_factory=class_row(Upload))
+        await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
+        upload = await cursor.fetchone()
+        assert upload is not None  # uploads are deleted only after LEDGER_RETENTION_DAYS
+        return upload
 
     async def get(self, upload_id: str) -> Upload | None:
-        try:
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=class_row(Upload))
-                await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
-                return await cursor.fetchone()
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+        found = await self._uploads(" WHERE id = %s", (upload_id,))
+        return found[0] if found else None
 
     async def recent(self, *, limit: int, offset: int) -> list[Upload]:
         """Uploads newest first."""
-        try:
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=class_row(Upload))
-                await cursor.execute(_UPLOAD + " ORDER BY created_at DESC, id LIMIT %s OFFSET %s", (limit, offset))
-                return await cursor.fetchall()
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+        return await self._uploads(" ORDER BY created_at DESC, id LIMIT %s OFFSET %s", (limit, offset))
 
     async def unfinished(self, *, limit: int) -> list[Upload]:
         """Uploads not done yet, newest first."""
-        try:
-            async with self._pool.connection() as conn:
-                cursor = conn.cursor(row_factory=class_row(Upload))
-                await cursor.execute(_UPLOAD + " WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s",
-                                     (limit,))
-                return await cursor.fetchall()
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+        return await self._uploads(" WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s", (limit,))
 
     async def failed_rows(self, upload_id: str) -> AsyncIterator[FailedRow]:
         """The upload's dead-lettered rows in row order, streamed from a server-side cursor."""
-        try:
+        with _translated():
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor(name="failed_rows", row_factory=class_row(FailedRow))
                 await cursor.execute(
@@ -173,22 +233,20 @@ class Ledger:
                        WHERE upload_id = %s AND failed ORDER BY row_number""", (upload_id,))
                 async for row in cursor:
                     yield row
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def forget_older_than(self, age: timedelta) -> int:
         """Delete uploads and row outcomes older than `age`; return how many uploads went."""
-        try:
+        with _translated():
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("DELETE FROM row_outcomes WHERE recorded_at < now() - %s", (age,))
                 await conn.execute("DELETE FROM redelivered_starts WHERE started_at < now() - %s", (age,))
                 deleted = await conn.execute("DELETE FROM uploads WHERE created_at < now() - %s", (age,))
                 return deleted.rowcount
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
 
     async def ping(self) -> None:
-        await self._execute("SELECT 1", ())
+        with _translated():
+            async with self._pool.connection() as conn:
+                await conn.execute("SELECT 1")
 
     async def watch(self, every: float) -> None:
         """Ping PostgreSQL every `every` seconds, keeping in `problem` why it did not answer (None if it did).
@@ -204,10 +262,10 @@ class Ledger:
                 self.problem = str(exc)
             await asyncio.sleep(every)
 
-    async def _execute(self, statement: str, params: tuple) -> None:
-        try:
+    async def _uploads(self, where: str, params: tuple) -> list[Upload]:
+        with _translated():
             async with self._pool.connection() as conn:
-                await conn.execute(statement, params)
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+                cursor = conn.cursor(row_factory=class_row(Upload))
+                await cursor.execute(_UPLOAD + where, params)
+                return await cursor.fetchall()
 

@@ -1,7 +1,7 @@
 """Publishes with publisher confirms, many messages in flight, over pika's asyncio adapter.
 
-pika's BlockingConnection waits for each confirm in turn (about 1.5k msg/s here); keeping a
-window of unconfirmed messages lets the broker confirm them in batches. pika opens the
+pika's BlockingConnection waits for each confirm in turn; keeping many messages unconfirmed
+(the caller bounds how many, see producer.routes) lets the broker confirm them in batches. pika opens the
 connection and the channel and handles the confirms; the messages' frames are built by
 kubejob.frames and handed to pika's output directly.
 """
@@ -9,6 +9,7 @@ kubejob.frames and handed to pika's output directly.
 import asyncio
 import collections
 import contextlib
+import re
 import time
 from collections.abc import Callable
 
@@ -30,16 +31,43 @@ writes.install()
 YIELD_SECONDS = 0.005
 
 
+# A body at least this large is remembered with its place, so that the broker's refusal of one can name it.
+LARGE_BODY_BYTES = 1024 * 1024
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
+
+
 class BrokerUnavailable(Exception):
     """RabbitMQ could not be reached, or did not confirm every message."""
 
 
 class UploadInterrupted(BrokerUnavailable):
-    """Publishing an upload stopped part-way; the broker has confirmed its first `confirmed` rows."""
+    """Publishing an upload stopped part-way; the broker has confirmed its first `confirmed` rows.
 
-    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int) -> None:
+    `key_sent`: the request carried an Idempotency-Key, so a retry with it publishes only the rest.
+    """
+
+    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int, key_sent: bool) -> None:
         super().__init__(reason)
-        self.upload_id, self.rows, self.confirmed = upload_id, rows, confirmed
+        self.upload_id, self.rows, self.confirmed, self.key_sent = upload_id, rows, confirmed, key_sent
+
+
+class UploadRefused(Exception):
+    """The broker cannot take this file as it is: the upload is `failed`, and a retry of the same file fails too."""
+
+    def __init__(self, reason: str, *, upload_id: str) -> None:
+        super().__init__(reason)
+        self.upload_id = upload_id
+
+
+class MessageTooLarge(Exception):
+    """The broker refused a message over its max_message_size: no retry of the same file can succeed.
+
+    `published` is the message's place among those this publisher sent (1 for the first).
+    """
+
+    def __init__(self, *, published: int, size: int, limit: int) -> None:
+        super().__init__(f"RabbitMQ refused a message of {size} bytes, over its max_message_size of {limit}")
+        self.published, self.size, self.limit = published, size, limit
 
 
 class ConfirmingPublisher:
@@ -57,6 +85,8 @@ class ConfirmingPublisher:
         self._published = 0
         self._yielded = time.monotonic()
         self._failure: str | None = None
+        self._refused: MessageTooLarge | None = None
+        self._large: list[tuple[int, int]] = []  # (place, size) of each body of LARGE_BODY_BYTES or more
         self._frames: frames.Publish | None = None
         self._declaring: str | None = None  # the queue being declared, until all are
 
@@ -85,18 +115,22 @@ class ConfirmingPublisher:
         await self._close()
 
     async def publish(self, body: bytes, properties: pika.BasicProperties) -> None:
-        """Send one message; waits while the window of unconfirmed messages is full."""
+        """Send one message, unconfirmed; the caller bounds how many wait (`wait_until_confirmed`)."""
         self._raise_if_failed()
         assert self._frames is not None
         # Channel.basic_publish would marshal the same frames (kubejob.frames) at four times the cost.
         self._connection._output_marshaled_frames([self._frames.message(body, properties)])
         self._published += 1
         self._unconfirmed.append(self._published)
-        if len(self._unconfirmed) >= self._settings.publish_window:
-            await self._wait_until(lambda: len(self._unconfirmed) < self._settings.publish_window // 2 + 1)
-        elif time.monotonic() - self._yielded >= YIELD_SECONDS:
+        if len(body) >= LARGE_BODY_BYTES:
+            self._large.append((self._published, len(body)))
+        if time.monotonic() - self._yielded >= YIELD_SECONDS:
             await asyncio.sleep(0)  # let other requests and the broker's confirms in between
             self._yielded = time.monotonic()
+
+    async def wait_until_confirmed(self, count: int) -> None:
+        """Return once the broker has confirmed the first `count` messages."""
+        await self._wait_until(lambda: self.confirmed >= count)
 
     @property
     def confirmed(self) -> int:
@@ -144,8 +178,13 @@ class ConfirmingPublisher:
     def _on_channel_closed(self, _channel: object, reason: Exception) -> None:
         if isinstance(reason, ChannelClosedByBroker) and reason.reply_code == 406 and self._declaring:
             self._fail(migration_hint(self._declaring, reason.reply_text))
-        else:
-            self._fail(f"channel closed: {reason}")
+            return
+        too_large = _TOO_LARGE.search(str(reason))
+        if too_large:
+            size, limit = map(int, too_large.groups())
+            place = next((place for place, length in self._large if length > limit), self.confirmed + 1)
+            self._refused = MessageTooLarge(published=place, size=size, limit=limit)
+        self._fail(f"channel closed: {reason}")
 
     def _on_confirm(self, frame: pika.frame.Method) -> None:
         method = frame.method
@@ -174,6 +213,8 @@ class ConfirmingPublisher:
         self._changed.set()
 
     def _raise_if_failed(self) -> None:
+        if self._refused is not None:
+            raise self._refused
         if self._failure is not None:
             raise BrokerUnavailable(self._failure)
 

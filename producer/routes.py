@@ -4,7 +4,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, UploadFile
@@ -14,15 +13,21 @@ from pydantic import BaseModel
 
 from kubejob import message
 from producer import csv_stream, metrics
-from producer.ledger import Ledger, LedgerUnavailable, Upload
-from producer.publisher import BrokerUnavailable, ConfirmingPublisher, UploadInterrupted
+from producer.ledger import Claim, Ledger, LedgerUnavailable, Upload
+from producer.publisher import (
+    BrokerUnavailable,
+    ConfirmingPublisher,
+    MessageTooLarge,
+    UploadInterrupted,
+    UploadRefused,
+)
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 bearer = HTTPBearer(auto_error=False, description="Needed only when UPLOAD_TOKEN is set.")
-# How often a long upload writes how far the broker has confirmed, so that a retry after the
-# producer itself died re-publishes at most this much.
+# How often a long upload writes how far the broker has confirmed, for its status; the bound on
+# what a retry publishes twice is PUBLISH_WINDOW, kept by writing it more often where needed.
 PROGRESS_SECONDS = 1.0
 
 
@@ -63,15 +68,17 @@ class Error(BaseModel):
 UPLOAD_ERRORS: dict[int | str, dict] = {
     400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
-    413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
     429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
                                          "Retry-After seconds"},
-    409: {"model": Error, "description": "The Idempotency-Key was used with another file, or is being published"},
+    409: {"model": Error, "description": "The Idempotency-Key was used with another file or other parameters, or "
+                                         "its upload is being published by a request still running"},
+    413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES, or RabbitMQ refused one of its "
+                                         "rows as larger than its max_message_size (the upload is `failed`)"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
     503: {"model": Error, "description": "RabbitMQ or PostgreSQL is unreachable, or RabbitMQ blocks publishers (a "
                                          "memory or disk alarm; with Retry-After); `upload_id` and `confirmed` "
-                                         "say how far it got"},
+                                         "say how far it got, the error how to retry"},
 }
 
 
@@ -105,14 +112,18 @@ async def upload(
     summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
                                       delimiter=chosen)
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
-    publisher = uuid.uuid4().hex
-    upload = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
-                                columns=summary.columns, rows=summary.rows, queue=settings.queue_name,
-                                publisher=publisher)
-    if upload.published_at is None:
+    upload, claim = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
+                                       parameters={"delimiter": summary.delimiter}, columns=summary.columns,
+                                       rows=summary.rows, queue=settings.queue_name)
+    if claim is not None:
         file.file.seek(0)
-        await _publish(upload, file.file, delimiter=summary.delimiter, settings=settings, ledger=ledger,
-                       publisher=publisher)
+        try:
+            await _publish(upload, claim, file.file, delimiter=summary.delimiter, settings=settings,
+                           key_sent=idempotency_key is not None)
+        finally:
+            await claim.close()
+    elif upload.error is not None:
+        raise UploadRefused(upload.error, upload_id=upload.id)
     elapsed = round(time.monotonic() - started, 3)
     log.info("upload published", extra={"upload_id": upload.id, "rows": upload.rows, "queue": upload.queue,
                                         "already_confirmed": upload.confirmed, "seconds": elapsed})
@@ -120,10 +131,16 @@ async def upload(
                         status_url=f"/uploads/{upload.id}")
 
 
-async def _publish(upload: Upload, file: BinaryIO, *, delimiter: str, settings: Settings, ledger: Ledger,
-                   publisher: str) -> None:
-    """Publish the rows the broker has not confirmed yet; raise UploadInterrupted saying how far it got."""
-    skip = upload.confirmed
+async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: str, settings: Settings,
+                   key_sent: bool) -> None:
+    """Publish the rows the broker has not confirmed yet; raise UploadInterrupted saying how far it got.
+
+    A row is published only while the ledger's `confirmed` is at most PUBLISH_WINDOW rows behind
+    it, so that a retry after any interruption, the producer's own death included, queues at
+    most that many rows twice.
+    """
+    skip = recorded = upload.confirmed
+    window = settings.publish_window
     broker = ConfirmingPublisher(settings)
     try:
         async with broker:
@@ -132,19 +149,33 @@ async def _publish(upload: Upload, file: BinaryIO, *, delimiter: str, settings: 
             for number, (line, row) in enumerate(records, start=1):
                 if number <= skip:
                     continue
-                await broker.publish(*message.encode(row, upload_id=upload.id, row_number=number, line=line))
-                if time.monotonic() - saved >= PROGRESS_SECONDS:
-                    await ledger.progress(upload.id, confirmed=skip + broker.confirmed, publisher=publisher)
+                if number - recorded > window:
+                    # Half the window confirmed before it is recorded: one write per half a window of rows.
+                    await broker.wait_until_confirmed(number - skip - (window + 1) // 2)
+                if number - recorded > window or time.monotonic() - saved >= PROGRESS_SECONDS:
+                    recorded = skip + broker.confirmed
+                    await claim.progress(recorded)
                     saved = time.monotonic()
+                await broker.publish(*message.encode(row, upload_id=upload.id, row_number=number, line=line))
             await broker.wait_for_confirms()
+    except MessageTooLarge as exc:
+        metrics.ROWS_PUBLISHED.inc(broker.confirmed)
+        error = (f"row {skip + exc.published} is {exc.size} bytes as a message, more than RabbitMQ's "
+                 f"max_message_size ({exc.limit}); the rows before it are queued, the upload has failed: split the "
+                 f"row, or set MAX_MESSAGE_BYTES to at most {exc.limit} so that such files are refused before "
+                 "anything is published")
+        with contextlib.suppress(LedgerUnavailable):
+            await claim.refused(error, confirmed=skip + broker.confirmed)
+        raise UploadRefused(error, upload_id=upload.id) from exc
     except (BrokerUnavailable, LedgerUnavailable) as exc:
         metrics.ROWS_PUBLISHED.inc(broker.confirmed)
         confirmed = skip + broker.confirmed
-        with contextlib.suppress(LedgerUnavailable):  # if so, the claim lapses by itself after its timeout
-            await ledger.release(upload.id, confirmed=confirmed, publisher=publisher)
-        raise UploadInterrupted(str(exc), upload_id=upload.id, rows=upload.rows, confirmed=confirmed) from None
+        with contextlib.suppress(LedgerUnavailable):  # if so, a retry resumes from the last progress recorded
+            await claim.progress(confirmed)
+        raise UploadInterrupted(str(exc), upload_id=upload.id, rows=upload.rows, confirmed=confirmed,
+                                key_sent=key_sent) from exc
     metrics.ROWS_PUBLISHED.inc(broker.confirmed)
-    await ledger.published(upload.id, publisher=publisher)
+    await claim.published()
 
 
 def _sha256(file: BinaryIO) -> str:

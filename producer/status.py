@@ -39,6 +39,7 @@ class UploadStatus(BaseModel):
     created_at: datetime
     published_at: datetime | None
     finished_at: datetime | None
+    error: str | None
     rows_per_second: float | None
     eta_seconds: float | None
     status_url: str
@@ -62,11 +63,14 @@ def pace(upload: Upload, now: datetime) -> tuple[float | None, float | None]:
 
 def status_of(upload: Upload, now: datetime) -> UploadStatus:
     rate, eta = pace(upload, now)
+    # A row with an outcome was confirmed, whether or not the producer has written so yet (it does every
+    # second): so done + failed <= confirmed <= rows in every answer.
+    confirmed = min(upload.rows, max(upload.confirmed, upload.done + upload.failed))
     return UploadStatus(
         upload_id=upload.id, file_name=upload.file_name, queue=upload.queue, state=upload.state,
-        rows=upload.rows, confirmed=upload.confirmed, done=upload.done, failed=upload.failed,
+        rows=upload.rows, confirmed=confirmed, done=upload.done, failed=upload.failed,
         redelivered=upload.redelivered, created_at=upload.created_at, published_at=upload.published_at,
-        finished_at=upload.finished_at, rows_per_second=rate, eta_seconds=eta,
+        finished_at=upload.finished_at, error=upload.error, rows_per_second=rate, eta_seconds=eta,
         status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
     )
 

@@ -3,6 +3,7 @@
 import contextlib
 import socket
 import threading
+from urllib.parse import urlsplit
 
 from tests.helpers import free_port
 
@@ -38,6 +39,12 @@ class TcpProxy:
         self._close_all()  # the black-holed ones
         if self._listener.fileno() == -1:
             self.listen()
+
+    def through(self, url: str) -> str:
+        """`url` (e.g. a postgresql:// one) with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{self.port}"
+        return parts._replace(netloc=netloc).geturl()
 
     def close(self) -> None:
         self._stop_listening()

@@ -38,13 +38,6 @@ def client(queue_name: str) -> Iterator[TestClient]:
         yield client
 
 
-def through(proxy: TcpProxy, url: str) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)[0] + f"@127.0.0.1:{proxy.port}"
-    return parts._replace(netloc=netloc).geturl()
-
-
 def test_an_upload_drained_by_a_worker_is_done_with_every_row_counted(client: TestClient, queue_name: str,
                                                                        tmp_path: Path) -> None:
     response = upload(client, csv_file(500))
@@ -104,7 +97,7 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
         upload_id = upload(client, csv_file(rows)).json()["upload_id"]
         worker = start_worker(queue_name, tmp_path / "handled", "slow", SLOW_SECONDS="0.01",
-                              DATABASE_URL=through(proxy, ledger_database), WORKER_PREFETCH="50")
+                              DATABASE_URL=proxy.through(ledger_database), WORKER_PREFETCH="50")
         wait_for(lambda: client.get(f"/uploads/{upload_id}").json()["done"] > 0, what="rows recorded", interval=0.1)
         proxy.cut("refuse")
         time.sleep(2)  # the worker handles what it holds, and records nothing
@@ -127,7 +120,7 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
 def test_an_unreachable_ledger_means_503_and_nothing_published(queue_name: str, broker: Broker,
                                                                ledger_database: str) -> None:
     proxy = TcpProxy(urlsplit(ledger_database).port or 5432)
-    settings = Settings(queue_name=queue_name, database_url=through(proxy, ledger_database),
+    settings = Settings(queue_name=queue_name, database_url=proxy.through(ledger_database),
                         database_timeout_seconds=2)
     with TestClient(create_app(settings)) as client:
         proxy.cut("refuse")
@@ -144,7 +137,7 @@ def test_a_producer_started_before_postgresql_waits_for_it_and_serves(queue_name
     proxy = TcpProxy(urlsplit(ledger_database).port or 5432)
     proxy.cut("refuse")
     threading.Timer(2.0, proxy.restore).start()  # PostgreSQL comes after the producer has started
-    with producer(queue_name, DATABASE_URL=through(proxy, ledger_database), DATABASE_TIMEOUT_SECONDS="1",
+    with producer(queue_name, DATABASE_URL=proxy.through(ledger_database), DATABASE_TIMEOUT_SECONDS="1",
                   PRODUCER_DATABASE_WAIT_SECONDS="30") as (url, _pid):
         assert httpx.get(f"{url}/readyz").status_code == 200
     proxy.close()
@@ -153,7 +146,7 @@ def test_a_producer_started_before_postgresql_waits_for_it_and_serves(queue_name
 def test_a_producer_whose_postgresql_never_comes_exits_3_and_says_why(queue_name: str, ledger_database: str) -> None:
     proxy = TcpProxy(urlsplit(ledger_database).port or 5432)
     proxy.cut("refuse")
-    env = os.environ | {"QUEUE_NAME": queue_name, "DATABASE_URL": through(proxy, ledger_database),
+    env = os.environ | {"QUEUE_NAME": queue_name, "DATABASE_URL": proxy.through(ledger_database),
                         "DATABASE_TIMEOUT_SECONDS": "1", "PRODUCER_DATABASE_WAIT_SECONDS": "1"}
     started = time.monotonic()
     finished = subprocess.run([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, capture_output=True,

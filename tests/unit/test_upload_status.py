@@ -10,12 +10,13 @@ from producer.status import pace
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def upload(*, rows: int = 100, done: int = 0, failed: int = 0, published: bool = True,
-           finished_after_s: float | None = None) -> Upload:
+def upload(*, rows: int = 100, done: int = 0, failed: int = 0, published: bool = True, publishing: bool = True,
+           error: str | None = None, finished_after_s: float | None = None) -> Upload:
     finished = START + timedelta(seconds=finished_after_s) if finished_after_s is not None else None
     return Upload(id="u", file_name="f.csv", columns=["a"], queue="rows", rows=rows, confirmed=rows if published else 0,
                   done=done, failed=failed, redelivered=0, created_at=START,
-                  published_at=START if published else None, finished_at=finished, file_sha256=None)
+                  published_at=START if published else None, finished_at=finished, file_sha256=None,
+                  parameters={"delimiter": ","}, error=error, publishing=publishing and not published)
 
 
 @pytest.mark.parametrize(
@@ -23,6 +24,9 @@ def upload(*, rows: int = 100, done: int = 0, failed: int = 0, published: bool =
     [
         ({"published": False}, "publishing"),
         ({"published": False, "done": 10}, "publishing"),  # workers may start before the last confirm
+        ({"published": False, "publishing": False}, "interrupted"),  # its publisher is gone
+        ({"published": False, "publishing": False, "error": "row 3 is too large"}, "failed"),
+        ({"published": False, "publishing": False, "done": 100}, "done"),
         ({"done": 99}, "processing"),
         ({"done": 60, "failed": 40}, "done"),
         ({"failed": 100}, "done"),
