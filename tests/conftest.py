@@ -1,5 +1,10 @@
 """Session fixtures that start or reach the real services the tests need (helpers in tests/helpers).
 
+None is used by tests/unit, which runs with no service reachable; tests/integration and
+tests/e2e use them, and their conftest.py gives every test there the ledger's database. They
+are defined here, once, so that a session fixture both layers use (the one-node cluster) starts
+once per run.
+
 RabbitMQ (with its management plugin) and PostgreSQL must already run: `.ci/run` and
 `make test` start them. The Kubernetes control plane is built from source by infra/local-cluster/build.sh
 (minutes the first time, instant after) and started here; so is a RabbitMQ 4.0 of the session's own,
@@ -29,7 +34,7 @@ from localcluster.stack import build_images
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def ledger_database() -> Iterator[str]:
     """A database of its own for this run, in the local PostgreSQL (make postgres), dropped after.
 
