@@ -12,7 +12,8 @@ from kubernetes.config import ConfigException
 from kubejob import logs, metrics
 from kubejob.settings import load_or_exit
 from scaler.events import Recorder, scaler_reference
-from scaler.jobs import Jobs, api_client
+from scaler.jobs import Jobs
+from scaler.kube import api_client
 from scaler.loop import Limits, Scaler
 from scaler.pods import WorkerPods
 from scaler.queue_depth import ManagementClient

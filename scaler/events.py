@@ -7,6 +7,7 @@ from a thread of their own: an apiserver that is slow or gone never delays a pol
 Event that cannot be posted is dropped (logged once per streak), as client-go drops them.
 """
 
+import collections
 import logging
 import queue
 import threading
@@ -16,7 +17,8 @@ from datetime import UTC, datetime
 
 from kubernetes import client
 
-from scaler.jobs import CreatedJob, KubeError, call
+from scaler.jobs import CreatedJob
+from scaler.kube import KubeError, call
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,9 @@ CONTROLLER = "kube-job.io/scaler"
 SERIES_WINDOW_S = 360.0
 NOTE_LIMIT = 1024  # the apiserver refuses a longer note
 _BACKLOG_LIMIT = 1000
+# Series kept at once, least recently repeated dropped first: one per Job and reason would grow
+# without end over the life of the scaler (client-go's event correlator keeps 4096 in an LRU).
+SERIES_LIMIT = 4096
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class Recorder:
         self._api, self._namespace, self._instance, self._scaler = api, namespace, instance, scaler
         self._timeout_s, self._clock = timeout_s, clock
         self._todo: queue.Queue[_Event | None] = queue.Queue(maxsize=_BACKLOG_LIMIT)
-        self._series: dict[tuple[str, str, str, str], _Series] = {}
+        self._series: collections.OrderedDict[tuple[str, str, str, str], _Series] = collections.OrderedDict()
         self._failing = False
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
@@ -121,6 +126,7 @@ class Recorder:
         now, series = self._clock(), self._series.get(key)
         if series is not None and now - series.last < SERIES_WINDOW_S:
             series.count, series.last = series.count + 1, now
+            self._series.move_to_end(key)
             try:
                 self._patch_series(series)
                 return
@@ -128,6 +134,9 @@ class Recorder:
                 if exc.status != 404:  # gone (an Event lives an hour): start a new one
                     raise
         self._series[key] = _Series(self._create(event), count=1, last=now)
+        self._series.move_to_end(key)
+        while len(self._series) > SERIES_LIMIT:
+            self._series.popitem(last=False)
 
     def _create(self, event: _Event) -> str:
         body = {

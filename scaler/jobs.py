@@ -1,19 +1,16 @@
 """Counts and creates the worker Jobs through the Kubernetes API.
 
-Errors: any `ApiException` or connection failure from the client library becomes a
-`KubeError` (in `call`, which scaler/events.py uses too), so the loop handles one type and never
+Errors: every call goes through scaler.kube, so a failure is a `KubeError` and the loop never
 creates Jobs on a count it did not get.
 """
 
-import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
-import urllib3
-from kubernetes import client, config
+from kubernetes import client
 
 from scaler import job_template
+from scaler.kube import call, list_items
 
 # Every call this module makes to the API, as (apiGroup, resource, verb). The Role in
 # infra/k8s/scaler.yaml grants exactly these (tests/unit/test_scaler_manifest.py checks it, and
@@ -25,14 +22,6 @@ PERMISSIONS = frozenset({("batch", "jobs", "list"), ("batch", "jobs", "create")}
 _FAILED = {"Failed", "FailureTarget"}
 _COMPLETE = {"Complete", "SuccessCriteriaMet"}
 _FINISHED = _FAILED | _COMPLETE
-
-
-class KubeError(Exception):
-    """The Kubernetes API could not be reached or refused a request; `status` is its HTTP status if it answered."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -63,23 +52,6 @@ class CreatedJob:
     uid: str
 
 
-def api_client() -> client.ApiClient:
-    """An API client: from KUBECONFIG if set, else in-cluster inside a pod, else ~/.kube."""
-    configuration = client.Configuration()
-    # An explicit KUBECONFIG wins: the local node agent sets one for the scaler's pod.
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and not os.environ.get("KUBECONFIG"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        # Passed in because the library reads KUBECONFIG only once, when first imported.
-        config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration,
-            persist_config=False,
-        )
-    # The loop retries with backoff; urllib3's own retries would multiply the timeout.
-    configuration.retries = 0
-    return client.ApiClient(configuration)
-
-
 class Jobs:
     """The worker Jobs of one namespace, found by their label."""
 
@@ -107,32 +79,6 @@ class Jobs:
 
     def _call(self, what: str, method, *args, **kwargs):
         return call(what, method, *args, timeout_s=self._timeout_s, **kwargs)
-
-
-def call(what: str, method, *args, timeout_s: float, **kwargs):
-    """`method` of a client API with the timeout applied; its failures raise KubeError saying `what` failed."""
-    try:
-        # A (connect, read) pair: the client ignores a lone float (it checks for int), and
-        # the setting is a float, so a silent apiserver would hold the loop forever.
-        return method(*args, _request_timeout=(timeout_s, timeout_s), **kwargs)
-    except client.ApiException as exc:
-        raise KubeError(f"{what}: HTTP {exc.status} {_api_message(exc)}", status=exc.status) from None
-    except urllib3.exceptions.HTTPError as exc:
-        raise KubeError(f"{what}: API unreachable: {type(exc).__name__}: {exc}") from None
-
-
-def list_items(what: str, method, *args, timeout_s: float, **kwargs) -> list[dict[str, Any]]:
-    """The items of a list call, as the API's JSON; raises KubeError as `call` does.
-
-    The client's model objects are skipped: each one builds a Configuration of its own, which
-    resets the cache of every logger (kubernetes-client/python#1867). Listing 5 Jobs and their
-    pods that way cost the scaler 48 ms of CPU a poll, 5 % of a core at a poll a second.
-    """
-    response = call(what, method, *args, timeout_s=timeout_s, _preload_content=False, **kwargs)
-    try:
-        return json.loads(response.data)["items"]
-    finally:
-        response.release_conn()
 
 
 def view(job: dict[str, Any]) -> JobView:
@@ -166,11 +112,3 @@ def is_finished(job: dict[str, Any]) -> bool:
         return True
     conditions = (job.get("status") or {}).get("conditions") or []
     return any(c["type"] in _FINISHED and c["status"] == "True" for c in conditions)
-
-
-def _api_message(exc: client.ApiException) -> str:
-    # The Status body's message says what was wrong; the raw exception text adds headers.
-    try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.reason)

@@ -15,7 +15,8 @@ from typing import Protocol
 from scaler import metrics
 from scaler.backoff import JobBackoff
 from scaler.decide import Decision, decide
-from scaler.jobs import CreatedJob, JobView, KubeError, Unfinished, count_unfinished
+from scaler.jobs import CreatedJob, JobView, Unfinished, count_unfinished
+from scaler.kube import KubeError
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
 from scaler.stuck import PodView, Stuck, stuck_pods
 

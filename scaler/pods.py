@@ -6,7 +6,7 @@ from typing import Any
 from kubernetes import client
 
 from scaler import job_template
-from scaler.jobs import list_items
+from scaler.kube import list_items
 from scaler.stuck import PodView
 
 # Every call this module makes to the API, as scaler/jobs.py declares its own.

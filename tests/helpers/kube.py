@@ -16,7 +16,7 @@ import yaml
 from kubernetes import client, config
 
 from kubejob.message import encode
-from scaler import events, job_template, jobs, pods
+from scaler import events, job_template, jobs, kube, pods
 from tests.helpers import REPO_ROOT, wait_for
 from tests.helpers.broker import Broker
 
@@ -137,7 +137,7 @@ def deploy(kube_node: KubeCluster, namespace: str, **settings: str) -> str:
 
 def worker_jobs(kube_node: KubeCluster, namespace: str) -> list[dict]:
     """The worker Jobs of a namespace as the API's JSON, as the scaler reads them (for scaler.jobs.is_finished)."""
-    return jobs.list_items("list jobs", client.BatchV1Api(kube_node.api_client()).list_namespaced_job, namespace,
+    return kube.list_items("list jobs", client.BatchV1Api(kube_node.api_client()).list_namespaced_job, namespace,
                            label_selector=job_template.LABEL_SELECTOR, timeout_s=30)
 
 

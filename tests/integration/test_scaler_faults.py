@@ -22,7 +22,8 @@ from kubernetes import client
 
 from scaler import job_template
 from scaler.decide import decide
-from scaler.jobs import Jobs, KubeError
+from scaler.jobs import Jobs
+from scaler.kube import KubeError
 from tests.helpers import free_port, wait_for
 from tests.helpers.broker import rows
 from tests.helpers.metrics import Scrape

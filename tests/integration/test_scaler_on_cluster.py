@@ -4,6 +4,7 @@ No node is started: the Jobs' pods stay pending, which is exactly the case where
 scaler must count a Job whose worker has not started consuming yet.
 """
 
+import collections
 import copy
 import logging
 import threading
@@ -13,7 +14,8 @@ import pytest
 from kubernetes import client, utils
 
 from scaler import events, job_template
-from scaler.jobs import Jobs, KubeError, api_client
+from scaler.jobs import Jobs
+from scaler.kube import KubeError, api_client
 from scaler.loop import Limits, Scaler
 from scaler.pods import WorkerPods
 from scaler.queue_counts import StatsNotReady
@@ -141,6 +143,20 @@ def test_each_job_it_creates_has_an_event_saying_why(broker, queue_name, namespa
         assert (event.reporting_controller, event.reporting_instance) == (events.CONTROLLER, "test-scaler")
     described = kube_cluster.kubectl("describe", "job", next(iter(jobs.values())), "-n", namespace).stdout
     assert "CreatedForBacklog" in described and note in described, described
+
+
+def test_the_recorder_keeps_a_bounded_number_of_series_dropping_the_least_recent(namespace, kube_cluster,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(events, "SERIES_LIMIT", 2)
+    the_recorder = recorder(namespace)
+    for job in ("a", "b", "a", "c", "a", "b"):  # "b" is the least recently repeated when "c" comes
+        the_recorder.job_warning(f"job-{job}", "", "PodStuck", f"{job} is stuck")
+    the_recorder.close()
+    by_job = collections.defaultdict(list)
+    for event in recorded(namespace, "PodStuck"):
+        by_job[event.regarding.name].append(event.series.count if event.series else 1)
+    # "a" stayed one series of three; "b" was dropped, so its repeat began a new Event.
+    assert dict(by_job) == {"job-a": [3], "job-b": [1, 1], "job-c": [1]}
 
 
 def test_a_queue_it_cannot_read_is_one_warning_event_whose_count_grows(queue_name, namespace, kube_cluster, broker):

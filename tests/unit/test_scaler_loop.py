@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from scaler.jobs import CreatedJob, JobView, KubeError
+from scaler.jobs import CreatedJob, JobView
+from scaler.kube import KubeError
 from scaler.loop import Limits, Scaler, SmallBacklogClock, backoff_s
 from scaler.queue_counts import QueueCounts, QueueReadError, StatsNotReady
 from scaler.stuck import PodView
