@@ -14,6 +14,8 @@ from typing import TypeVar
 
 import psycopg
 
+from kubejob.backoff import doubling
+
 T = TypeVar("T")
 
 # Any constant works; it only has to be the same in every service.
@@ -103,7 +105,7 @@ class Retry:
     def __init__(self, *, give_up_after_s: float, first_wait_s: float = 0.5, max_wait_s: float = 5.0) -> None:
         self._give_up_after_s, self._first_wait_s, self._max_wait_s = give_up_after_s, first_wait_s, max_wait_s
         self.failing_since: float | None = None
-        self._wait_s, self._next = first_wait_s, 0.0
+        self._failures, self._next = 0, 0.0
 
     def due(self, now: float) -> bool:
         return now >= self._next
@@ -111,12 +113,13 @@ class Retry:
     def failed(self, now: float) -> bool:
         """Note a failure; True when it has failed for longer than allowed."""
         if self.failing_since is None:
-            self.failing_since, self._wait_s = now, self._first_wait_s
-        self._next, self._wait_s = now + self._wait_s, min(self._wait_s * 2, self._max_wait_s)
+            self.failing_since = now
+        self._next = now + doubling(self._first_wait_s, self._failures, cap_s=self._max_wait_s)
+        self._failures += 1
         return now - self.failing_since >= self._give_up_after_s
 
     def succeeded(self) -> None:
-        self.failing_since, self._next = None, 0.0
+        self.failing_since, self._failures, self._next = None, 0, 0.0
 
 
 def keep_trying(attempt: Callable[[], T], *, errors: type[Exception], give_up_after_s: float,

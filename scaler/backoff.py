@@ -10,6 +10,7 @@ and ends the wait. Pure: the caller passes the time and what it read.
 
 import math
 
+from kubejob.backoff import doubling
 from scaler.decide import Decision
 
 
@@ -56,4 +57,4 @@ class JobBackoff:
 
 def delay_s(streak: int, *, first_s: float, cap_s: float) -> float:
     """The wait after `streak` failed or stuck Jobs in a row: `first_s`, doubling, at most `cap_s`."""
-    return min(first_s * 2 ** min(streak - 1, 32), cap_s)
+    return doubling(first_s, streak - 1, cap_s=cap_s)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from kubejob.backoff import doubling
 from scaler import metrics
 from scaler.backoff import JobBackoff
 from scaler.decide import Decision, decide
@@ -89,9 +90,7 @@ class SmallBacklogClock:
 
 def backoff_s(failures: int, *, poll_s: float, cap_s: float) -> float:
     """Wait before the next poll after `failures` failed polls in a row (0 = healthy)."""
-    if failures == 0:
-        return poll_s
-    return min(poll_s * 2 ** min(failures, 32), cap_s)
+    return poll_s if failures == 0 else doubling(poll_s, failures, cap_s=cap_s)
 
 
 class Scaler:

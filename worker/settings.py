@@ -2,6 +2,7 @@
 
 from pydantic import Field, field_validator
 
+from kubejob.backoff import doubling
 from kubejob.settings import LedgerSettings
 from worker import handlers
 
@@ -74,7 +75,7 @@ class Settings(LedgerSettings):
 
     def retry_delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number `attempt` before the next one."""
-        return min(self.worker_retry_delay_seconds * 2 ** min(attempt - 1, 60), self.worker_retry_max_delay_seconds)
+        return doubling(self.worker_retry_delay_seconds, attempt - 1, cap_s=self.worker_retry_max_delay_seconds)
 
     def handler(self) -> handlers.Handler:
         """The function WORKER_HANDLER names, already checked to import."""

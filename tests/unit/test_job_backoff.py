@@ -2,6 +2,7 @@
 
 import pytest
 
+from kubejob.backoff import doubling
 from scaler.backoff import JobBackoff, delay_s
 from scaler.decide import KINDS, Decision
 
@@ -67,3 +68,8 @@ def test_a_queue_shrinking_below_where_the_streak_began_ends_it():
     assert backoff.streak == 1
     failing(backoff, "a", now=2, depth=99)
     assert backoff.streak == 0 and backoff.hold(WANTS_ONE, now=2) == WANTS_ONE
+
+
+@pytest.mark.parametrize(("step", "wait"), [(0, 0.5), (1, 1.0), (3, 4.0), (4, 5.0), (10_000, 5.0), (-1, 0.5)])
+def test_the_one_doubling_wait_starts_at_its_first_doubles_and_stops_at_its_cap(step: int, wait: float) -> None:
+    assert doubling(0.5, step, cap_s=5.0) == wait
