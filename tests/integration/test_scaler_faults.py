@@ -315,14 +315,23 @@ def test_a_silent_apiserver_times_out_at_a_fractional_timeout():
     assert time.monotonic() - began < 2.5  # connect + read timeouts, with room
 
 
+def decided(scaler: ScalerProcess, kind: str) -> float:
+    """How many polls of the running scaler decided by rule `kind`, as its /metrics says (0 before it serves)."""
+    try:
+        return Scrape(scaler.metrics_url).value("kubejob_scaler_decisions_total", kind=kind)
+    except httpx.HTTPError:
+        return 0.0
+
+
 def test_the_log_at_info_says_only_what_changed(broker, queue_name, namespace, batch, start_scaler):
     """Idle polls, a backlog and idle polls again: a handful of lines, none repeating the one before."""
     scaler = start_scaler(queue=queue_name, namespace=namespace, log_level="INFO")
-    time.sleep(5)  # ten idle polls
+    wait_for(lambda: decided(scaler, "queue_empty") >= 10, what="ten idle polls", interval=0.2)
     broker.publish_rows(queue_name, rows(BEFORE), confirm=False)
     wanted = jobs_wanted(BEFORE, 0)
     wait_for(lambda: job_count(batch, namespace) == wanted, what=f"{wanted} Jobs")
-    time.sleep(5)  # ten polls with nothing new
+    enough = decided(scaler, "enough_jobs")
+    wait_for(lambda: decided(scaler, "enough_jobs") >= enough + 10, what="ten polls with nothing new", interval=0.2)
     lines = scaler.events()
     said = [(e["message"], e.get("kind"), e.get("jobs_created")) for e in lines]
     assert not [e for e in lines if e["message"] in ("poll", "poll failed", "not json")], said

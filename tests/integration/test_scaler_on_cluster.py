@@ -328,18 +328,21 @@ def test_jobs_that_keep_failing_are_replaced_ever_more_slowly_and_it_says_why(br
     publish(broker, queue_name, 100)  # wants one Job, which fails by its deadline every time
     limits = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, stuck_s=120.0,
                     job_backoff_s=2.0, job_backoff_max_s=8.0)
-    the_scaler = scaler(broker, queue_name, namespace, limits=limits, template=FAILING)
-    stop = threading.Event()
-    polling = threading.Thread(target=the_scaler.run, args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 1})
+    now = [0.0]  # the scaler's clock, driven here: each wait is exact, however slow the cluster
+    the_scaler = scaler(broker, queue_name, namespace, limits=limits, template=FAILING, clock=lambda: now[0])
+    jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(FAILING), timeout_s=5)
     with caplog.at_level(logging.INFO, logger="scaler"):
-        polling.start()
-        time.sleep(20)
-        stop.set()
-        polling.join(timeout=10)
-    # Replaced at each poll, a Job failing within about 2 s would have been ~10 Jobs in 20 s; backing
-    # off 2, 4, 8 s after each failure leaves room for 4 at most, and at least 2: it does retry.
-    made = worker_jobs(namespace)
-    assert 2 <= len(made) <= 4, [(j.metadata.name, j.metadata.creation_timestamp) for j in made]
+        for made, wait in enumerate((2.0, 4.0, 8.0), start=1):
+            assert the_scaler.poll_once().create == 1
+            wait_for(lambda made=made: [j.state for j in jobs.read()] == ["failed"] * made,
+                     what=f"Job {made} to fail", timeout=60)
+            # Replaced at once, without the backoff; held `wait` s (2, 4, 8 after each failure), then replaced.
+            assert the_scaler.poll_once().kind == "backing_off"
+            now[0] += wait - 0.1
+            assert the_scaler.poll_once().create == 0
+            now[0] += 0.1
+        assert the_scaler.poll_once().create == 1
+    assert len(worker_jobs(namespace)) == 4
     waiting = [r for r in caplog.records if r.getMessage() == "decision changed" and r.kind == "backing_off"]
     assert waiting and "recent Jobs failed or stuck, queue not shrinking, next Job in" in waiting[0].reason
     said = wait_for(lambda: recorded(namespace, "BackingOff"), what="a BackingOff Event")
