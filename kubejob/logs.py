@@ -6,6 +6,8 @@ import sys
 from pythonjsonlogger.json import JsonFormatter
 
 MASK = "***"
+_PIKA_CONNECTING = ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection",
+                    "pika.adapters.utils.io_services_utils")
 _QUIET = ("urllib3", "kubernetes", "httpx", "httpcore")
 
 
@@ -49,6 +51,9 @@ def configure(level: str, *, secrets: list[str]) -> None:
     # httpx logs every request at INFO: one line per poll is the scaler's own.
     for name in _QUIET:
         logging.getLogger(name).setLevel(logging.WARNING)
-    # pika logs each failed connection about ten times at ERROR; its errors reach our code as
-    # exceptions, which each service logs once with what it was doing.
-    logging.getLogger("pika").setLevel(logging.CRITICAL)
+    # pika's warnings say what our code cannot see (a nack, a blocked connection), but each failed
+    # connection is logged about ten times at ERROR by its connection machinery: that reaches our
+    # code as an exception, which each service logs once with what it was doing.
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    for name in _PIKA_CONNECTING:
+        logging.getLogger(name).setLevel(logging.CRITICAL)

@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
+from kubejob.settings import load
 from producer import metrics, routes, status
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.csv_stream import CsvError
@@ -140,7 +141,7 @@ async def _forget_old_uploads(ledger: Ledger, age: timedelta) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="kube-job producer", description="Upload a CSV; each row becomes a RabbitMQ message.",
                   lifespan=lifespan)
-    app.state.settings = settings or Settings()
+    app.state.settings = settings or load(Settings)  # a bad variable is named, as at `python -m producer`
     app.state.broker_watch = watch = BrokerWatch(app.state.settings)
     app.include_router(routes.router)
     app.include_router(status.router)

@@ -48,3 +48,11 @@ def test_password_is_masked_in_message_extras_and_tracebacks(json_lines):
 def test_library_request_logs_are_quiet(json_lines):
     logging.getLogger("httpx").info("HTTP Request: GET http://rabbitmq:15672/api/queues")
     assert json_lines() == []
+
+
+def test_pika_s_warnings_are_kept_and_its_connection_retries_are_not(json_lines):
+    logging.getLogger("pika.adapters.utils.connection_workflow").error("AMQPConnector - reporting failure")
+    logging.getLogger("pika.adapters.base_connection").error("Full-stack connection workflow failed")
+    logging.getLogger("pika.adapters.blocking_connection").warning("Message was Nack'ed by broker")
+    logging.getLogger("pika.channel").info("chatter")
+    assert [line["message"] for line in json_lines()] == ["Message was Nack'ed by broker"]

@@ -1,1 +1,2 @@
-"""A local Kubernetes control plane and a node agent that runs pods as local processes."""
+"""A local one-node Kubernetes built from source: etcd, the control plane, containerd, the kubelet, kube-proxy and
+CoreDNS, in a network namespace of its own."""
