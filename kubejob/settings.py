@@ -35,6 +35,12 @@ class ServiceSettings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    def _at_most(self, low: str, high: str) -> None:
+        """For a model validator: refuse `low` set above `high`, naming both variables."""
+        if getattr(self, low) > getattr(self, high):
+            raise ValueError(f"{low.upper()} ({getattr(self, low)}) is more than {high.upper()} "
+                             f"({getattr(self, high)}); lower the one or raise the other")
+
     def secrets(self) -> list[str]:
         """Values that must never appear in a log line."""
         values = [value.get_secret_value() for value in self.__dict__.values() if isinstance(value, SecretStr)]
@@ -81,7 +87,9 @@ def load_or_exit(settings_class: type[S], service: str) -> S:
 def describe(exc: ValidationError) -> str:
     """One clause per bad variable, named as the environment spells it."""
     # Built by hand because pydantic's own text repeats the input, which may be a password.
-    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+    # A check of two fields at once has no location: its message names both.
+    return "; ".join(f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg']}" if e["loc"] else
+                     e["msg"].removeprefix("Value error, ") for e in exc.errors())
 
 
 class LedgerSettings(ServiceSettings):

@@ -1,6 +1,6 @@
 """The producer's settings, read once from environment variables."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from kubejob.settings import LedgerSettings
 
@@ -21,7 +21,8 @@ class Settings(LedgerSettings):
         4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
     )
     publish_window: int = Field(
-        20000, ge=1, description="Messages in flight before the producer waits for broker confirms."
+        20000, ge=1, description=("The most rows published past the ledger's resume point: what a retry after any "
+                                  "interruption may queue twice, and the most messages awaiting a confirm."),
     )
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
@@ -29,3 +30,8 @@ class Settings(LedgerSettings):
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Settings":
+        self._at_most("max_line_bytes", "max_upload_bytes")
+        return self

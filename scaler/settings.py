@@ -2,7 +2,7 @@
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kubejob.settings import ServiceSettings
 from scaler import job_template
@@ -76,6 +76,12 @@ class Settings(ServiceSettings):
     scaler_metrics_port: int = Field(
         9103, ge=0, le=65535, description="Port of the scaler's Prometheus /metrics; 0 serves none.",
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Settings":
+        self._at_most("scaler_job_backoff_seconds", "scaler_job_backoff_max_seconds")
+        self._at_most("scaler_poll_seconds", "scaler_max_backoff_seconds")
+        return self
 
     @field_validator("rabbitmq_management_url")
     @classmethod

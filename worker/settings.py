@@ -1,6 +1,6 @@
 """The worker's settings, read once from environment variables."""
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from kubejob.backoff import doubling
 from kubejob.settings import LedgerSettings
@@ -52,6 +52,11 @@ class Settings(LedgerSettings):
     worker_metrics_port: int = Field(
         9102, ge=0, le=65535, description="Port of the worker's Prometheus /metrics while it runs; 0 serves none."
     )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Settings":
+        self._at_most("worker_retry_delay_seconds", "worker_retry_max_delay_seconds")
+        return self
 
     @field_validator("worker_handler")
     @classmethod

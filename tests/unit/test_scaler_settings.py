@@ -72,3 +72,15 @@ def test_password_is_never_in_the_settings_text(monkeypatch):
     settings = load(Settings)
     assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.model_dump())
     assert settings.rabbitmq_password.get_secret_value() == "s3cret-pw"
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [("SCALER_JOB_BACKOFF_SECONDS", "SCALER_JOB_BACKOFF_MAX_SECONDS"),
+     ("SCALER_POLL_SECONDS", "SCALER_MAX_BACKOFF_SECONDS")],
+)
+def test_a_first_wait_above_its_cap_stops_start_naming_both(monkeypatch, low, high):
+    monkeypatch.setenv(low, "90")
+    monkeypatch.setenv(high, "60")
+    with pytest.raises(SettingsError, match=f"^{low} \\(90.0\\) is more than {high} \\(60.0\\)"):
+        load(Settings)

@@ -34,3 +34,19 @@ def test_the_process_exits_at_start_naming_the_variable(service: str, name: str,
     (line,) = result.stderr.splitlines()  # one line, not a traceback
     assert line.startswith(f"{service}: invalid configuration: {name}: ") and reason in line, line
     assert PASSWORD not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(("service", "low", "high"), [
+    ("worker", "WORKER_RETRY_DELAY_SECONDS", "WORKER_RETRY_MAX_DELAY_SECONDS"),
+    ("producer", "MAX_LINE_BYTES", "MAX_UPLOAD_BYTES"),
+    ("scaler", "SCALER_JOB_BACKOFF_SECONDS", "SCALER_JOB_BACKOFF_MAX_SECONDS"),
+])
+def test_two_settings_that_contradict_each_other_stop_the_process_naming_both(service: str, low: str,
+                                                                              high: str) -> None:
+    env = {**os.environ, low: "90", high: "60"}
+    result = subprocess.run([sys.executable, "-m", service], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"{service}: invalid configuration: {low} (90"), line
+    assert f"is more than {high} (60" in line, line
