@@ -103,6 +103,10 @@ class LedgerSettings(ServiceSettings):
     database_timeout_seconds: float = Field(
         5.0, gt=0, description="Longest wait to connect to PostgreSQL or for a free pooled connection."
     )
+    kubejob_pika_fast: bool = Field(
+        True, description=("Use kubejob.pika_fast's faster paths into pika's private parts (for the pika versions "
+                           "they were tested with); off, pika's public calls, with one WARNING at start."),
+    )
     # RabbitMQ 4.0's own max_message_size; a row's body larger than the broker's limit is refused by it.
     max_message_bytes: int = Field(
         16 * 1024**2, gt=0, le=512 * 1024**2,

@@ -1,9 +1,10 @@
 """Publishes with publisher confirms, many messages in flight, over pika's asyncio adapter.
 
 pika's BlockingConnection waits for each confirm in turn; keeping many messages unconfirmed
-(the caller bounds how many, see producer.routes) lets the broker confirm them in batches. pika opens the
-connection and the channel and handles the confirms; the messages' frames are built by
-kubejob.frames and handed to pika's output directly.
+(the caller bounds how many, see producer.routes) lets the broker confirm them in batches.
+pika opens the connection and the channel and handles the confirms; with kubejob.pika_fast
+active, the messages' frames are built by kubejob.frames, handed to pika's output directly,
+and sent in few socket writes.
 """
 
 import asyncio
@@ -18,13 +19,10 @@ from pika.adapters.asyncio_connection import AsyncioConnection
 from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
-from kubejob import frames
+from kubejob import frames, pika_fast
 from kubejob.message import declarations, migration_hint
-from producer import writes
 from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
-
-writes.install()
 
 # The longest one upload holds the event loop, which also answers the probes and the other uploads.
 # Yielding every 500 rows instead, /healthz took 0.74 s with four uploads on a loaded 2-core machine.
@@ -87,7 +85,9 @@ class ConfirmingPublisher:
         self._failure: str | None = None
         self._refused: MessageTooLarge | None = None
         self._large: list[tuple[int, int]] = []  # (place, size) of each body of LARGE_BODY_BYTES or more
+        self._fast = pika_fast.active(settings.kubejob_pika_fast)
         self._frames: frames.Publish | None = None
+        self._channel: pika.channel.Channel | None = None
         self._declaring: str | None = None  # the queue being declared, until all are
 
     async def __aenter__(self) -> "ConfirmingPublisher":
@@ -117,9 +117,12 @@ class ConfirmingPublisher:
     async def publish(self, body: bytes, properties: pika.BasicProperties) -> None:
         """Send one message, unconfirmed; the caller bounds how many wait (`wait_until_confirmed`)."""
         self._raise_if_failed()
-        assert self._frames is not None
-        # Channel.basic_publish would marshal the same frames (kubejob.frames) at four times the cost.
-        self._connection._output_marshaled_frames([self._frames.message(body, properties)])
+        assert self._frames is not None and self._channel is not None
+        if self._fast:
+            # Channel.basic_publish would marshal the same frames (kubejob.frames) at four times the cost.
+            pika_fast.send_frames(self._connection, self._frames.message(body, properties))
+        else:
+            self._channel.basic_publish("", self._queue, body, properties, mandatory=True)
         self._published += 1
         self._unconfirmed.append(self._published)
         if len(body) >= LARGE_BODY_BYTES:
@@ -157,6 +160,9 @@ class ConfirmingPublisher:
                 self._fail(f"RabbitMQ confirmed nothing for {self._settings.confirm_timeout_seconds}s")
 
     def _on_channel(self, channel: pika.channel.Channel) -> None:
+        self._channel = channel
+        if self._fast:
+            pika_fast.join_writes(self._connection)
         self._frames = frames.Publish(channel.channel_number, exchange="", routing_key=self._queue, mandatory=True,
                                       frame_max=self._connection.params.frame_max)
         channel.add_on_close_callback(self._on_channel_closed)
