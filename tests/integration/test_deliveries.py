@@ -10,6 +10,8 @@ from kubejob import frames
 from tests.helpers.broker import Broker
 from worker.deliveries import Deliveries
 
+MAX_BODY_BYTES = 16 * 1024**2  # as shipped (MAX_MESSAGE_BYTES)
+
 # A retried row as the broker delivers it (x-death is an array: pika reads that header), a body
 # larger than a frame (and than one receive), an empty one, and rows in between.
 MESSAGES = [
@@ -51,7 +53,7 @@ def test_every_message_arrives_once_in_order_with_what_was_published(broker: Bro
     with broker.connection() as conn:
         channel = conn.channel()
         channel.basic_qos(prefetch_count=len(MESSAGES))
-        deliveries = Deliveries(conn, channel, received.on_batch)
+        deliveries = Deliveries(conn, channel, received.on_batch, max_body_bytes=MAX_BODY_BYTES)
         tag = deliveries.consume(queue_name, received.on_message)
         deadline = time.monotonic() + 30
         while len(received.deliveries) < len(MESSAGES) and time.monotonic() < deadline:
@@ -87,7 +89,7 @@ def test_a_steady_stream_keeps_the_connection_alive_without_heartbeats(broker: B
     try:
         with pika.BlockingConnection(params) as conn:
             channel = conn.channel()
-            deliveries = Deliveries(conn, channel, received.on_batch)
+            deliveries = Deliveries(conn, channel, received.on_batch, max_body_bytes=MAX_BODY_BYTES)
             deliveries.consume(queue_name, received.on_message)
             ends = time.monotonic() + 14  # pika checks every heartbeat + 5 s: two checks
             while time.monotonic() < ends:
