@@ -9,6 +9,10 @@ ledger over it, the median of support.ROUNDS rounds taken by turns (`drain_vs_pe
 lists them).
 `drain_ledger_cpu_us_per_row` is the CPU the worker (all its threads) spent per row, as shipped:
 the cost that the GIL serialises, so the figure to watch when making the drain faster.
+
+`drain_failing` (a benchmark of its own) drains rows of which every other one fails for good
+(WORKER_MAX_ATTEMPTS=1, so each is recorded and copied to "<queue>.dead"): its rows/s over a
+clean drain's, both recorded in the ledger, by turns, is `drain_half_failing_ratio`.
 """
 
 import collections
@@ -19,6 +23,7 @@ import pika
 import psycopg
 
 from bench import perftest, support
+from kubejob import message
 from kubejob.frames import Delivery
 from worker.consumer import Consumer
 from worker.handlers import Handler, noop
@@ -95,15 +100,15 @@ class Timed(Consumer):
 
 
 def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = Ledger, handler: Handler = noop,
-           concurrency: int = 1) -> float:
+           concurrency: int = 1, max_attempts: int = 3, failing: int = 0) -> float:
     """Rows per second of one worker, in this process, draining `count` rows from `queue`.
 
     Timed from the first delivery to the last ack, as PerfTest times its consumer once it is
     connected: a worker's start (connecting, the ledger's migrations) and its wait of
-    WORKER_IDLE_SECONDS before it exits are not draining.
+    WORKER_IDLE_SECONDS before it exits are not draining. `failing` rows are expected to fail.
     """
     settings = Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=0.5,
-                        worker_concurrency=concurrency)
+                        worker_concurrency=concurrency, worker_max_attempts=max_attempts)
     ledger = ledger_class(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
     ledger.open()
     consumer = Timed(settings, handler, ledger)
@@ -111,7 +116,7 @@ def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = L
         consumer.run()
     finally:
         ledger.close()
-    assert consumer.handled == count, f"the worker handled {consumer.handled} of {count}"
+    assert consumer.handled == count - failing, f"the worker handled {consumer.handled} of {count - failing}"
     return count / (consumer.last_settled - consumer.first_delivery)
 
 
@@ -152,4 +157,40 @@ def run(messages: int = 100_000) -> dict[str, object]:
         "perftest_consume_multi_ack_msgs_per_s": round(compared.yardstick),
         "drain_vs_perftest": round(compared.ratio, 3),
         "drain_vs_perftest_rounds": [round(ratio, 3) for ratio in compared.ratios],
+    }
+
+
+def fail_even_ids(row: dict[str, str]) -> None:
+    """Fails every other row, as a handler rejecting half its input would."""
+    if int(row["id"]) % 2 == 0:
+        raise ValueError(f"row {row['id']} has an even id")
+
+
+def half_failing(messages: int = 100_000, rounds: int = support.ROUNDS) -> dict[str, object]:
+    """A drain with every other row failing for good, over a clean drain, both recorded, by turns."""
+    prefetch = Settings().worker_prefetch
+    queue, upload_id = "bench-drain-failing", f"bench-{uuid.uuid4().hex}"
+    batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
+    failing = messages // 2
+
+    def failing_rate() -> float:
+        fill(queue, batch)
+        rate = worker(queue, messages, prefetch, handler=fail_even_ids, max_attempts=1, failing=failing)
+        assert support.broker.depth(message.dead_letter_queue(queue)) == failing, "rows missing from .dead"
+        assert _recorded(upload_id) == messages, "the ledger lost rows"
+        return rate
+
+    def clean_rate() -> float:
+        fill(queue, batch)
+        rate = worker(queue, messages, prefetch)
+        assert _recorded(upload_id) == messages, "the ledger lost rows"
+        return rate
+
+    compared = support.against_yardstick(failing_rate, clean_rate, rounds)
+    support.broker.delete_queue(queue)
+    return {
+        "drain_half_failing_msgs_per_s": round(compared.ours),
+        "drain_clean_msgs_per_s": round(compared.yardstick),
+        "drain_half_failing_ratio": round(compared.ratio, 3),
+        "drain_half_failing_ratio_rounds": [round(ratio, 3) for ratio in compared.ratios],
     }

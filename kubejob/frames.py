@@ -16,6 +16,7 @@ from collections.abc import Container
 from typing import Any, Literal, NamedTuple, TypeAlias
 
 import pika
+import pika.frame
 
 
 class Properties(NamedTuple):  # a tuple: made for every row, at half the cost of a pika.BasicProperties
@@ -183,6 +184,17 @@ class Delivery(NamedTuple):  # a tuple: made for every row, on the worker's busi
     properties: AnyProperties  # pika's for the few messages pika reads
     body: bytes
     redelivered: bool
+    dropped: int = 0  # the size of a body too large to keep, which `body` (empty) is not; 0 for any other
+
+
+class Head(NamedTuple):
+    """A delivery's method and content header frames, read before its body is in."""
+
+    tag: int
+    redelivered: bool
+    properties: AnyProperties
+    body_size: int
+    end: int  # where the header frame ends and the body frames start
 
 
 def read_delivery(data: bytes, offset: int, channel_number: int,
@@ -191,6 +203,69 @@ def read_delivery(data: bytes, offset: int, channel_number: int,
 
     False while its frames are incomplete; None when the frame there is another one, or one of a
     message that uses what is left to pika (pika reads those frame by frame).
+    """
+    head = _head(data, offset, channel_number, consumer_tags)
+    if head is None or head is False:
+        return head
+    delivery_tag, redelivered, body_size, properties, _, end = head
+    if properties is None:
+        return None
+    payloads = []  # where each body frame's payload starts and ends
+    while body_size > 0:
+        if end + 7 > len(data):
+            return False
+        kind, channel, size = _frame_start.unpack_from(data, end)
+        if kind != FRAME_BODY or channel != channel_number or size > body_size:
+            return None
+        start, end = end, end + size + FRAME_OVERHEAD
+        if end > len(data):
+            return False
+        if data[end - 1] != FRAME_END[0]:
+            return None
+        payloads.append((start + 7, end - 1))
+        body_size -= size
+    if len(payloads) == 1:  # nearly every row
+        body = data[payloads[0][0]:payloads[0][1]]
+    else:  # a body of several frames is copied once, not sliced and then joined
+        view = memoryview(data)
+        body = b"".join([view[start:stop] for start, stop in payloads])
+    return end, Delivery(delivery_tag, properties, body, redelivered)
+
+
+def read_head(data: bytes, offset: int, channel_number: int,
+              consumer_tags: Container[bytes]) -> Head | Literal[False] | None:
+    """The method and header frames of a delivery for one of `consumer_tags` at `offset`, before its body is in.
+
+    False while they are incomplete; None when the frame there is another one. Properties that
+    `read_delivery` leaves to pika are read with pika's decoder, so that the head of a message
+    too large to keep can be read whatever its headers.
+    """
+    head = _head(data, offset, channel_number, consumer_tags)
+    if head is None or head is False:
+        return head
+    delivery_tag, redelivered, body_size, properties, header_at, end = head
+    if properties is None:
+        try:
+            properties = pika.frame.decode_frame(data[header_at:end])[1].properties
+        except (struct.error, IndexError, ValueError):
+            return None  # malformed: pika says how
+    return Head(delivery_tag, redelivered, properties, body_size, end)
+
+
+def delivery_end(head: Head, body_max: int) -> int:
+    """Where the delivery of `head` ends, its body in frames of `body_max` bytes (frame_max less FRAME_OVERHEAD).
+
+    RabbitMQ fills each body frame but the last; a broker sending smaller frames needs more.
+    """
+    return head.end + head.body_size + FRAME_OVERHEAD * -(-head.body_size // body_max)
+
+
+def _head(data: bytes, offset: int, channel_number: int, consumer_tags: Container[bytes],
+          ) -> tuple[int, bool, int, Properties | None, int, int] | Literal[False] | None:
+    """A delivery's (tag, redelivered, body size, properties, where its header frame starts, where it ends).
+
+    Its properties are None when they are left to pika. False while the frames are incomplete;
+    None when the frame at `offset` is another one.
     """
     if len(data) - offset < 7:
         return False
@@ -214,34 +289,46 @@ def read_delivery(data: bytes, offset: int, channel_number: int,
     kind, channel, size = _frame_start.unpack_from(data, end)
     if kind != FRAME_HEADER or channel != channel_number:
         return None
-    start, end = end + 7, end + size + FRAME_OVERHEAD
+    header_at, start, end = end, end + 7, end + size + FRAME_OVERHEAD
     if end > len(data):
         return False
+    properties = None
     try:  # in place: no copy of the header's bytes
         class_id, _weight, body_size, flags = _header_start.unpack_from(data, start)
-        if data[end - 1] != FRAME_END[0] or class_id != BASIC_CLASS or flags & ~DECODED:
+        if data[end - 1] != FRAME_END[0] or class_id != BASIC_CLASS:
             return None
-        properties, read_to = _properties(data, start + _header_start.size, flags)
-    except (struct.error, IndexError, UnicodeDecodeError):
-        return None  # malformed, or text that is not UTF-8: pika says how, or keeps it as bytes
-    if properties is None or read_to != end - 1:
+        if not flags & ~DECODED:
+            properties, read_to = _properties(data, start + _header_start.size, flags)
+            if properties is not None and read_to != end - 1:
+                return None
+    except (struct.error, IndexError):
+        return None  # malformed: pika says how
+    except UnicodeDecodeError:
+        pass  # text that is not UTF-8: pika keeps it as bytes
+    return delivery_tag, redelivered, body_size, properties, header_at, end
+
+
+def read_body_frame(data: bytes, offset: int, channel_number: int) -> tuple[int, int] | Literal[False] | None:
+    """The body frame on `channel_number` at `offset`: (where it ends, its payload's size); False while incomplete.
+
+    None when the frame there is another one.
+    """
+    if len(data) - offset < 7:
+        return False
+    kind, channel, size = _frame_start.unpack_from(data, offset)
+    if kind != FRAME_BODY or channel != channel_number:
         return None
-    parts = []
-    while body_size > 0:
-        if end + 7 > len(data):
-            return False
-        kind, channel, size = _frame_start.unpack_from(data, end)
-        if kind != FRAME_BODY or channel != channel_number or size > body_size:
-            return None
-        start, end = end, end + size + FRAME_OVERHEAD
-        if end > len(data):
-            return False
-        if data[end - 1] != FRAME_END[0]:
-            return None
-        parts.append(data[start + 7:end - 1])
-        body_size -= size
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    return end, Delivery(delivery_tag, properties, body, redelivered)
+    end = offset + size + FRAME_OVERHEAD
+    if end > len(data):
+        return False
+    return (end, size) if data[end - 1] == FRAME_END[0] else None
+
+
+def frame_length(data: bytes, offset: int) -> int:
+    """How many bytes from `offset` the frame there takes, or at least takes while its size is not in yet."""
+    if len(data) - offset < 7:
+        return 7
+    return _frame_start.unpack_from(data, offset)[2] + FRAME_OVERHEAD
 
 
 def frame_end(data: bytes, offset: int) -> int | None:

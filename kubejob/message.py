@@ -5,7 +5,8 @@ One message per CSV row:
 - properties: persistent, content type application/json, message_id "<upload_id>:<row>";
 - headers: `upload_id` (str), `row` (1-based data row number), `line` (the CSV line it starts on).
 The worker adds `attempt` (int, absent means 1) when it retries a row, and `error` (str) when
-it gives up on one and puts it in "<queue>.dead".
+it gives up on one and puts it in "<queue>.dead"; a row whose body was larger than
+MAX_MESSAGE_BYTES goes there with an empty body and `body_bytes` (int), the size it had.
 
 The queue is a quorum queue. Around it: "<queue>.retry" holds a row waiting to be retried
 (its expiration is the delay) and dead-letters it back into the queue; "<queue>.limit"
@@ -104,15 +105,20 @@ def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -
 
 def decode(body: bytes, properties: AnyProperties) -> Row:
     """The row a message carries; raises BadMessage if the body is not a JSON object."""
-    headers = properties.headers or {}
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # invalid UTF-8 included
         raise BadMessage(f"body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise BadMessage("body is not a JSON object")
+    return named_row(properties, data)
+
+
+def named_row(properties: AnyProperties, data: dict[str, str] | None = None) -> Row:
+    """The row a message's headers name, with `data`: none for a message whose body was not read."""
+    headers = properties.headers or {}
     return Row(
-        data=data,
+        data={} if data is None else data,
         upload_id=str(headers.get("upload_id", "")),
         row=int(headers.get("row", 0)),
         attempt=int(headers.get("attempt", 1)),
@@ -124,8 +130,13 @@ def retry_properties(properties: AnyProperties, *, attempt: int, delay_s: float)
     return _copy(properties, attempt=attempt, expiration=str(max(0, round(delay_s * 1000))))
 
 
-def dead_properties(properties: AnyProperties, *, error: str) -> pika.BasicProperties:
-    """The same message's properties as it goes to "<queue>.dead", with the last error."""
+def dead_properties(properties: AnyProperties, *, error: str, dropped: int = 0) -> pika.BasicProperties:
+    """The same message's properties as it goes to "<queue>.dead", with the last error.
+
+    A message whose body of `dropped` bytes was too large to keep goes without it, and says its size.
+    """
+    if dropped:
+        return _copy(properties, error=error, body_bytes=dropped)
     return _copy(properties, error=error)
 
 

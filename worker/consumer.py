@@ -13,6 +13,10 @@ batch (worker.linger).
 
 A worker starts with a prefetch of 1 and widens it at the first row that is not a
 redelivery, so that after a death the redelivered rows come back one at a time.
+
+A message whose body is over MAX_MESSAGE_BYTES is dropped as it arrives (worker.deliveries):
+its row is recorded as failed and copied to "<queue>.dead" with an empty body, so that body
+is not kept anywhere. A message still arriving counts as work, never as an empty queue.
 """
 
 import collections
@@ -31,7 +35,7 @@ from kubejob import message
 from kubejob.frames import Delivery
 from kubejob.ledger import Retry
 from worker import dead_letters
-from worker.deliveries import Deliveries
+from worker.deliveries import ConfirmedCopies, CopiesNotConfirmed, Deliveries
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
@@ -83,15 +87,22 @@ class Consumer:
                 heartbeat=self.settings.worker_heartbeat_seconds, connection_attempts=3, retry_delay=2,
             ))
             self._channel = self._connection.channel()
-            self._settler = Settler(self._channel, self.settings)
             self._declare()
+            self._copies = ConfirmedCopies(self._channel)
+            self._settler = Settler(self._channel, self._copies, self.settings)
             self._move_limit_queue()
-            self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries)
+            self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
+                                          max_body_bytes=self.settings.max_message_bytes)
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
             where = f"{self.settings.rabbitmq_host}:{self.settings.rabbitmq_port}"
             raise BrokerError(f"RabbitMQ at {where}: {exc!r}") from None
+        except CopiesNotConfirmed as exc:
+            # The rows it copies are unacked: closing the connection gives them back to the queue.
+            with contextlib.suppress(pika.exceptions.AMQPError):
+                self._connection.close()
+            raise BrokerError(f"copies of failed rows not confirmed: {exc}") from exc
         finally:
             self._rows.close()
             self._batches.put(None)
@@ -105,11 +116,10 @@ class Consumer:
                     raise QueueMismatch(message.migration_hint(name, exc.reply_text)) from None
                 raise
         self._channel.basic_qos(prefetch_count=1)  # widened at the first row that is not a redelivery
-        self._channel.confirm_delivery()
 
     def _move_limit_queue(self) -> None:
         try:
-            moved = dead_letters.move_limit_queue(self._channel, self.queue, self.ledger)
+            moved = dead_letters.move_limit_queue(self._channel, self._copies, self.queue, self.ledger)
         except LedgerUnavailable as exc:
             log.warning("ledger unavailable, rows the broker dead-lettered wait", extra={"error": str(exc)})
             return
@@ -134,7 +144,8 @@ class Consumer:
             if self._rows.overdue(time.monotonic()):
                 break
             now = time.monotonic()
-            if self._record_when_due() or self._in_flight:
+            # A message still arriving (a large one takes many receives) is work, not an empty queue.
+            if self._record_when_due() or self._in_flight or self._deliveries.receiving:
                 last_activity = now
             elif idle_for(now, last_activity, self._settler.retries_back_at) >= self.settings.worker_idle_seconds:
                 # A row may have come back from its delay, and reached us, during that check.

@@ -11,6 +11,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from kubejob import message
+from worker.deliveries import ConfirmedCopies
 from worker.ledger import Ledger, RowOutcome
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,12 @@ log = logging.getLogger(__name__)
 _BATCH = 100
 
 
-def move_limit_queue(channel: BlockingChannel, queue: str, ledger: Ledger) -> int:
-    """Record and move every message in "<queue>.limit"; return how many. Raises LedgerUnavailable."""
+def move_limit_queue(channel: BlockingChannel, copies: ConfirmedCopies, queue: str, ledger: Ledger) -> int:
+    """Record and move every message in "<queue>.limit"; return how many.
+
+    Raises LedgerUnavailable, or CopiesNotConfirmed when the broker refused a copy; either way
+    the messages not acked go back to "<queue>.limit".
+    """
     moved = 0
     while taken := _take(channel, message.limit_queue(queue)):
         errors = [_error(properties) for _, properties, _ in taken]
@@ -33,10 +38,10 @@ def move_limit_queue(channel: BlockingChannel, queue: str, ledger: Ledger) -> in
         # Unacked until recorded: if this fails, the messages go back to the queue for the next try.
         ledger.record(outcomes, redelivered=collections.Counter())
         for (_, properties, body), error in zip(taken, errors, strict=True):
-            channel.basic_publish("", message.dead_letter_queue(queue), body,
-                                  message.dead_properties(properties, error=error), mandatory=True)
+            copies.publish(message.dead_letter_queue(queue), body, message.dead_properties(properties, error=error))
             log.error("giving up on row the broker dead-lettered",
                       extra={"queue": queue, "message_id": properties.message_id, "error": error})
+        copies.confirm()  # all of the batch's copies at once, before their originals are acked
         channel.basic_ack(taken[-1][0], multiple=True)
         moved += len(taken)
     return moved

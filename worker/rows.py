@@ -25,7 +25,7 @@ from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger
 from worker.settings import Settings
-from worker.settle import GaveUp, Outcome
+from worker.settle import GaveUp, MessageTooLarge, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -181,11 +181,16 @@ class Rows:
         if delivery.redelivered:
             metrics.REDELIVERIES.inc()
         try:
-            row = message.decode(delivery.body, delivery.properties)
+            if delivery.dropped:  # its body was too large to keep: its headers say which row it is
+                row = message.named_row(delivery.properties)
+            else:
+                row = message.decode(delivery.body, delivery.properties)
             if delivery.redelivered:
                 if self._ledger.has(row.upload_id, row.row):
                     return row, Outcome(delivery, row, None, already_recorded=True)
                 self._count_start(row)
+            if delivery.dropped:
+                raise MessageTooLarge(delivery.dropped, self._settings.max_message_bytes)
         except Exception as exc:
             return row, Outcome(delivery, row, exc)
         with self._lock:

@@ -4,7 +4,8 @@ Only rows whose outcome is in the ledger get here (worker.consumer sees to it). 
 out of delivery order when several are handled at once, so `Acks` keeps the delivery tags
 not yet settled: a run of successes at the head of them is settled by one `multiple` ack,
 and a success behind a row still in its handler is acked alone, so that a slow row holds
-back no ack but its own.
+back no ack but its own. The copies of a batch's failures are published together and their
+confirms awaited once, before any of those rows is acked.
 """
 
 import collections
@@ -14,10 +15,12 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from pika.adapters.blocking_connection import BlockingChannel
+from prometheus_client import Counter
 
 from kubejob import message
 from kubejob.frames import Delivery
 from worker import metrics
+from worker.deliveries import ConfirmedCopies
 from worker.ledger import RowOutcome
 from worker.settings import Settings
 
@@ -28,6 +31,14 @@ class GaveUp(Exception):
     """A row the worker will not start again: workers kept dying while handling it."""
 
 
+class MessageTooLarge(Exception):
+    """A row whose body is over MAX_MESSAGE_BYTES: dropped as it arrived, so no attempt can read it."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the message body is {size} bytes, more than MAX_MESSAGE_BYTES ({limit}) "
+                         "that a worker holds in memory")
+
+
 class Outcome(NamedTuple):
     delivery: Delivery
     row: message.Row | None
@@ -36,7 +47,8 @@ class Outcome(NamedTuple):
 
     def final(self, max_attempts: int) -> bool:
         """A failure that is not tried again."""
-        return self.row is None or isinstance(self.error, GaveUp) or self.row.attempt >= max_attempts
+        return (self.row is None or isinstance(self.error, GaveUp | MessageTooLarge)
+                or self.row.attempt >= max_attempts)
 
     def recorded(self, max_attempts: int) -> RowOutcome | None:
         """What the ledger keeps of it; None for a row that will be tried again, or is recorded already."""
@@ -81,10 +93,10 @@ class Acks:
 
 
 class Settler:
-    """Settles recorded batches on the I/O thread's channel."""
+    """Settles recorded batches on the I/O thread's channel; failures are copied elsewhere through `copies`."""
 
-    def __init__(self, channel: BlockingChannel, settings: Settings) -> None:
-        self._channel, self._settings = channel, settings
+    def __init__(self, channel: BlockingChannel, copies: ConfirmedCopies, settings: Settings) -> None:
+        self._channel, self._copies, self._settings = channel, copies, settings
         self.acks = Acks()
         self.queue = settings.queue_name
         # When the last row this worker sent to the retry queue is due back (time.monotonic()). On its way
@@ -92,14 +104,23 @@ class Settler:
         self.retries_back_at = 0.0
 
     def settle(self, batch: list[Outcome]) -> int:
-        """Ack, retry or dead-letter each recorded row; return how many succeeded."""
-        successes, done, already_done = [], 0, 0
+        """Ack, retry or dead-letter each recorded row; return how many succeeded.
+
+        Raises CopiesNotConfirmed, with none of the failed rows acked, if the broker refused a copy.
+        """
+        successes, failures, done, already_done = [], [], 0, 0
         for outcome in batch:
             if outcome.error is None:
                 successes.append(outcome.delivery.tag)
                 done, already_done = done + (not outcome.already_recorded), already_done + outcome.already_recorded
             else:
-                self._settle_failure(outcome)
+                failures.append((outcome.delivery.tag, self._copy_failure(outcome)))
+        if failures:
+            self._copies.confirm()
+        for tag, counted in failures:
+            self._channel.basic_ack(tag)
+            self.acks.settled(tag)
+            counted.inc()
         multiple, alone = self.acks.succeeded(successes)
         if multiple is not None:
             self._channel.basic_ack(multiple, multiple=True)
@@ -109,12 +130,12 @@ class Settler:
         metrics.ALREADY_DONE.inc(already_done)
         return len(successes)
 
-    def _settle_failure(self, outcome: Outcome) -> None:
-        """Retry the row after its delay, or give up on it; each copy is published before the original is acked.
+    def _copy_failure(self, outcome: Outcome) -> Counter:
+        """Publish the row's copy to wait for its retry, or to "<queue>.dead"; return the metric it counts in.
 
-        If we died between the two, the row would be handled twice, never lost. Not nack: on
-        RabbitMQ 4.3 and later a nack does not count as a failed delivery, and our copy in
-        "<queue>.dead" carries the error.
+        The copy is confirmed before the original is acked: if we died between the two, the row
+        would be handled twice, never lost. Not nack: on RabbitMQ 4.3 and later a nack does not
+        count as a failed delivery, and our copy in "<queue>.dead" carries the error.
         """
         delivery, row, error = outcome.delivery, outcome.row, describe(outcome.error)
         fields = {"queue": self.queue, "error": error, "message_id": delivery.properties.message_id,
@@ -122,21 +143,16 @@ class Settler:
         if outcome.final(self._settings.worker_max_attempts):
             where = {"upload_id": row.upload_id, "row": row.row} if row else {}
             log.error("giving up on row, dead-lettered", extra=fields | where)
-            target, properties = message.dead_letter_queue(self.queue), message.dead_properties(
-                delivery.properties, error=error)
-            counted = metrics.DEAD_LETTERED
-        else:
-            assert row is not None
-            delay = self._settings.retry_delay(row.attempt)
-            log.warning("row failed, will retry", extra=fields | {"retry_in_s": delay})
-            target, properties = message.retry_queue(self.queue), message.retry_properties(
-                delivery.properties, attempt=row.attempt + 1, delay_s=delay)
-            counted = metrics.RETRIED
-            self.retries_back_at = max(self.retries_back_at, time.monotonic() + delay)
-        self._channel.basic_publish("", target, delivery.body, properties, mandatory=True)
-        self._channel.basic_ack(delivery.tag)
-        self.acks.settled(delivery.tag)
-        counted.inc()
+            self._copies.publish(message.dead_letter_queue(self.queue), delivery.body, message.dead_properties(
+                delivery.properties, error=error, dropped=delivery.dropped))
+            return metrics.DEAD_LETTERED
+        assert row is not None
+        delay = self._settings.retry_delay(row.attempt)
+        log.warning("row failed, will retry", extra=fields | {"retry_in_s": delay})
+        self._copies.publish(message.retry_queue(self.queue), delivery.body, message.retry_properties(
+            delivery.properties, attempt=row.attempt + 1, delay_s=delay))
+        self.retries_back_at = max(self.retries_back_at, time.monotonic() + delay)
+        return metrics.RETRIED
 
 
 def describe(error: Exception | None) -> str:

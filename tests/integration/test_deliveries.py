@@ -8,7 +8,9 @@ import pytest
 
 from kubejob import frames
 from tests.helpers.broker import Broker
-from worker.deliveries import Deliveries
+from worker.deliveries import ConfirmedCopies, CopiesNotConfirmed, Deliveries
+
+MAX_BODY_BYTES = 16 * 1024**2  # as shipped (MAX_MESSAGE_BYTES)
 
 # A retried row as the broker delivers it (x-death is an array: pika reads that header), a body
 # larger than a frame (and than one receive), an empty one, and rows in between.
@@ -51,7 +53,7 @@ def test_every_message_arrives_once_in_order_with_what_was_published(broker: Bro
     with broker.connection() as conn:
         channel = conn.channel()
         channel.basic_qos(prefetch_count=len(MESSAGES))
-        deliveries = Deliveries(conn, channel, received.on_batch)
+        deliveries = Deliveries(conn, channel, received.on_batch, max_body_bytes=MAX_BODY_BYTES)
         tag = deliveries.consume(queue_name, received.on_message)
         deadline = time.monotonic() + 30
         while len(received.deliveries) < len(MESSAGES) and time.monotonic() < deadline:
@@ -87,7 +89,7 @@ def test_a_steady_stream_keeps_the_connection_alive_without_heartbeats(broker: B
     try:
         with pika.BlockingConnection(params) as conn:
             channel = conn.channel()
-            deliveries = Deliveries(conn, channel, received.on_batch)
+            deliveries = Deliveries(conn, channel, received.on_batch, max_body_bytes=MAX_BODY_BYTES)
             deliveries.consume(queue_name, received.on_message)
             ends = time.monotonic() + 14  # pika checks every heartbeat + 5 s: two checks
             while time.monotonic() < ends:
@@ -99,3 +101,25 @@ def test_a_steady_stream_keeps_the_connection_alive_without_heartbeats(broker: B
         stop.set()
         publisher.join()
     assert len(received.deliveries) > 100 and received.by_pika == 0
+
+
+def test_copies_are_confirmed_together_and_a_refused_one_raises(broker: Broker, queue_name: str) -> None:
+    with broker.connection() as conn:
+        channel = conn.channel()
+        channel.queue_declare(queue_name, arguments={"x-queue-type": "classic"})
+        copies = ConfirmedCopies(channel)
+        for n in range(500):
+            copies.publish(queue_name, str(n).encode(), pika.BasicProperties())
+        copies.confirm()
+        assert channel.queue_declare(queue_name, passive=True).method.message_count == 500
+        # A full queue that rejects publishes: the broker nacks what it cannot take.
+        full = f"{queue_name}.full"
+        channel.queue_declare(full, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+        for _ in range(3):
+            copies.publish(full, b"{}", pika.BasicProperties())
+        with pytest.raises(CopiesNotConfirmed, match="refused 2 of 3"):
+            copies.confirm()
+        copies.publish(f"{queue_name}.nowhere", b"{}", pika.BasicProperties())  # returned: no such queue
+        with pytest.raises(CopiesNotConfirmed, match="refused 1 of 1"):
+            copies.confirm()
+        channel.queue_delete(full)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from kubejob import message
@@ -25,6 +26,24 @@ def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tm
     assert worker.wait(timeout=60) == 0
     assert handled(tmp_path / "handled") == collections.Counter(str(i) for i in range(500))
     assert broker.depth(queue_name) == 0
+
+
+def test_a_drain_with_half_its_rows_failing_puts_each_failure_in_dead_once_and_every_outcome_in_the_ledger(
+        broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    count = 20_000
+    upload_id = broker.publish_rows(queue_name, [{"id": str(n), "poison": "yes" if n % 2 else "no"}
+                                                 for n in range(count)], confirm=False)
+    wait_for(lambda: broker.depth(queue_name) == count, what=f"{count} rows queued", timeout=60, interval=0.2)
+    worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="1")
+    assert worker.wait(timeout=180) == 0
+    dead = broker.drain(message.dead_letter_queue(queue_name))
+    rows_dead = collections.Counter(properties.headers["row"] for properties, _ in dead)
+    assert rows_dead == collections.Counter(range(2, count + 1, 2))  # row n carries id n - 1: the odd ids
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        outcomes = conn.execute("SELECT failed, count(*) FROM row_outcomes WHERE upload_id = %s GROUP BY failed",
+                                (upload_id,)).fetchall()
+    assert sorted(outcomes) == [(False, count // 2), (True, count // 2)]
+    assert broker.depth(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
 
 
 def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_name: str, tmp_path: Path) -> None:
