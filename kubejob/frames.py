@@ -38,8 +38,9 @@ FRAME_END = b"\xce"
 FRAME_OVERHEAD = 8  # type, channel, size (7 bytes) and the end octet
 BASIC_CLASS, PUBLISH_METHOD, DELIVER_METHOD = 60, 40, 60
 # Property flags, in the order their values follow (AMQP 0-9-1 basic properties).
-CONTENT_TYPE, HEADERS, DELIVERY_MODE, MESSAGE_ID = 0x8000, 0x2000, 0x1000, 0x0080
-ENCODED = Properties._fields
+CONTENT_TYPE, HEADERS, DELIVERY_MODE, EXPIRATION, MESSAGE_ID = 0x8000, 0x2000, 0x1000, 0x0100, 0x0080
+# Read by `read_delivery`, and encoded by `Publish`, which also encodes a retry's expiration.
+ENCODED = (*Properties._fields, "expiration")
 # Every other property pika knows, read from pika itself so that one it adds is refused too.
 NOT_ENCODED = tuple(name for name in vars(pika.BasicProperties()) if name not in ENCODED)
 _not_encoded = operator.attrgetter(*NOT_ENCODED)
@@ -91,6 +92,9 @@ def _content_header(size: int, properties: pika.BasicProperties) -> bytes:
     if properties.delivery_mode is not None:
         flags |= DELIVERY_MODE
         values.append(bytes((properties.delivery_mode,)))
+    if properties.expiration is not None:
+        flags |= EXPIRATION
+        values.append(_short(properties.expiration))
     if properties.message_id is not None:
         flags |= MESSAGE_ID
         values.append(_short(properties.message_id))

@@ -8,6 +8,8 @@ from pythonjsonlogger.json import JsonFormatter
 MASK = "***"
 _PIKA_CONNECTING = ("pika.adapters.utils.connection_workflow", "pika.adapters.base_connection",
                     "pika.adapters.utils.io_services_utils")
+# Where pika logs what then reaches our code as an exception: a connection that failed, a channel the broker closed.
+_PIKA_RAISED = (("pika.adapters.blocking_connection", "_create_connection"), ("pika.channel", "_on_close_from_broker"))
 _QUIET = ("urllib3", "kubernetes", "httpx", "httpcore")
 
 
@@ -37,6 +39,17 @@ class RedactSecrets(logging.Filter):
         return text
 
 
+class _NotFrom(logging.Filter):
+    """Drops the records logged by one function."""
+
+    def __init__(self, function: str) -> None:
+        super().__init__()
+        self.function = function
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != self.function
+
+
 def configure(level: str, *, secrets: list[str]) -> None:
     """Send every log record to stdout as JSON at `level`; call once at start."""
     handler = logging.StreamHandler(sys.stdout)
@@ -57,3 +70,5 @@ def configure(level: str, *, secrets: list[str]) -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
     for name in _PIKA_CONNECTING:
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name, function in _PIKA_RAISED:
+        logging.getLogger(name).filters[:] = [_NotFrom(function)]

@@ -31,11 +31,12 @@ import time
 import pika
 import pika.exceptions
 
-from kubejob import message
+from kubejob import message, pika_fast
 from kubejob.frames import Delivery
 from kubejob.ledger import Retry
 from worker import dead_letters
-from worker.deliveries import ConfirmedCopies, CopiesNotConfirmed, Deliveries
+from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
+from worker.deliveries import Deliveries, PlainDeliveries
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
@@ -88,11 +89,13 @@ class Consumer:
             ))
             self._channel = self._connection.channel()
             self._declare()
-            self._copies = ConfirmedCopies(self._channel)
+            fast = pika_fast.active(self.settings.kubejob_pika_fast)
+            self._copies = ConfirmedCopies(self._channel, on_confirm=self._wake) if fast else PlainCopies(self._channel)
             self._settler = Settler(self._channel, self._copies, self.settings)
             self._move_limit_queue()
             self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
-                                          max_body_bytes=self.settings.max_message_bytes)
+                                          max_body_bytes=self.settings.max_message_bytes) if fast else \
+                PlainDeliveries(self._channel, self._on_deliveries, max_body_bytes=self.settings.max_message_bytes)
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
@@ -133,6 +136,7 @@ class Consumer:
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=self._record_in(time.monotonic()))
+            self._in_flight -= self._settler.settle_confirmed()
             if not self._narrow and self._linger.due(time.monotonic(), len(self._arrived), self._ready):
                 time.sleep(self._linger.seconds)
                 self._connection.process_data_events(time_limit=0)
@@ -182,16 +186,19 @@ class Consumer:
     def _settle_what_finished(self) -> None:
         """Record and settle every finished row, the timed-out one included; the rest go back on close."""
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while (self._writing or self._rows.done) and time.monotonic() < deadline:
+        while (self._writing or self._rows.done or self._settler.awaiting) and time.monotonic() < deadline:
             self._record_when_due()
             self._connection.process_data_events(time_limit=0.2)
+            self._in_flight -= self._settler.settle_confirmed()
 
     def _finish_in_hand(self) -> None:
         """On SIGTERM: give the rows in hand time to finish; the broker requeues the rest on close."""
         self._rows.close()
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while (not self._rows.idle() or self._writing or self._rows.done) and time.monotonic() < deadline:
+        while ((not self._rows.idle() or self._writing or self._rows.done or self._settler.awaiting)
+               and time.monotonic() < deadline):
             self._connection.process_data_events(time_limit=0.2)
+            self._in_flight -= self._settler.settle_confirmed()
             self._record_when_due()
         log.info("stopped on SIGTERM",
                  extra={"queue": self.queue, "handled": self.handled, "returned": self._in_flight})
@@ -270,8 +277,9 @@ class Consumer:
         if self._ledger_retry.failing_since is not None:
             log.info("ledger back", extra={"down_s": round(now - self._ledger_retry.failing_since, 1)})
             self._ledger_retry.succeeded()
-        self._in_flight -= len(batch)
-        self.handled += self._settler.settle(batch)
+        succeeded = self._settler.settle(batch)  # acked now; the failed ones when their copies are confirmed
+        self._in_flight -= succeeded
+        self.handled += succeeded
 
 
 def idle_for(now: float, last_activity: float, retries_back_at: float) -> float:

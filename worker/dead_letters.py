@@ -11,7 +11,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from kubejob import message
-from worker.deliveries import ConfirmedCopies
+from worker.copies import Copies
 from worker.ledger import Ledger, RowOutcome
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 _BATCH = 100
 
 
-def move_limit_queue(channel: BlockingChannel, copies: ConfirmedCopies, queue: str, ledger: Ledger) -> int:
+def move_limit_queue(channel: BlockingChannel, copies: Copies, queue: str, ledger: Ledger) -> int:
     """Record and move every message in "<queue>.limit"; return how many.
 
     Raises LedgerUnavailable, or CopiesNotConfirmed when the broker refused a copy; either way

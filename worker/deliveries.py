@@ -1,24 +1,14 @@
 """Reads deliveries off the connection in batches, instead of one pika event per frame and per message.
 
-pika reads the socket 4 KiB at a time and hands the bytes to `Connection._on_data_available`,
-which decodes one frame at a time, runs it through its callback registry and the channel's
-content assembler, and queues one event per message for the BlockingChannel to dispatch: about
-half of a draining worker's CPU. Here the connection reads up to RECV_BYTES at a time, every
-whole message for one of our consumers is read with `kubejob.frames.read_delivery`, and the
-messages of one receive are queued as a single event. Any other frame (a reply, a confirm, a
-heartbeat, a message whose headers pika must decode) goes to pika's own code, after the
-messages before it, so everything is dispatched in the order it arrived.
-
-Draining 100k rows (no-op handler, no ledger) this took the worker from 65 to 35 µs of CPU a
-row. It hooks pika 1.3.2's private `_on_data_available`, `_frame_buffer`, `bytes_received`
-(which pika's heartbeat checker watches), `_body_max_length` and
-`BlockingChannel._add_pending_event`; kubejob/requirements.txt pins that version.
-
-`ConfirmedCopies` publishes the copies of failed rows (to "<queue>.retry" or "<queue>.dead")
-on the same channel in confirm mode, many before their confirms are awaited at once, which
-BlockingChannel.basic_publish cannot: it waits for each message's confirm before it returns.
-It reaches the channel's pika Channel (`BlockingChannel._impl`) and waits on
-`BlockingChannel._flush_output`.
+pika reads the socket 4 KiB at a time and decodes one frame at a time, runs it through its
+callback registry and the channel's content assembler, and queues one event per message for
+the BlockingChannel to dispatch: about half of a draining worker's CPU. With
+kubejob.pika_fast active, the connection reads up to its RECV_BYTES at a time, every whole
+message for one of our consumers is read with `kubejob.frames.read_delivery`, and the
+messages of one receive are dispatched as a single event. Any other frame (a reply, a
+confirm, a heartbeat, a message whose headers pika must decode) goes to pika's own code,
+after the messages before it, so everything is dispatched in the order it arrived.
+`PlainDeliveries` is the same interface on pika's public basic_consume, for when it is not.
 """
 
 import logging
@@ -26,15 +16,11 @@ import uuid
 from collections.abc import Callable
 
 import pika
-import pika.frame
-import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
-from kubejob import frames
+from kubejob import frames, pika_fast
 
 log = logging.getLogger(__name__)
-
-RECV_BYTES = 256 * 1024  # about 1,000 rows per receive
 
 
 class _Batch:
@@ -49,55 +35,6 @@ class _Batch:
         self.deliver(self.messages)
 
 
-class CopiesNotConfirmed(Exception):
-    """The broker nacked or returned a copy: the rows it copies must not be acked (they come back on close)."""
-
-
-class ConfirmedCopies:
-    """Publishes to queues on a channel it puts in confirm mode; `confirm` waits for all sent since the last."""
-
-    def __init__(self, channel: BlockingChannel) -> None:
-        self._channel, self._impl = channel, channel._impl
-        self._sent = 0  # the broker numbers the messages of a channel in confirm mode from 1
-        self._unconfirmed: set[int] = set()
-        self._refused = 0  # nacked or returned since the last `confirm`
-        selected: list[object] = []
-        self._impl.confirm_delivery(self._on_confirm, callback=selected.append)
-        channel._flush_output(lambda: bool(selected))
-        self._impl.add_on_return_callback(self._on_return)
-
-    def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> None:
-        """Send a message to `queue` (mandatory: one it cannot route comes back, and counts as refused)."""
-        self._impl.basic_publish("", queue, body, properties, mandatory=True)
-        self._sent += 1
-        self._unconfirmed.add(self._sent)
-
-    def confirm(self) -> None:
-        """Wait until the broker has confirmed every message sent; raise CopiesNotConfirmed if it refused any."""
-        waiting = len(self._unconfirmed)
-        self._channel._flush_output(lambda: not self._unconfirmed)
-        refused, self._refused = self._refused, 0
-        if refused:
-            raise CopiesNotConfirmed(f"RabbitMQ refused {refused} of {waiting} messages (nacked or returned)")
-
-    def _on_confirm(self, frame: pika.frame.Method) -> None:
-        method = frame.method
-        if method.multiple:
-            confirmed = {tag for tag in self._unconfirmed if tag <= method.delivery_tag}
-        else:
-            confirmed = {method.delivery_tag} & self._unconfirmed
-        self._unconfirmed -= confirmed
-        if isinstance(method, pika.spec.Basic.Nack):
-            self._refused += len(confirmed)
-
-    def _on_return(self, _channel: object, method: pika.spec.Basic.Return, _properties: object, _body: bytes) -> None:
-        # Its basic.ack follows: it is counted as confirmed, and as refused.
-        log.error("message returned by RabbitMQ", extra={"routing_key": method.routing_key,
-                                                          "reply_code": method.reply_code,
-                                                          "reply_text": method.reply_text})
-        self._refused += 1
-
-
 class Deliveries:
     """The consumers of one BlockingChannel, fed in batches; `on_batch` runs where pika dispatches events.
 
@@ -110,20 +47,17 @@ class Deliveries:
 
     def __init__(self, connection: pika.BlockingConnection, channel: BlockingChannel,
                  on_batch: Callable[[list[frames.Delivery]], None], *, max_body_bytes: int) -> None:
-        impl = connection._impl
-        self._impl, self._channel, self._on_batch = impl, channel, on_batch
+        self._channel, self._on_batch = channel, on_batch
         self._number, self._max_body = channel.channel_number, max_body_bytes
-        self._body_max = impl._body_max_length  # a body frame's largest payload on this connection
         self._tags: set[bytes] = set()
-        self._pika_data_available = impl._on_data_available
-        self._chunks = [impl._frame_buffer] if impl._frame_buffer else []  # received, not yet read
-        self._held = len(impl._frame_buffer)
-        impl._frame_buffer = b""
+        self._received = pika_fast.read_received(connection, self._on_received)
+        self._body_max = self._received.body_max  # a body frame's largest payload on this connection
+        leftover = self._received.leftover
+        self._chunks = [leftover] if leftover else []  # received, not yet read
+        self._held = len(leftover)
         self._needed = 0  # bytes to hold before reading on: all of a frame, or of a message, that began
         self._dropping: frames.Head | None = None  # the message whose body frames are being dropped
         self._dropped = 0  # of its body, so far
-        impl._on_data_available = self._on_data_available
-        impl._transport._MAX_RECV_BYTES = RECV_BYTES
 
     @property
     def receiving(self) -> bool:
@@ -140,8 +74,8 @@ class Deliveries:
         self._channel.basic_cancel(tag)
         self._tags.discard(tag.encode())
 
-    def _on_data_available(self, data: bytes) -> None:
-        self._impl.bytes_received += len(data)  # every byte read: what pika's heartbeat checker watches
+    def _on_received(self, data: bytes) -> None:
+        self._received.count(len(data))
         self._chunks.append(data)
         self._held += len(data)
         if self._held < self._needed:
@@ -184,8 +118,7 @@ class Deliveries:
                     break
                 self._queue(batch)
                 frame, batch, offset = buffer[offset:end], [], end
-                self._impl.bytes_received -= len(frame)  # pika counts the frames it reads itself
-                self._pika_data_available(frame)
+                self._received.to_pika(frame)
         finally:
             rest = buffer[offset:]
             self._chunks, self._held = [rest] if rest else [], len(rest)
@@ -217,4 +150,34 @@ class Deliveries:
 
     def _queue(self, batch: list[frames.Delivery]) -> None:
         if batch:
-            self._channel._add_pending_event(_Batch(self._on_batch, batch))
+            pika_fast.dispatch(self._channel, _Batch(self._on_batch, batch))
+
+
+class PlainDeliveries:
+    """Deliveries as pika reads them, one by one, for when kubejob.pika_fast is not active.
+
+    pika holds a message until all of it is in, so one over `max_body_bytes` is held in memory
+    once before its body is dropped, and a message still arriving is not seen (`receiving`).
+    """
+
+    receiving = False
+
+    def __init__(self, channel: BlockingChannel, on_batch: Callable[[list[frames.Delivery]], None], *,
+                 max_body_bytes: int) -> None:
+        self._channel, self._on_batch, self._max_body = channel, on_batch, max_body_bytes
+
+    def consume(self, queue: str, on_message: Callable[..., None]) -> str:
+        return self._channel.basic_consume(queue, self._on_message)
+
+    def cancel(self, tag: str) -> None:
+        self._channel.basic_cancel(tag)
+
+    def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties,
+                    body: bytes) -> None:
+        delivery = frames.Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
+        if len(body) > self._max_body:
+            log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
+                        extra={"delivery_tag": delivery.tag, "body_bytes": len(body),
+                               "max_message_bytes": self._max_body})
+            delivery = delivery._replace(body=b"", dropped=len(body))
+        self._on_batch([delivery])

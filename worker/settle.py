@@ -4,8 +4,9 @@ Only rows whose outcome is in the ledger get here (worker.consumer sees to it). 
 out of delivery order when several are handled at once, so `Acks` keeps the delivery tags
 not yet settled: a run of successes at the head of them is settled by one `multiple` ack,
 and a success behind a row still in its handler is acked alone, so that a slow row holds
-back no ack but its own. The copies of a batch's failures are published together and their
-confirms awaited once, before any of those rows is acked.
+back no ack but its own. A failed row's copy (to wait for its retry, or to "<queue>.dead") is
+published at once and the row acked only once the broker confirmed the copy; meanwhile other
+rows are delivered, handled and acked (`settle_confirmed`).
 """
 
 import collections
@@ -20,7 +21,7 @@ from prometheus_client import Counter
 from kubejob import message
 from kubejob.frames import Delivery
 from worker import metrics
-from worker.deliveries import ConfirmedCopies
+from worker.copies import Copies
 from worker.ledger import RowOutcome
 from worker.settings import Settings
 
@@ -63,96 +64,141 @@ class Outcome(NamedTuple):
         return RowOutcome(row.upload_id, row.row, row.attempt, error=describe(self.error), data=row.data)
 
 
+HANDLING, SUCCEEDED, COPYING = 0, 1, 2  # where a delivered row not yet acked is
+
+
 class Acks:
-    """The delivery tags not yet settled, in delivery order, and which acks settle those that succeeded."""
+    """The delivery tags not yet settled, in delivery order, and which acks settle those that succeeded.
+
+    A row whose copy is on its way to another queue (`copying`) is acked once the broker has
+    confirmed the copy, a moment later: the successes behind it wait for it and go in the same
+    multiple ack. Only a row still in its handler makes the successes behind it go alone.
+    """
 
     def __init__(self) -> None:
         self._order: collections.deque[int] = collections.deque()
-        self._open: dict[int, bool] = {}  # tag -> succeeded, awaiting its ack
+        self._open: dict[int, int] = {}  # tag -> HANDLING, SUCCEEDED (awaiting its ack) or COPYING
 
     def delivered(self, tags: list[int]) -> None:
         self._order.extend(tags)
-        self._open.update(dict.fromkeys(tags, False))
+        self._open.update(dict.fromkeys(tags, HANDLING))
 
-    def settled(self, tag: int) -> None:
-        """The row was acked by itself (a failure, copied elsewhere first)."""
-        del self._open[tag]
+    def copying(self, tag: int) -> None:
+        """The row failed and its copy is published: it is acked with `succeeded` once the copy is confirmed."""
+        self._open[tag] = COPYING
 
     def succeeded(self, tags: Iterable[int]) -> tuple[int | None, list[int]]:
         """The tag to ack with `multiple` (the run of successes at the head), and the tags to ack one by one."""
-        tags = list(tags)
         for tag in tags:
-            self._open[tag] = True
+            self._open[tag] = SUCCEEDED
         multiple = None
-        while self._order and self._open.get(self._order[0], True):
+        while self._order and self._open.get(self._order[0], SUCCEEDED) == SUCCEEDED:
             tag = self._order.popleft()
-            if self._open.pop(tag, False):
+            if self._open.pop(tag, None) is not None:
                 multiple = tag
-        alone = [tag for tag in tags if self._open.pop(tag, False)]
+        alone, handling = [], False
+        for tag in self._order:
+            state = self._open.get(tag)
+            handling = handling or state == HANDLING
+            if handling and state == SUCCEEDED:
+                alone.append(tag)
+        for tag in alone:
+            del self._open[tag]
         return multiple, alone
 
 
 class Settler:
     """Settles recorded batches on the I/O thread's channel; failures are copied elsewhere through `copies`."""
 
-    def __init__(self, channel: BlockingChannel, copies: ConfirmedCopies, settings: Settings) -> None:
+    def __init__(self, channel: BlockingChannel, copies: Copies, settings: Settings) -> None:
         self._channel, self._copies, self._settings = channel, copies, settings
         self.acks = Acks()
         self.queue = settings.queue_name
+        # Failed rows whose copy the broker has not confirmed yet, in publish order: (copy number, tag, metric).
+        self.awaiting: collections.deque[tuple[int, int, Counter]] = collections.deque()
         # When the last row this worker sent to the retry queue is due back (time.monotonic()). On its way
         # back it is in neither queue for a moment, so counting them cannot tell that it still comes.
         self.retries_back_at = 0.0
 
     def settle(self, batch: list[Outcome]) -> int:
-        """Ack, retry or dead-letter each recorded row; return how many succeeded.
-
-        Raises CopiesNotConfirmed, with none of the failed rows acked, if the broker refused a copy.
-        """
-        successes, failures, done, already_done = [], [], 0, 0
+        """Ack each recorded row that succeeded, and publish the copy of each that failed; return how many
+        succeeded. The failed ones are acked by `settle_confirmed` once their copies are confirmed."""
+        successes, done, already_done = [], 0, 0
+        failed: dict[bool, list[Outcome]] = {True: [], False: []}  # given up on, or to be retried
         for outcome in batch:
             if outcome.error is None:
                 successes.append(outcome.delivery.tag)
                 done, already_done = done + (not outcome.already_recorded), already_done + outcome.already_recorded
             else:
-                failures.append((outcome.delivery.tag, self._copy_failure(outcome)))
-        if failures:
-            self._copies.confirm()
-        for tag, counted in failures:
-            self._channel.basic_ack(tag)
-            self.acks.settled(tag)
-            counted.inc()
-        multiple, alone = self.acks.succeeded(successes)
-        if multiple is not None:
-            self._channel.basic_ack(multiple, multiple=True)
-        for tag in alone:
-            self._channel.basic_ack(tag)
+                failed[outcome.final(self._settings.worker_max_attempts)].append(outcome)
+                self.awaiting.append(self._copy_failure(outcome))
+                self.acks.copying(outcome.delivery.tag)
+        self._copies.flush()
+        self._ack(successes)
+        _log_failures(self.queue, dead=failed[True], retried=failed[False])
         metrics.DONE.inc(done)
         metrics.ALREADY_DONE.inc(already_done)
         return len(successes)
 
-    def _copy_failure(self, outcome: Outcome) -> Counter:
-        """Publish the row's copy to wait for its retry, or to "<queue>.dead"; return the metric it counts in.
+    def settle_confirmed(self) -> int:
+        """Ack the failed rows whose copies the broker has confirmed; return how many.
+
+        Raises CopiesNotConfirmed, with none of the waiting rows acked, if the broker refused a copy.
+        """
+        self._copies.check(len(self.awaiting))
+        tags = []
+        while self.awaiting and self._copies.is_confirmed(self.awaiting[0][0]):
+            _, tag, counted = self.awaiting.popleft()
+            tags.append(tag)
+            counted.inc()
+        self._ack(tags)
+        return len(tags)
+
+    def _ack(self, tags: list[int]) -> None:
+        multiple, alone = self.acks.succeeded(tags)
+        if multiple is not None:
+            self._channel.basic_ack(multiple, multiple=True)
+        for tag in alone:
+            self._channel.basic_ack(tag)
+
+    def _copy_failure(self, outcome: Outcome) -> tuple[int, int, Counter]:
+        """Publish the row's copy to wait for its retry, or to "<queue>.dead"; return the copy's number, the
+        row's delivery tag and the metric it counts in.
 
         The copy is confirmed before the original is acked: if we died between the two, the row
         would be handled twice, never lost. Not nack: on RabbitMQ 4.3 and later a nack does not
         count as a failed delivery, and our copy in "<queue>.dead" carries the error.
         """
         delivery, row, error = outcome.delivery, outcome.row, describe(outcome.error)
-        fields = {"queue": self.queue, "error": error, "message_id": delivery.properties.message_id,
-                  "attempt": row.attempt if row else None}
         if outcome.final(self._settings.worker_max_attempts):
-            where = {"upload_id": row.upload_id, "row": row.row} if row else {}
-            log.error("giving up on row, dead-lettered", extra=fields | where)
-            self._copies.publish(message.dead_letter_queue(self.queue), delivery.body, message.dead_properties(
-                delivery.properties, error=error, dropped=delivery.dropped))
-            return metrics.DEAD_LETTERED
+            number = self._copies.publish(message.dead_letter_queue(self.queue), delivery.body,
+                                          message.dead_properties(delivery.properties, error=error,
+                                                                  dropped=delivery.dropped))
+            return number, delivery.tag, metrics.DEAD_LETTERED
         assert row is not None
         delay = self._settings.retry_delay(row.attempt)
-        log.warning("row failed, will retry", extra=fields | {"retry_in_s": delay})
-        self._copies.publish(message.retry_queue(self.queue), delivery.body, message.retry_properties(
+        number = self._copies.publish(message.retry_queue(self.queue), delivery.body, message.retry_properties(
             delivery.properties, attempt=row.attempt + 1, delay_s=delay))
         self.retries_back_at = max(self.retries_back_at, time.monotonic() + delay)
-        return metrics.RETRIED
+        return number, delivery.tag, metrics.RETRIED
+
+
+# Rows named by each failure log line; the ledger and "<queue>.dead" have every one.
+LOGGED_ROWS = 5
+
+
+def _log_failures(queue: str, *, dead: list[Outcome], retried: list[Outcome]) -> None:
+    """One line for the rows of a batch given up on, one for those to be retried: how many, each distinct
+    error with its count, and the first rows."""
+    for outcomes, say, level in ((dead, "rows dead-lettered", logging.ERROR),
+                                 (retried, "rows failed, will retry", logging.WARNING)):
+        if outcomes:
+            errors = collections.Counter(describe(o.error) for o in outcomes)
+            first = [f"{o.row.upload_id}:{o.row.row}" if o.row else o.delivery.properties.message_id
+                     for o in outcomes[:LOGGED_ROWS]]
+            log.log(level, say, extra={"queue": queue, "rows": len(outcomes), "errors": dict(errors.most_common(5)),
+                                       "first_rows": first, "attempt": max(o.row.attempt if o.row else 1
+                                                                            for o in outcomes)})
 
 
 def describe(error: Exception | None) -> str:

@@ -8,7 +8,8 @@ import pytest
 
 from kubejob import frames
 from tests.helpers.broker import Broker
-from worker.deliveries import ConfirmedCopies, CopiesNotConfirmed, Deliveries
+from worker.copies import ConfirmedCopies, CopiesNotConfirmed
+from worker.deliveries import Deliveries
 
 MAX_BODY_BYTES = 16 * 1024**2  # as shipped (MAX_MESSAGE_BYTES)
 

@@ -6,8 +6,9 @@ import pika
 import pytest
 from pika import frame, spec
 
-from kubejob import frames, message
-from worker.deliveries import RECV_BYTES, Deliveries
+from kubejob import frames, message, pika_fast
+from kubejob.pika_fast import RECV_BYTES
+from worker.deliveries import Deliveries
 
 FRAME_MAX = 131_072
 TAG = "kubejob-test"
@@ -25,24 +26,33 @@ def delivery(body: bytes, tag: int) -> bytes:
 
 
 class Fed:
-    """A Deliveries on a stand-in for pika's connection, fed receive by receive; notes what it read and how much."""
+    """A Deliveries whose connection is a stand-in for kubejob.pika_fast's Received, fed receive by receive; notes
+    what it read and how much."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, max_body_bytes: int) -> None:
         self.batches: list[list[frames.Delivery]] = []
         self.to_pika: list[bytes] = []
         self.read_bytes = 0  # the size of every buffer messages were read from: what joining them cost
         self._reading: bytes | None = None
-        impl = types.SimpleNamespace(_on_data_available=self.to_pika.append, _frame_buffer=b"", bytes_received=0,
-                                     _transport=types.SimpleNamespace(), _body_max_length=FRAME_MAX - 8)
-        channel = types.SimpleNamespace(channel_number=1, _add_pending_event=lambda event: event.dispatch(),
-                                        basic_consume=lambda *args, **kwargs: TAG)
-        connection = types.SimpleNamespace(_impl=impl)
-        self.impl = impl
-        self.deliveries = Deliveries(connection, channel, self.batches.append,  # type: ignore[arg-type]
+        self.counted = 0  # the bytes said to be received, as pika's heartbeat checker reads them
+        self.received = types.SimpleNamespace(leftover=b"", body_max=FRAME_MAX - 8, count=self._count,
+                                              to_pika=self.to_pika.append)
+
+        def read_received(_connection: object, on_data):
+            self.on_data = on_data
+            return self.received
+
+        monkeypatch.setattr(pika_fast, "read_received", read_received)
+        monkeypatch.setattr(pika_fast, "dispatch", lambda _channel, event: event.dispatch())
+        channel = types.SimpleNamespace(channel_number=1, basic_consume=lambda *args, **kwargs: TAG)
+        self.deliveries = Deliveries(None, channel, self.batches.append,  # type: ignore[arg-type]
                                      max_body_bytes=max_body_bytes)
         self.deliveries._tags.add(TAG.encode())
         for name in ("read_delivery", "read_head", "read_body_frame"):
             monkeypatch.setattr(frames, name, self._counting(getattr(frames, name)))
+
+    def _count(self, size: int) -> None:
+        self.counted += size
 
     def _counting(self, read):
         def counted(data: bytes, offset: int, *args: object):
@@ -54,7 +64,7 @@ class Fed:
     def feed(self, data: bytes) -> None:
         """`data` as the socket gives it, RECV_BYTES at a time."""
         for start in range(0, len(data), RECV_BYTES):
-            self.impl._on_data_available(data[start:start + RECV_BYTES])
+            self.on_data(data[start:start + RECV_BYTES])
 
     @property
     def delivered(self) -> list[frames.Delivery]:
@@ -72,7 +82,7 @@ def test_a_large_message_is_read_once_all_of_it_is_in(monkeypatch: pytest.Monkey
                                                                    (3, b'{"id":"3"}', 0)]
     # Joined again at every receive, the 115 receives of this message would read about 58 times its size.
     assert fed.read_bytes < 3 * len(data), fed.read_bytes
-    assert not fed.deliveries.receiving and fed.impl.bytes_received == len(data) and fed.to_pika == []
+    assert not fed.deliveries.receiving and fed.counted == len(data) and fed.to_pika == []
 
 
 def test_a_message_over_the_limit_is_dropped_as_it_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -82,7 +92,7 @@ def test_a_message_over_the_limit_is_dropped_as_it_arrives(monkeypatch: pytest.M
     fed = Fed(monkeypatch, max_body_bytes=1024**2)
     held = 0
     for start in range(0, len(data), RECV_BYTES):
-        fed.impl._on_data_available(data[start:start + RECV_BYTES])
+        fed.on_data(data[start:start + RECV_BYTES])
         held = max(held, fed.deliveries._held)
         assert fed.deliveries.receiving or start + RECV_BYTES >= len(data)
     assert [(d.tag, d.body, d.dropped) for d in fed.delivered] == [(1, b'{"id":"1"}', 0), (2, b"", size),

@@ -53,6 +53,9 @@ def test_library_request_logs_are_quiet(json_lines):
 def test_pika_s_warnings_are_kept_and_its_connection_retries_are_not(json_lines):
     logging.getLogger("pika.adapters.utils.connection_workflow").error("AMQPConnector - reporting failure")
     logging.getLogger("pika.adapters.base_connection").error("Full-stack connection workflow failed")
+    logging.getLogger("pika.adapters.blocking_connection").handle(logging.LogRecord(
+        "pika.adapters.blocking_connection", logging.ERROR, "blocking_connection.py", 450, "Connection workflow failed",
+        None, None, func="_create_connection"))
     logging.getLogger("pika.adapters.blocking_connection").warning("Message was Nack'ed by broker")
     logging.getLogger("pika.channel").info("chatter")
     assert [line["message"] for line in json_lines()] == ["Message was Nack'ed by broker"]

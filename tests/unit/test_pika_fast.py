@@ -11,14 +11,18 @@ from kubejob import pika_fast
 from kubejob.pika_fast import joined
 
 
-@pytest.mark.parametrize(("owner", "name", "kind"), pika_fast.HOOKS, ids=[hook[1] for hook in pika_fast.HOOKS])
-def test_every_private_part_of_pika_it_uses_is_there_as_expected(owner: object, name: str, kind: str) -> None:
-    if kind == "instance attribute":  # set in the constructor: read it there
-        assert f"self.{name} = " in inspect.getsource(owner.__init__), f"{owner.__name__}.{name}"
+@pytest.mark.parametrize(("owner", "name", "kind", "where"), pika_fast.HOOKS,
+                         ids=[f"{getattr(hook[0], '__name__', hook[0])}.{hook[1]}" for hook in pika_fast.HOOKS])
+def test_every_private_part_of_pika_it_uses_is_there_as_expected(owner: object, name: str, kind: str,
+                                                                  where: str) -> None:
+    if kind == "instance attribute":  # set when an instance is made: read it there
+        assert f"self.{name} = " in inspect.getsource(getattr(owner, where)), f"{owner}.{where} sets {name}"
     elif kind == "class":
         assert inspect.isclass(getattr(owner, name))
+    elif kind == "class attribute":
+        assert isinstance(getattr(owner, name), int)
     else:
-        assert inspect.isfunction(getattr(owner, name)), f"{owner.__name__}.{name}"
+        assert inspect.isfunction(getattr(owner, name)), f"{owner}.{name}"
 
 
 def test_it_is_active_only_when_wanted_and_on_a_tested_pika(monkeypatch: pytest.MonkeyPatch,

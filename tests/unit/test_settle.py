@@ -24,10 +24,19 @@ def test_a_row_behind_one_still_running_is_acked_alone_and_holds_nothing_back() 
     assert acks.succeeded([4]) == (4, [])
 
 
-def test_a_failure_settled_alone_does_not_stop_the_run_behind_it() -> None:
+def test_successes_behind_a_failure_being_copied_wait_for_its_confirm_and_go_in_one_multiple_ack() -> None:
     acks = delivered(1, 2, 3)
-    acks.settled(1)
-    assert acks.succeeded([3]) == (None, [3])
+    acks.copying(1)
+    assert acks.succeeded([2, 3]) == (None, [])
+    assert acks.succeeded([1]) == (3, [])  # its copy is confirmed
+
+
+def test_successes_behind_a_row_in_its_handler_go_alone_even_behind_a_copy() -> None:
+    acks = delivered(1, 2, 3, 4)
+    acks.copying(1)
+    assert acks.succeeded([3]) == (None, [3])  # 2, in its handler, is ahead of it
+    assert acks.succeeded([1]) == (1, [])  # 1's copy confirmed
+    assert acks.succeeded([4]) == (None, [4])
     assert acks.succeeded([2]) == (2, [])
 
 
