@@ -54,6 +54,14 @@ def _encoding(file: BinaryIO) -> str:
     return "utf-16" if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
 
 
+def _longer_in_utf8(text: str, limit: int) -> bool:
+    """Whether `text` is more than `limit` bytes as UTF-8, encoding only text that could be."""
+    # Measured as UTF-8, so a limit means the same for a UTF-16 file; a character is at most 4 bytes.
+    return len(text) > limit or (
+        len(text) * 4 > limit and not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit
+    )
+
+
 class _Lines:
     """The file's lines as they stream in, each checked against the limits, and where we are."""
 
@@ -82,12 +90,7 @@ class _Lines:
         return line
 
     def _check(self, line: str) -> None:
-        # Measured as UTF-8, so the limit means the same for a UTF-16 file; encoding only the
-        # lines that could be over it keeps the common case cheap.
-        if len(line) > self.max_line_bytes or (
-            len(line) * 4 > self.max_line_bytes and not line.isascii()
-            and len(line.encode("utf-8", "surrogatepass")) > self.max_line_bytes
-        ):
+        if _longer_in_utf8(line, self.max_line_bytes):
             raise CsvError(f"line is longer than the limit of {self.max_line_bytes} bytes", self.number)
         if "\x00" in line:
             raise CsvError('line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', self.number)
@@ -157,14 +160,31 @@ def _undecodable(lines: _Lines, record: list[str], header: _Header | None, encod
                     lines.undecodable)
 
 
+def _quoted_field_too_long(limit: int, line: int) -> CsvError:
+    return CsvError(f"a quoted field opened on this line is longer than the limit of {limit} bytes; "
+                    "is its closing quote missing?", line)
+
+
+def _check_fields(record: list[str], start: int, limit: int) -> None:
+    """Refuse a field of a record that spans lines if it is more than `limit` bytes as UTF-8.
+
+    The csv module's field limit counts characters, and each line was checked on its own, so
+    only a quoted field over several lines can be short enough in characters but too long in bytes.
+    """
+    line = start
+    for field in record:
+        if _longer_in_utf8(field, limit):
+            raise _quoted_field_too_long(limit, line)
+        line += field.count("\n") + field.count("\r") - field.count("\r\n")  # where the next field opens
+
+
 def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
     opened = max(lines.open_quote, start)
     if str(exc) == "unexpected end of data":
         return CsvError('a quote opened on this line is not closed; end the quoted field with " '
                         '(a quote inside a field is written "")', opened)
     if str(exc).startswith("field larger than field limit"):
-        return CsvError(f"a quoted field opened on this line is longer than the limit of {lines.max_line_bytes} "
-                        "bytes; is its closing quote missing?", opened)
+        return _quoted_field_too_long(lines.max_line_bytes, opened)
     if str(exc).endswith("expected after '\"'"):
         return CsvError('a quoted field goes on after its closing quote; write a quote inside a field as ""',
                         lines.number)
@@ -195,6 +215,7 @@ class _Reader:
             raise CsvError("the file is empty")
         # The csv module's own field limit (131,072 characters) would otherwise cap a field below
         # MAX_LINE_BYTES; it is process-wide, and every upload in a process has the same limit.
+        # It counts characters and bounds what a field holds; _check_fields counts its bytes.
         csv.field_size_limit(self.max_line_bytes)
         self.delimiter = self.delimiter or _detect(header_line)
         reader = csv.reader(chain([header_line], lines), delimiter=self.delimiter, strict=True)
@@ -206,7 +227,12 @@ class _Reader:
                 lines.record_start = last + 1
                 if lines.undecodable:
                     raise _undecodable(lines, record, header, encoding)
-                if not "".join(record).strip():
+                text = "".join(record)
+                # A one-line record was checked with its line, and a record of at most a quarter
+                # of the limit in characters cannot hold a field over it in bytes.
+                if last > start and len(text) * 4 > self.max_line_bytes:
+                    _check_fields(record, start, self.max_line_bytes)
+                if not text.strip():
                     continue
                 if header is None:
                     header = _Header(record, start)

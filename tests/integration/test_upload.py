@@ -257,3 +257,16 @@ def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, 
         assert response.json() == {"error": "line is longer than the limit of 1048576 bytes", "line": 2}
         assert client.get("/healthz").status_code == 200
     assert not broker.exists(queue_name)
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+def test_a_field_of_a_million_emoji_is_refused_in_bytes_with_the_default_limits(broker: Broker, queue_name: str,
+                                                                                codec: str) -> None:
+    field = ("\U0001f600" * 999 + "\n") * 1001  # 1,000,000 characters, 4.0 MB of UTF-8; each line under 1 MiB
+    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
+        response = upload(client, f'id,blob\n1,a\n2,"{field}"\n'.encode(codec))
+        assert response.status_code == 400
+        assert response.json() == {"error": "a quoted field opened on this line is longer than the limit of 1048576 "
+                                            "bytes; is its closing quote missing?", "line": 3}
+        assert client.get("/healthz").status_code == 200
+    assert not broker.exists(queue_name)

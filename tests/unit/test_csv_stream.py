@@ -133,6 +133,40 @@ def test_a_field_may_be_as_long_as_max_line_bytes() -> None:
     assert rows(f'id,blob\n1,"{quoted}"\n'.encode(), max_line_bytes=limit) == [(2, {"id": "1", "blob": quoted})]
 
 
+TOO_LONG = "a quoted field opened on this line is longer than the limit of {} bytes; is its closing quote missing?"
+EMOJI = "\U0001f600"  # 4 bytes in UTF-8, one character
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+def test_a_field_of_4_byte_characters_over_the_limit_in_bytes_is_refused(codec: str) -> None:
+    limit = 1024**2
+    field = (EMOJI * 999 + "\n") * 1001  # 1,000,000 characters, 4.0 MB of UTF-8, over lines under the limit
+    data = f'id,blob\n1,a\n2,"{field}"\n'.encode(codec)
+    with pytest.raises(CsvError) as caught:
+        count_rows(io.BytesIO(data), max_line_bytes=limit)
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(limit), 3)
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_a_multi_line_field_may_be_as_long_as_the_limit_in_bytes_and_no_longer(codec: str, line_end: str) -> None:
+    field = (EMOJI * 40 + line_end) * 5 + "é" * 9  # 2 bytes each
+    field += "x" * (1024 - len(field.encode()))
+    data = f'id,blob\n1,"{field}"\n'.encode(codec)
+    assert rows(data) == [(2, {"id": "1", "blob": field})]
+    with pytest.raises(CsvError) as caught:
+        rows(f'id,blob\n1,"{field}x"\n'.encode(codec))
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(1024), 2)
+
+
+def test_a_field_too_long_in_bytes_is_named_by_the_line_it_opened_on() -> None:
+    field = ("é" * 100 + "\r\n") * 6  # 1212 bytes in 606 characters
+    data = f'id,a,b,c\n1,"two\r\nlines","three\nmore\rlines","{field}"\n'.encode()
+    with pytest.raises(CsvError) as caught:
+        rows(data)
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(1024), 5)
+
+
 @pytest.mark.parametrize(
     ("data", "message", "line"),
     [
