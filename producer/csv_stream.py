@@ -90,7 +90,8 @@ class _Lines:
         return line
 
     def _check(self, line: str) -> None:
-        if _longer_in_utf8(line, self.max_line_bytes):
+        # Most lines are far below the limit: no call for them.
+        if len(line) * 4 > self.max_line_bytes and _longer_in_utf8(line, self.max_line_bytes):
             raise CsvError(f"line is longer than the limit of {self.max_line_bytes} bytes", self.number)
         if "\x00" in line:
             raise CsvError('line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', self.number)
