@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import BinaryIO, NamedTuple
 
+from kubejob import message
+
 # The delimiters we detect or accept, with the word a form may give instead; the first wins a tie.
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _BY_NAME = {**{char: char for char in DELIMITERS}, **{name: char for char, name in DELIMITERS.items()}, "\\t": "\t"}
@@ -126,6 +128,9 @@ class _Header:
         if duplicates:
             raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
         self.names = names
+        # The most the names add to a row's message body, `{"name":"value",...}`: JSON escapes
+        # make a character at most 6 bytes (\u001f), and each field brings 6 bytes of punctuation.
+        self.body_bytes = 1 + sum(6 * len(name) + 6 for name in names)
 
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
@@ -179,6 +184,14 @@ def _check_fields(record: list[str], start: int, limit: int) -> None:
         line += field.count("\n") + field.count("\r") - field.count("\r\n")  # where the next field opens
 
 
+def _check_message(row: dict[str, str], line: int, limit: int) -> None:
+    """Refuse a row whose message body, as message.encode makes it, is more than `limit` bytes."""
+    size = len(message.encode(row, upload_id="", row_number=0, line=line)[0])  # the body is the row alone
+    if size > limit:
+        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}) the broker takes; "
+                       "split the row or raise the limit (and the broker's max_message_size)", line)
+
+
 def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
     opened = max(lines.open_quote, start)
     if str(exc) == "unexpected end of data":
@@ -193,10 +206,15 @@ def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
 
 
 class _Reader:
-    """The data rows of one file; `delimiter` is the one used once reading has begun."""
+    """The data rows of one file; `delimiter` is the one used once reading has begun.
 
-    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None) -> None:
+    Given `max_message_bytes`, a row whose message body would be longer is refused.
+    """
+
+    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None,
+                 max_message_bytes: int | None = None) -> None:
         self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+        self.max_message_bytes = max_message_bytes
         self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
@@ -222,6 +240,7 @@ class _Reader:
         reader = csv.reader(chain([header_line], lines), delimiter=self.delimiter, strict=True)
         header: _Header | None = None
         last = lines.number - 1
+        max_body = self.max_message_bytes
         try:
             for record in reader:
                 start, last = last + 1, lines.number
@@ -239,7 +258,12 @@ class _Reader:
                     header = _Header(record, start)
                     self.columns = header.names
                 else:
-                    yield start, header.row(record, start)
+                    row = header.row(record, start)
+                    # A value's character is at most 6 bytes too, and `text` holds every value:
+                    # only a row that might be over the limit is encoded.
+                    if max_body is not None and header.body_bytes + 6 * len(text) > max_body:
+                        _check_message(row, start, max_body)
+                    yield start, row
         except csv.Error as exc:
             if lines.undecodable:
                 raise _undecodable(lines, [], header, encoding) from None
@@ -260,9 +284,13 @@ def read_rows(
     return iter(_Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter))
 
 
-def count_rows(file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None) -> Summary:
-    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns."""
-    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter)
+def count_rows(file: BinaryIO, *, max_line_bytes: int, max_message_bytes: int, delimiter: str | None = None) -> Summary:
+    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns.
+
+    Every row's message body must be at most `max_message_bytes`, which the broker takes; so
+    read_rows, the second pass, only reads.
+    """
+    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter, max_message_bytes=max_message_bytes)
     rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)
