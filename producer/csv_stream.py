@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import BinaryIO, NamedTuple
 
+from kubejob import message
+
 # The delimiters we detect or accept, with the word a form may give instead; the first wins a tie.
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
 _BY_NAME = {**{char: char for char in DELIMITERS}, **{name: char for char, name in DELIMITERS.items()}, "\\t": "\t"}
@@ -54,6 +56,14 @@ def _encoding(file: BinaryIO) -> str:
     return "utf-16" if head in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
 
 
+def _longer_in_utf8(text: str, limit: int) -> bool:
+    """Whether `text` is more than `limit` bytes as UTF-8, encoding only text that could be."""
+    # Measured as UTF-8, so a limit means the same for a UTF-16 file; a character is at most 4 bytes.
+    return len(text) > limit or (
+        len(text) * 4 > limit and not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit
+    )
+
+
 class _Lines:
     """The file's lines as they stream in, each checked against the limits, and where we are."""
 
@@ -82,12 +92,8 @@ class _Lines:
         return line
 
     def _check(self, line: str) -> None:
-        # Measured as UTF-8, so the limit means the same for a UTF-16 file; encoding only the
-        # lines that could be over it keeps the common case cheap.
-        if len(line) > self.max_line_bytes or (
-            len(line) * 4 > self.max_line_bytes and not line.isascii()
-            and len(line.encode("utf-8", "surrogatepass")) > self.max_line_bytes
-        ):
+        # Most lines are far below the limit: no call for them.
+        if len(line) * 4 > self.max_line_bytes and _longer_in_utf8(line, self.max_line_bytes):
             raise CsvError(f"line is longer than the limit of {self.max_line_bytes} bytes", self.number)
         if "\x00" in line:
             raise CsvError('line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', self.number)
@@ -122,6 +128,9 @@ class _Header:
         if duplicates:
             raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
         self.names = names
+        # The most the names add to a row's message body, `{"name":"value",...}`: JSON escapes
+        # make a character at most 6 bytes (\u001f), and each field brings 6 bytes of punctuation.
+        self.body_bytes = 1 + sum(6 * len(name) + 6 for name in names)
 
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
@@ -157,14 +166,39 @@ def _undecodable(lines: _Lines, record: list[str], header: _Header | None, encod
                     lines.undecodable)
 
 
+def _quoted_field_too_long(limit: int, line: int) -> CsvError:
+    return CsvError(f"a quoted field opened on this line is longer than the limit of {limit} bytes; "
+                    "is its closing quote missing?", line)
+
+
+def _check_fields(record: list[str], start: int, limit: int) -> None:
+    """Refuse a field of a record that spans lines if it is more than `limit` bytes as UTF-8.
+
+    The csv module's field limit counts characters, and each line was checked on its own, so
+    only a quoted field over several lines can be short enough in characters but too long in bytes.
+    """
+    line = start
+    for field in record:
+        if _longer_in_utf8(field, limit):
+            raise _quoted_field_too_long(limit, line)
+        line += field.count("\n") + field.count("\r") - field.count("\r\n")  # where the next field opens
+
+
+def _check_message(row: dict[str, str], line: int, limit: int) -> None:
+    """Refuse a row whose message body, as message.encode makes it, is more than `limit` bytes."""
+    size = len(message.encode(row, upload_id="", row_number=0, line=line)[0])  # the body is the row alone
+    if size > limit:
+        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}) the broker takes; "
+                       "split the row or raise the limit (and the broker's max_message_size)", line)
+
+
 def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
     opened = max(lines.open_quote, start)
     if str(exc) == "unexpected end of data":
         return CsvError('a quote opened on this line is not closed; end the quoted field with " '
                         '(a quote inside a field is written "")', opened)
     if str(exc).startswith("field larger than field limit"):
-        return CsvError(f"a quoted field opened on this line is longer than the limit of {lines.max_line_bytes} "
-                        "bytes; is its closing quote missing?", opened)
+        return _quoted_field_too_long(lines.max_line_bytes, opened)
     if str(exc).endswith("expected after '\"'"):
         return CsvError('a quoted field goes on after its closing quote; write a quote inside a field as ""',
                         lines.number)
@@ -172,10 +206,15 @@ def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
 
 
 class _Reader:
-    """The data rows of one file; `delimiter` is the one used once reading has begun."""
+    """The data rows of one file; `delimiter` is the one used once reading has begun.
 
-    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None) -> None:
+    Given `max_message_bytes`, a row whose message body would be longer is refused.
+    """
+
+    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None,
+                 max_message_bytes: int | None = None) -> None:
         self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+        self.max_message_bytes = max_message_bytes
         self.columns: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, str]]]:
@@ -195,24 +234,36 @@ class _Reader:
             raise CsvError("the file is empty")
         # The csv module's own field limit (131,072 characters) would otherwise cap a field below
         # MAX_LINE_BYTES; it is process-wide, and every upload in a process has the same limit.
+        # It counts characters and bounds what a field holds; _check_fields counts its bytes.
         csv.field_size_limit(self.max_line_bytes)
         self.delimiter = self.delimiter or _detect(header_line)
         reader = csv.reader(chain([header_line], lines), delimiter=self.delimiter, strict=True)
         header: _Header | None = None
         last = lines.number - 1
+        max_body = self.max_message_bytes
         try:
             for record in reader:
                 start, last = last + 1, lines.number
                 lines.record_start = last + 1
                 if lines.undecodable:
                     raise _undecodable(lines, record, header, encoding)
-                if not "".join(record).strip():
+                text = "".join(record)
+                # A one-line record was checked with its line, and a record of at most a quarter
+                # of the limit in characters cannot hold a field over it in bytes.
+                if last > start and len(text) * 4 > self.max_line_bytes:
+                    _check_fields(record, start, self.max_line_bytes)
+                if not text.strip():
                     continue
                 if header is None:
                     header = _Header(record, start)
                     self.columns = header.names
                 else:
-                    yield start, header.row(record, start)
+                    row = header.row(record, start)
+                    # A value's character is at most 6 bytes too, and `text` holds every value:
+                    # only a row that might be over the limit is encoded.
+                    if max_body is not None and header.body_bytes + 6 * len(text) > max_body:
+                        _check_message(row, start, max_body)
+                    yield start, row
         except csv.Error as exc:
             if lines.undecodable:
                 raise _undecodable(lines, [], header, encoding) from None
@@ -233,9 +284,13 @@ def read_rows(
     return iter(_Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter))
 
 
-def count_rows(file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None) -> Summary:
-    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns."""
-    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter)
+def count_rows(file: BinaryIO, *, max_line_bytes: int, max_message_bytes: int, delimiter: str | None = None) -> Summary:
+    """Validate the whole file: its number of data rows (at least one), the delimiter and the columns.
+
+    Every row's message body must be at most `max_message_bytes`, which the broker takes; so
+    read_rows, the second pass, only reads.
+    """
+    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter, max_message_bytes=max_message_bytes)
     rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)

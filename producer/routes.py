@@ -110,7 +110,7 @@ async def upload(
     started = time.monotonic()
     chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
     summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
-                                      delimiter=chosen)
+                                      max_message_bytes=settings.max_message_bytes, delimiter=chosen)
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
     upload, claim = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
                                        parameters={"delimiter": summary.delimiter}, columns=summary.columns,

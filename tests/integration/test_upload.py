@@ -4,14 +4,17 @@ import json
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from pika.adapters.utils import io_services_utils
 
+from kubejob.message import encode
 from producer.app import create_app
 from producer.settings import Settings
 from tests.helpers import free_port, wait_for
 from tests.helpers.broker import Broker
+from tests.helpers.producer import producer
 
 GOOD = b"id,name,amount\n1,Ada,10.5\n2,\"Grace, Admiral\",7\n3,Zo\xc3\xab,0\n"
 
@@ -266,3 +269,34 @@ def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, 
         assert response.json() == {"error": "line is longer than the limit of 1048576 bytes", "line": 2}
         assert client.get("/healthz").status_code == 200
     assert not broker.exists(queue_name)
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+def test_a_field_of_a_million_emoji_is_refused_in_bytes_with_the_default_limits(broker: Broker, queue_name: str,
+                                                                                codec: str) -> None:
+    field = ("\U0001f600" * 999 + "\n") * 1001  # 1,000,000 characters, 4.0 MB of UTF-8; each line under 1 MiB
+    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
+        response = upload(client, f'id,blob\n1,a\n2,"{field}"\n'.encode(codec))
+        assert response.status_code == 400
+        assert response.json() == {"error": "a quoted field opened on this line is longer than the limit of 1048576 "
+                                            "bytes; is its closing quote missing?", "line": 3}
+        assert client.get("/healthz").status_code == 200
+    assert not broker.exists(queue_name)
+
+
+def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(broker: Broker, queue_name: str) -> None:
+    big = {"id": "2", "text": "x" * 600 + "\x01" * 100}  # 703 bytes in the file, 1220 as JSON (\u0001 is 6)
+    size = len(encode(big, upload_id="u", row_number=2, line=3)[0])
+    data = f"id,text\n1,short\n2,{big['text']}\n3,short\n".encode()
+    with producer(queue_name, MAX_MESSAGE_BYTES="1000") as (url, _pid):
+        response = httpx.post(f"{url}/upload", files={"file": ("rows.csv", data, "text/csv")}, timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json() == {"line": 3, "error": f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES "
+                                   "(1000) the broker takes; split the row or raise the limit (and the broker's "
+                                   "max_message_size)"}
+        assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
+        good = httpx.post(f"{url}/upload", files={"file": ("rows.csv", GOOD, "text/csv")}, timeout=30)
+        assert good.status_code == 200, good.text
+        recorded = httpx.get(f"{url}/uploads", timeout=30).json()["uploads"]
+    assert [upload["upload_id"] for upload in recorded if upload["queue"] == queue_name] == [good.json()["upload_id"]]
+    assert broker.depth(queue_name) == 3

@@ -1,9 +1,11 @@
 """How the producer reads a CSV: what is a row, and how a bad file is described."""
 
+import csv
 import io
 
 import pytest
 
+from kubejob.message import encode
 from producer.csv_stream import CsvError, Summary, count_rows, delimiter_named, read_rows
 
 SAVE_AS = 'save the file as "CSV UTF-8"'
@@ -11,8 +13,15 @@ NOT_CLOSED = ('a quote opened on this line is not closed; end the quoted field w
               '(a quote inside a field is written "")')
 
 
+BROKER_LIMIT = 16 * 1024**2  # MAX_MESSAGE_BYTES's default
+
+
 def rows(data: bytes, max_line_bytes: int = 1024, delimiter: str | None = None) -> list[tuple[int, dict[str, str]]]:
     return list(read_rows(io.BytesIO(data), max_line_bytes=max_line_bytes, delimiter=delimiter))
+
+
+def count(data: bytes, max_line_bytes: int = 1024, max_message_bytes: int = BROKER_LIMIT) -> Summary:
+    return count_rows(io.BytesIO(data), max_line_bytes=max_line_bytes, max_message_bytes=max_message_bytes)
 
 
 def test_rows_are_header_to_value_with_their_line() -> None:
@@ -39,7 +48,7 @@ def test_header_names_are_trimmed() -> None:
     ids=["comma", "semicolon", "tab", "pipe"],
 )
 def test_the_delimiter_is_detected_from_the_header(data: bytes, delimiter: str) -> None:
-    summary = count_rows(io.BytesIO(data), max_line_bytes=1024)
+    summary = count(data)
     assert summary == Summary(rows=1, delimiter=delimiter, columns=["name", "city", "amount"])
     assert rows(data) == [(2, {"name": "Jose", "city": "Paris", "amount": "150"})]
 
@@ -54,7 +63,7 @@ def test_the_delimiter_is_detected_from_the_header(data: bytes, delimiter: str) 
     ],
 )
 def test_detection_takes_the_delimiter_giving_the_most_columns(header: bytes, delimiter: str) -> None:
-    assert count_rows(io.BytesIO(header + header), max_line_bytes=1024).delimiter == delimiter
+    assert count(header + header).delimiter == delimiter
 
 
 def test_quoted_fields_hold_the_delimiter_whatever_it_is() -> None:
@@ -96,7 +105,7 @@ def test_utf16_with_a_bom_is_read_with_its_lines(codec: str) -> None:
 def test_a_large_utf16_file_streams_through() -> None:
     body = "".join(f"{i},Zoë {i}\r\n" for i in range(50_000))
     data = ("id,name\r\n" + body).encode("utf-16")
-    assert count_rows(io.BytesIO(data), max_line_bytes=64) == Summary(50_000, ",", ["id", "name"])
+    assert count(data, max_line_bytes=64) == Summary(50_000, ",", ["id", "name"])
     assert rows(data, max_line_bytes=64)[-1] == (50_001, {"id": "49999", "name": "Zoë 49999"})
 
 
@@ -122,7 +131,7 @@ def test_cr_only_line_ends_are_line_ends() -> None:
 
 def test_a_large_cr_only_file_is_not_one_long_line() -> None:
     data = b"id,value\r" + b"".join(b"%d,v%d\r" % (i, i) for i in range(5000))
-    assert count_rows(io.BytesIO(data), max_line_bytes=64) == Summary(5000, ",", ["id", "value"])
+    assert count(data, max_line_bytes=64) == Summary(5000, ",", ["id", "value"])
 
 
 def test_a_field_may_be_as_long_as_max_line_bytes() -> None:
@@ -131,6 +140,67 @@ def test_a_field_may_be_as_long_as_max_line_bytes() -> None:
     assert rows(f"blob\n{value}\n".encode(), max_line_bytes=limit) == [(2, {"blob": value})]
     quoted = "y\n" * (limit // 2 - 2)  # one field over many lines, just under the limit
     assert rows(f'id,blob\n1,"{quoted}"\n'.encode(), max_line_bytes=limit) == [(2, {"id": "1", "blob": quoted})]
+
+
+TOO_LONG = "a quoted field opened on this line is longer than the limit of {} bytes; is its closing quote missing?"
+EMOJI = "\U0001f600"  # 4 bytes in UTF-8, one character
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+def test_a_field_of_4_byte_characters_over_the_limit_in_bytes_is_refused(codec: str) -> None:
+    limit = 1024**2
+    field = (EMOJI * 999 + "\n") * 1001  # 1,000,000 characters, 4.0 MB of UTF-8, over lines under the limit
+    data = f'id,blob\n1,a\n2,"{field}"\n'.encode(codec)
+    with pytest.raises(CsvError) as caught:
+        count(data, max_line_bytes=limit)
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(limit), 3)
+
+
+@pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
+@pytest.mark.parametrize("line_end", ["\n", "\r\n", "\r"])
+def test_a_multi_line_field_may_be_as_long_as_the_limit_in_bytes_and_no_longer(codec: str, line_end: str) -> None:
+    field = (EMOJI * 40 + line_end) * 5 + "é" * 9  # 2 bytes each
+    field += "x" * (1024 - len(field.encode()))
+    data = f'id,blob\n1,"{field}"\n'.encode(codec)
+    assert rows(data) == [(2, {"id": "1", "blob": field})]
+    with pytest.raises(CsvError) as caught:
+        rows(f'id,blob\n1,"{field}x"\n'.encode(codec))
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(1024), 2)
+
+
+def test_a_field_too_long_in_bytes_is_named_by_the_line_it_opened_on() -> None:
+    field = ("é" * 100 + "\r\n") * 6  # 1212 bytes in 606 characters
+    data = f'id,a,b,c\n1,"two\r\nlines","three\nmore\rlines","{field}"\n'.encode()
+    with pytest.raises(CsvError) as caught:
+        rows(data)
+    assert (caught.value.message, caught.value.line) == (TOO_LONG.format(1024), 5)
+
+
+def body_bytes(row: dict[str, str]) -> int:
+    """The size of the row's message body, as the producer publishes it."""
+    return len(encode(row, upload_id="u", row_number=2, line=3)[0])
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        pytest.param({"id": "2", "text": "plain " * 100}, id="ascii"),
+        pytest.param({"id": "2", "text": "\x01\x02\x1f\x7f" * 100}, id="control-characters"),  # \u0001: 6 bytes each
+        pytest.param({"id": "2", "text": 'a "quote", a \\, a tab\t, lines\r\n, é and \U0001f600 ' * 10},
+                     id="escapes-and-multi-byte-over-lines"),
+        pytest.param({"\x01" * 150: "2" * 20, '"\x02' * 75: "x" * 20}, id="names-escaped-too"),
+    ],
+)
+def test_a_row_is_refused_when_its_message_is_one_byte_over_max_message_bytes(row: dict[str, str]) -> None:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerows([list(row), ["1"] * len(row), list(row.values())])
+    data, size = out.getvalue().encode(), body_bytes(row)
+    assert count(data, max_message_bytes=size) == Summary(2, ",", list(row))
+    with pytest.raises(CsvError) as caught:
+        count(data, max_message_bytes=size - 1)
+    assert (caught.value.message, caught.value.line) == (
+        f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({size - 1}) the broker takes; "
+        "split the row or raise the limit (and the broker's max_message_size)", 3)
 
 
 @pytest.mark.parametrize(
@@ -177,22 +247,22 @@ def test_a_field_may_be_as_long_as_max_line_bytes() -> None:
 )
 def test_bad_files_are_described_with_their_line(data: bytes, message: str, line: int | None) -> None:
     with pytest.raises(CsvError) as caught:
-        count_rows(io.BytesIO(data), max_line_bytes=1024)
+        count(data)
     assert (caught.value.message, caught.value.line) == (message, line)
 
 
 def test_no_message_counts_bytes_from_zero() -> None:
     with pytest.raises(CsvError) as caught:
-        count_rows(io.BytesIO(b"id,name\n1,a\n2,\xe9t\xe9\n"), max_line_bytes=1024)
+        count(b"id,name\n1,a\n2,\xe9t\xe9\n")
     assert "byte" not in caught.value.message and caught.value.line == 3
 
 
 def test_count_rows_counts_data_rows() -> None:
-    assert count_rows(io.BytesIO(b"a\n1\n2\n3\n"), max_line_bytes=64) == Summary(rows=3, delimiter=",", columns=["a"])
+    assert count(b"a\n1\n2\n3\n", max_line_bytes=64) == Summary(rows=3, delimiter=",", columns=["a"])
 
 
 def test_reading_leaves_the_upload_open_for_the_second_pass() -> None:
     file = io.BytesIO(b"a;b\n1;2\n")
-    summary = count_rows(file, max_line_bytes=64)
+    summary = count_rows(file, max_line_bytes=64, max_message_bytes=BROKER_LIMIT)
     file.seek(0)
     assert list(read_rows(file, max_line_bytes=64, delimiter=summary.delimiter)) == [(2, {"a": "1", "b": "2"})]
