@@ -17,6 +17,7 @@ from kubejob import ledger as schema
 from kubejob.settings import load
 from producer import metrics, routes, status
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
+from producer.cache import ShortCache
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
 from producer.limits import BodySizeLimit, UploadGate
@@ -143,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   lifespan=lifespan)
     app.state.settings = settings or load(Settings)  # a bad variable is named, as at `python -m producer`
     app.state.broker_watch = watch = BrokerWatch(app.state.settings)
+    app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)
     app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)

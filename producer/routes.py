@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from kubejob import message
 from producer import csv_stream, metrics
+from producer.cache import ShortCache
 from producer.ledger import Claim, Ledger, LedgerUnavailable, Upload
 from producer.publisher import (
     BrokerUnavailable,
@@ -39,8 +40,13 @@ def get_ledger(request: Request) -> Ledger:
     return request.app.state.ledger
 
 
+def get_statuses(request: Request) -> ShortCache:
+    return request.app.state.statuses
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+StatusesDep = Annotated[ShortCache, Depends(get_statuses)]
 
 
 class UploadResult(BaseModel):
@@ -99,6 +105,7 @@ async def upload(
     file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
     settings: SettingsDep,
     ledger: LedgerDep,
+    statuses: StatusesDep,
     delimiter: Annotated[str | None, Form(description="`,` `;` `\\t` `|` or comma, semicolon, tab, pipe; "
                                                       "detected from the header when left out.")] = None,
     idempotency_key: Annotated[str | None, Header(
@@ -122,6 +129,7 @@ async def upload(
                            key_sent=idempotency_key is not None)
         finally:
             await claim.close()
+            statuses.forget(upload.id)  # a status read after this answer tells what the answer told
     elif upload.error is not None:
         raise UploadRefused(upload.error, upload_id=upload.id)
     elapsed = round(time.monotonic() - started, 3)

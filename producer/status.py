@@ -14,9 +14,13 @@ from pydantic import BaseModel
 
 from producer import metrics
 from producer.ledger import Ledger, LedgerUnavailable, Upload
-from producer.routes import Error, LedgerDep
+from producer.routes import Error, LedgerDep, StatusesDep
 
 router = APIRouter()
+# Many clients poll one upload (pages, scripts): one ledger read and one JSON encoding per upload and interval
+# serve them all, as each poll read alone took its share of the event loop from the uploads publishing on it.
+STATUS_SECONDS = 0.5
+STATUSES_KEPT = 1024
 PAGE = Path(__file__).with_name("page.html")
 LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
     503: {"model": Error, "description": "PostgreSQL, which holds the ledger, does not answer"},
@@ -82,10 +86,15 @@ async def _known(ledger: Ledger, upload_id: str) -> Upload:
     return upload
 
 
-@router.get("/uploads/{upload_id}", responses=NOT_FOUND)
-async def upload_status(upload_id: str, ledger: LedgerDep) -> UploadStatus:
-    """Where one upload stands: `done` exactly when done + failed == rows."""
-    return status_of(await _known(ledger, upload_id), datetime.now(UTC))
+@router.get("/uploads/{upload_id}", response_model=UploadStatus, responses=NOT_FOUND)
+async def upload_status(upload_id: str, ledger: LedgerDep, statuses: StatusesDep) -> Response:
+    """Where one upload stands, as of at most STATUS_SECONDS ago: `done` exactly when done + failed == rows."""
+    return Response(await statuses.get(upload_id, lambda: _status_json(ledger, upload_id)),
+                    media_type="application/json")
+
+
+async def _status_json(ledger: Ledger, upload_id: str) -> bytes:
+    return status_of(await _known(ledger, upload_id), datetime.now(UTC)).model_dump_json().encode()
 
 
 @router.get("/uploads", responses=LEDGER_DOWN)
