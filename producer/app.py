@@ -103,8 +103,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     url, timeout = settings.database_url.get_secret_value(), settings.database_timeout_seconds
     version = await run_in_threadpool(schema.migrate, url, connect_timeout=timeout)
-    # Checked as it is handed out, so that the first request after PostgreSQL came back gets a live connection,
-    # not one that broke while it was gone; a check costs a round trip only after a connection sat unused.
+    # Checked as it is handed out (an empty query, one round trip), so that the first request after PostgreSQL
+    # came back gets a live connection, not one that broke while it was gone; status reads are cached, so the
+    # check is paid about twice a second per upload polled.
     pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
                                check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
                                kwargs={"connect_timeout": int(max(1, timeout))})
