@@ -100,7 +100,7 @@ class Timed(Consumer):
 
 
 def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = Ledger, handler: Handler = noop,
-           concurrency: int = 1, max_attempts: int = 3, failing: int = 0) -> float:
+           concurrency: int = 1, max_attempts: int = 3, failing: int = 0, fast: bool = True) -> float:
     """Rows per second of one worker, in this process, draining `count` rows from `queue`.
 
     Timed from the first delivery to the last ack, as PerfTest times its consumer once it is
@@ -108,7 +108,7 @@ def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = L
     WORKER_IDLE_SECONDS before it exits are not draining. `failing` rows are expected to fail.
     """
     settings = Settings(queue_name=queue, worker_prefetch=prefetch, worker_idle_seconds=0.5,
-                        worker_concurrency=concurrency, worker_max_attempts=max_attempts)
+                        worker_concurrency=concurrency, worker_max_attempts=max_attempts, kubejob_pika_fast=fast)
     ledger = ledger_class(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
     ledger.open()
     consumer = Timed(settings, handler, ledger)
@@ -142,6 +142,8 @@ def run(messages: int = 100_000) -> dict[str, object]:
     compared = support.against_yardstick(
         unrecorded_rate, lambda: perftest.consume_multi_ack(messages, size=perftest.message_size()))
     fill(queue, batch)
+    plain = worker(queue, messages, prefetch, Unrecorded, fast=False)  # pika's public calls alone
+    fill(queue, batch)
     cpu = time.process_time()  # the worker's threads are all this process does meanwhile
     recorded = worker(queue, messages, prefetch, Ledger)
     cpu_us_per_row = (time.process_time() - cpu) / messages * 1e6
@@ -151,6 +153,8 @@ def run(messages: int = 100_000) -> dict[str, object]:
         "drain_msgs_per_s": round(compared.ours),
         "drain_ceiling_msgs_per_s": round(ceiling),
         "drain_ratio": round(compared.ours / ceiling, 3),
+        "drain_plain_pika_msgs_per_s": round(plain),
+        "drain_fast_over_plain_pika": round(compared.ours / plain, 3),
         "drain_ledger_msgs_per_s": round(recorded),
         "drain_ledger_ratio": round(recorded / compared.ours, 3),
         "drain_ledger_cpu_us_per_row": round(cpu_us_per_row, 1),

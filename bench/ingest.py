@@ -54,11 +54,18 @@ def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, object]:
 
         compared = support.against_yardstick(producer_rate, lambda: perftest.publish_confirms(
             rows, size=perftest.message_size(), window=Settings().publish_window))
+    with producer(queue, KUBEJOB_PIKA_FAST="false") as (url, _pid):  # pika's public calls alone
+        seconds, result = upload(url, path)
+        assert result["rows"] == rows and support.broker.depth(queue) == rows, "the upload lost rows"
+        support.broker.delete_queue(queue)
+        plain = rows / seconds
     naive = _bare_publish(messages[:naive_rows], queue, confirm=True)
     return {
         "ingest_rows_per_s": round(compared.ours),
         "ingest_ceiling_rows_per_s": round(ceiling),
         "ingest_ratio": round(compared.ours / ceiling, 3),
+        "ingest_plain_pika_rows_per_s": round(plain),
+        "ingest_fast_over_plain_pika": round(compared.ours / plain, 3),
         "naive_confirm_rows_per_s": round(naive),
         "perftest_publish_confirms_msgs_per_s": round(compared.yardstick),
         "ingest_vs_perftest": round(compared.ratio, 3),
