@@ -1,6 +1,6 @@
 """The producer's settings, read once from environment variables."""
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 
 from kubejob.settings import LedgerSettings
 
@@ -30,8 +30,3 @@ class Settings(LedgerSettings):
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
-
-    @model_validator(mode="after")
-    def _ordered(self) -> "Settings":
-        self._at_most("max_line_bytes", "max_upload_bytes")
-        return self
