@@ -77,6 +77,29 @@ MIGRATIONS = [
     ALTER TABLE uploads DROP COLUMN publisher, DROP COLUMN publisher_seen,
         ADD COLUMN parameters jsonb NOT NULL DEFAULT '{}', ADD COLUMN error text;
     """,
+    """
+    -- Many users on one deployment (producer.auth): an upload belongs to a tenant, uploads made
+    -- before there were tenants to `default`, and an Idempotency-Key is unique per tenant.
+    ALTER TABLE uploads ADD COLUMN tenant text NOT NULL DEFAULT 'default';
+    ALTER TABLE uploads DROP CONSTRAINT uploads_idempotency_key_key;
+    ALTER TABLE uploads ADD CONSTRAINT uploads_tenant_idempotency_key UNIQUE (tenant, idempotency_key);
+    CREATE INDEX uploads_tenant_newest_first ON uploads (tenant, created_at DESC);
+    CREATE TABLE tenants (
+        name text PRIMARY KEY,
+        created_at timestamptz NOT NULL DEFAULT now()
+    );
+    -- A key is kept only as the SHA-256 of its text; `id` is the part of it that names it.
+    CREATE TABLE api_keys (
+        id text PRIMARY KEY,
+        tenant text NOT NULL REFERENCES tenants (name),
+        secret_sha256 bytea NOT NULL,
+        scopes text[] NOT NULL CHECK (scopes <@ ARRAY['upload', 'read', 'admin'] AND cardinality(scopes) > 0),
+        created_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz,
+        revoked_at timestamptz,
+        last_used_at timestamptz
+    );
+    """,
 ]
 
 

@@ -7,6 +7,7 @@ Errors: a PostgreSQL that cannot be reached or fails a statement becomes `Ledger
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class Upload:
     parameters: dict[str, str]
     error: str | None
     publishing: bool  # a live publisher holds it
+    tenant: str = "default"
 
     @property
     def state(self) -> str:
@@ -75,6 +77,18 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class StoredKey:
+    """An API key as the ledger has it: never the key, only its hash."""
+
+    tenant: str
+    scopes: list[str]
+    secret_sha256: bytes
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True)
 class FailedRow:
     row_number: int
     attempts: int
@@ -83,7 +97,7 @@ class FailedRow:
 
 
 _UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
-                     created_at, published_at, finished_at, file_sha256, parameters, error,
+                     created_at, published_at, finished_at, file_sha256, parameters, error, tenant,
                      published_at IS NULL AND EXISTS (
                          SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
                          AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
@@ -145,9 +159,11 @@ class Ledger:
         self._pool, self._conninfo, self._connect_timeout = pool, conninfo, int(max(1, connect_timeout))
         self.problem: str | None = None  # as of the last ping of watch()
 
-    async def start(self, *, key: str | None, file_name: str, sha256: str | None, parameters: dict[str, str],
-                    columns: list[str], rows: int, queue: str) -> tuple[Upload, Claim | None]:
-        """Record a new upload, or find the earlier one of a known `key`, and claim it to publish what is left.
+    async def start(self, *, tenant: str, key: str | None, file_name: str, sha256: str | None,
+                    parameters: dict[str, str], columns: list[str], rows: int,
+                    queue: str) -> tuple[Upload, Claim | None]:
+        """Record a new upload of `tenant`, or find its earlier one of a known `key`, and claim it to publish what
+        is left.
 
         The claim is None for an upload with nothing left to publish (published, or refused for good).
         Raises KeyReused, UploadBusy, LedgerUnavailable.
@@ -157,8 +173,8 @@ class Ledger:
                                                          connect_timeout=self._connect_timeout)
         try:
             with _translated():
-                upload = await self._claim(conn, key=key, file_name=file_name, sha256=sha256, parameters=parameters,
-                                           columns=columns, rows=rows, queue=queue)
+                upload = await self._claim(conn, tenant=tenant, key=key, file_name=file_name, sha256=sha256,
+                                           parameters=parameters, columns=columns, rows=rows, queue=queue)
         except BaseException:
             await conn.close()
             raise
@@ -167,18 +183,20 @@ class Ledger:
             return upload, None
         return upload, Claim(conn, upload.id)
 
-    async def _claim(self, conn: psycopg.AsyncConnection, *, key: str | None, file_name: str, sha256: str | None,
-                     parameters: dict[str, str], columns: list[str], rows: int, queue: str) -> Upload:
+    async def _claim(self, conn: psycopg.AsyncConnection, *, tenant: str, key: str | None, file_name: str,
+                     sha256: str | None, parameters: dict[str, str], columns: list[str], rows: int,
+                     queue: str) -> Upload:
         new_id = uuid.uuid4().hex
         # Held before the insert commits, so that no reader ever sees the new upload without its publisher.
         await conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
         async with conn.transaction():
-            earlier = await self._earlier(conn, key=key, sha256=sha256, parameters=parameters) if key else None
+            earlier = (await self._earlier(conn, tenant=tenant, key=key, sha256=sha256, parameters=parameters)
+                       if key else None)
             if earlier is None:
                 await conn.execute(
-                    """INSERT INTO uploads (id, idempotency_key, file_name, file_sha256, parameters, columns, queue,
-                                            rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-                    (new_id, key, file_name, sha256, Jsonb(parameters), columns, queue, rows))
+                    """INSERT INTO uploads (id, tenant, idempotency_key, file_name, file_sha256, parameters, columns,
+                                            queue, rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                    (new_id, tenant, key, file_name, sha256, Jsonb(parameters), columns, queue, rows))
         if earlier is None:
             return await self._read(conn, new_id)
         await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
@@ -190,12 +208,12 @@ class Ledger:
         return await self._read(conn, earlier.id)
 
     @staticmethod
-    async def _earlier(conn: psycopg.AsyncConnection, *, key: str, sha256: str | None,
+    async def _earlier(conn: psycopg.AsyncConnection, *, tenant: str, key: str, sha256: str | None,
                        parameters: dict[str, str]) -> Upload | None:
         # Serialises two first requests with the same key: the second waits for the first's insert.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (json.dumps([tenant, key]),))
         cursor = conn.cursor(row_factory=class_row(Upload))
-        await cursor.execute(_UPLOAD + " WHERE idempotency_key = %s", (key,))
+        await cursor.execute(_UPLOAD + " WHERE tenant = %s AND idempotency_key = %s", (tenant, key))
         earlier = await cursor.fetchone()
         if earlier is None:
             return None
@@ -219,9 +237,10 @@ class Ledger:
         found = await self._uploads(" WHERE id = %s", (upload_id,))
         return found[0] if found else None
 
-    async def recent(self, *, limit: int, offset: int) -> list[Upload]:
-        """Uploads newest first."""
-        return await self._uploads(" ORDER BY created_at DESC, id LIMIT %s OFFSET %s", (limit, offset))
+    async def recent(self, *, tenant: str, limit: int, offset: int) -> list[Upload]:
+        """The tenant's uploads newest first."""
+        return await self._uploads(" WHERE tenant = %s ORDER BY created_at DESC, id LIMIT %s OFFSET %s",
+                                   (tenant, limit, offset))
 
     async def unfinished(self, *, limit: int) -> list[Upload]:
         """Uploads not done yet, newest first."""
@@ -246,6 +265,26 @@ class Ledger:
                 await conn.execute("DELETE FROM redelivered_starts WHERE started_at < now() - %s", (age,))
                 deleted = await conn.execute("DELETE FROM uploads WHERE created_at < now() - %s", (age,))
                 return deleted.rowcount
+
+    async def api_key(self, key_id: str) -> StoredKey | None:
+        with _translated():
+            async with self._pool.connection() as conn:
+                cursor = conn.cursor(row_factory=class_row(StoredKey))
+                await cursor.execute("""SELECT tenant, scopes, secret_sha256, expires_at, revoked_at, last_used_at
+                                        FROM api_keys WHERE id = %s""", (key_id,))
+                return await cursor.fetchone()
+
+    async def key_used(self, key_id: str) -> None:
+        with _translated():
+            async with self._pool.connection() as conn:
+                await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
+
+    async def any_api_key(self) -> bool:
+        """Whether an API key was ever made, revoked or not."""
+        with _translated():
+            async with self._pool.connection() as conn:
+                found = await (await conn.execute("SELECT EXISTS (SELECT 1 FROM api_keys)")).fetchone()
+                return bool(found and found[0])
 
     async def ping(self) -> None:
         with _translated():
