@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from kubejob import ledger as schema
 from kubejob.settings import load
 from producer import metrics, routes, status
+from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
@@ -79,6 +80,11 @@ async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": error, "upload_id": str(exc)}, status_code=409)
 
 
+async def auth_refused(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Unauthenticated | Forbidden)
+    return refusal_of(exc)
+
+
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
@@ -112,6 +118,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await pool.open()
     app.state.ledger = Ledger(pool, conninfo=url, connect_timeout=timeout)
     log.info("ledger ready", extra={"schema_version": version})
+    app.state.auth = Authenticator(settings, app.state.ledger)
+    if await app.state.auth.open():
+        log.warning("the API is open, every request is tenant `default` with every scope: neither UPLOAD_TOKEN nor "
+                    "OIDC_ISSUER is set and the ledger holds no API key (python -m producer.keys create)")
     app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
     forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
@@ -150,7 +160,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(status.router)
     app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
     # Added after the size limit, so it runs before it: a refused upload is not counted against the limit.
-    app.add_middleware(UploadGate, token=app.state.settings.upload_token.get_secret_value(),
+    app.add_middleware(UploadGate, authenticate=lambda header: app.state.auth.principal(header),
                        max_uploads=app.state.settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked)
     # Outermost, so every answer to an upload is counted, the gate's refusals included.
     app.add_middleware(metrics.UploadMetrics)
@@ -161,6 +171,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
     app.add_exception_handler(KeyReused, key_conflict)
     app.add_exception_handler(UploadBusy, key_conflict)
+    app.add_exception_handler(Unauthenticated, auth_refused)
+    app.add_exception_handler(Forbidden, auth_refused)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     return app

@@ -3,10 +3,12 @@
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
 
 
-class ShortCache:
+class ShortCache(Generic[T]):
     """Each key's answer, kept `seconds` from when its read began; at most `size` keys, the oldest dropped first.
 
     A key has one read at a time: readers who come while it runs wait for it, and a read begins
@@ -15,9 +17,9 @@ class ShortCache:
 
     def __init__(self, *, seconds: float, size: int) -> None:
         self.seconds, self.size = seconds, size
-        self._reads: dict[str, tuple[float, asyncio.Task[bytes]]] = {}  # in the order the reads began
+        self._reads: dict[str, tuple[float, asyncio.Task[T]]] = {}  # in the order the reads began
 
-    async def get(self, key: str, read: Callable[[], Coroutine[Any, Any, bytes]]) -> bytes:
+    async def get(self, key: str, read: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """The answer of the key's read if it is running or began less than `seconds` ago, else of a new one."""
         now = time.monotonic()
         began, task = self._reads.get(key, (0.0, None))

@@ -1,12 +1,14 @@
-"""ASGI middleware that guard POST /upload before its body is read: size, token, broker alarm, uploads at once."""
+"""ASGI middleware that guard POST /upload before its body is read: size, credential, broker alarm, uploads at once."""
 
-import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import HTTPException
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from producer.auth import Forbidden, Principal, Unauthenticated, refusal_of
+from producer.ledger import LedgerUnavailable
 
 # What a client refused for too many uploads at once is told to wait, in seconds.
 RETRY_AFTER_SECONDS = 5
@@ -18,14 +20,6 @@ DROP_BODY_BYTES = 64 * 1024
 
 def too_large(max_bytes: int) -> HTTPException:
     return HTTPException(status_code=413, detail=f"upload is larger than the limit of {max_bytes} bytes")
-
-
-def token_matches(expected: str, authorization: str | None) -> bool:
-    """Whether an Authorization header carries the bearer token; any header does when none is expected."""
-    if not expected:
-        return True
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), expected.encode())
 
 
 class BodySizeLimit:
@@ -53,36 +47,26 @@ class BodySizeLimit:
 
 
 class UploadGate:
-    """ASGI middleware: POST /upload without the token gets 401, while the broker blocks publishers
-    503, and past `max_uploads` at once 429.
+    """ASGI middleware: POST /upload without a valid credential gets 401, without the `upload` scope
+    403, while the broker blocks publishers 503, and past `max_uploads` at once 429.
 
-    Each answers from the headers alone, before a byte of the body is read (FastAPI would parse
-    the whole form, spooling it to disk, before any dependency runs).
+    Each answers from the headers alone (and, for an API key, one indexed query of the ledger),
+    before a byte of the body is read: FastAPI would parse the whole form, spooling it to disk,
+    before any dependency runs. The caller goes to the route as the request's `state.principal`.
     """
 
-    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int,
+    def __init__(self, app: ASGIApp, *, authenticate: Callable[[str | None], Awaitable[Principal]], max_uploads: int,
                  broker_blocked: Callable[[], str | None]) -> None:
-        self.app, self.token, self.max_uploads, self.broker_blocked = app, token, max_uploads, broker_blocked
+        self.app, self.authenticate, self.max_uploads = app, authenticate, max_uploads
+        self.broker_blocked = broker_blocked
         self.in_progress = 0  # one event loop: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/upload":
             await self.app(scope, receive, send)
             return
-        if not token_matches(self.token, Headers(scope=scope).get("authorization")):
-            refusal = JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                                   headers={"WWW-Authenticate": "Bearer"})
-        elif blocked := self.broker_blocked():
-            # Publishing would wait for the alarm to clear, up to CONFIRM_TIMEOUT_SECONDS, then fail.
-            refusal = JSONResponse(
-                {"error": f"{blocked}; nothing was read or published, try again in {RETRY_AFTER_SECONDS} s"},
-                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        elif self.in_progress >= self.max_uploads:
-            refusal = JSONResponse(
-                {"error": f"{self.in_progress} uploads are in progress, the most this server takes at once "
-                          f"(MAX_CONCURRENT_UPLOADS); try again in {RETRY_AFTER_SECONDS} s"},
-                status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-        else:
+        refusal = await self._refusal(scope)
+        if refusal is None:
             self.in_progress += 1
             try:
                 await self.app(scope, receive, send)
@@ -93,6 +77,27 @@ class UploadGate:
             # Connection: close, so the server does not go on to read the body it refused.
             refusal.headers["Connection"] = "close"
         await refusal(scope, receive, send)
+
+    async def _refusal(self, scope: Scope) -> JSONResponse | None:
+        """The answer that refuses the upload, or None, the caller then put in the request's state."""
+        try:
+            principal = (await self.authenticate(Headers(scope=scope).get("authorization"))).allowed("upload")
+        except (Unauthenticated, Forbidden) as exc:
+            return refusal_of(exc)
+        except LedgerUnavailable as exc:
+            return JSONResponse({"error": f"PostgreSQL unavailable, nothing published: {exc}"}, status_code=503)
+        if blocked := self.broker_blocked():
+            # Publishing would wait for the alarm to clear, up to CONFIRM_TIMEOUT_SECONDS, then fail.
+            return JSONResponse(
+                {"error": f"{blocked}; nothing was read or published, try again in {RETRY_AFTER_SECONDS} s"},
+                status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        if self.in_progress >= self.max_uploads:
+            return JSONResponse(
+                {"error": f"{self.in_progress} uploads are in progress, the most this server takes at once "
+                          f"(MAX_CONCURRENT_UPLOADS); try again in {RETRY_AFTER_SECONDS} s"},
+                status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        scope.setdefault("state", {})["principal"] = principal
+        return None
 
 
 async def _dropped_small_body(scope: Scope, receive: Receive) -> bool:

@@ -8,11 +8,11 @@ from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from kubejob import message
 from producer import csv_stream, metrics
+from producer.auth import UploaderDep
 from producer.cache import ShortCache
 from producer.ledger import Claim, Ledger, LedgerUnavailable, Upload
 from producer.publisher import (
@@ -26,7 +26,6 @@ from producer.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-bearer = HTTPBearer(auto_error=False, description="Needed only when UPLOAD_TOKEN is set.")
 # How often a long upload writes how far the broker has confirmed, for its status; the bound on
 # what a retry publishes twice is PUBLISH_WINDOW, kept by writing it more often where needed.
 PROGRESS_SECONDS = 1.0
@@ -40,13 +39,17 @@ def get_ledger(request: Request) -> Ledger:
     return request.app.state.ledger
 
 
-def get_statuses(request: Request) -> ShortCache:
+# An upload's status as JSON, with the tenant it belongs to, which each reader is checked against.
+Statuses = ShortCache[tuple[str, bytes]]
+
+
+def get_statuses(request: Request) -> Statuses:
     return request.app.state.statuses
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
-StatusesDep = Annotated[ShortCache, Depends(get_statuses)]
+StatusesDep = Annotated[Statuses, Depends(get_statuses)]
 
 
 class UploadResult(BaseModel):
@@ -73,7 +76,9 @@ class Error(BaseModel):
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
     400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
-    401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
+    401: {"model": Error, "description": "No valid credential (API key, UPLOAD_TOKEN or OIDC token), where one is "
+                                         "needed"},
+    403: {"model": Error, "description": "The credential lacks the `upload` scope"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
     429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
                                          "Retry-After seconds"},
@@ -98,11 +103,10 @@ async def one_file(request: Request) -> None:
                             detail="the `file` field must be a file upload, e.g. curl -F file=@data.csv")
 
 
-# The token is checked by limits.UploadGate before the body is read; `bearer` only documents it.
-@router.post("/upload", dependencies=[Depends(bearer), Depends(one_file)], response_model=UploadResult,
-             responses=UPLOAD_ERRORS)
+@router.post("/upload", dependencies=[Depends(one_file)], response_model=UploadResult, responses=UPLOAD_ERRORS)
 async def upload(
     file: Annotated[UploadFile, File(description="The CSV; its first line is the header.")],
+    uploader: UploaderDep,
     settings: SettingsDep,
     ledger: LedgerDep,
     statuses: StatusesDep,
@@ -119,9 +123,9 @@ async def upload(
     summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
                                       max_message_bytes=settings.max_message_bytes, delimiter=chosen)
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
-    upload, claim = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
-                                       parameters={"delimiter": summary.delimiter}, columns=summary.columns,
-                                       rows=summary.rows, queue=settings.queue_name)
+    upload, claim = await ledger.start(tenant=uploader.tenant, key=idempotency_key, file_name=file.filename or "",
+                                       sha256=sha256, parameters={"delimiter": summary.delimiter},
+                                       columns=summary.columns, rows=summary.rows, queue=settings.queue_name)
     if claim is not None:
         file.file.seek(0)
         try:
@@ -133,7 +137,8 @@ async def upload(
     elif upload.error is not None:
         raise UploadRefused(upload.error, upload_id=upload.id)
     elapsed = round(time.monotonic() - started, 3)
-    log.info("upload published", extra={"upload_id": upload.id, "rows": upload.rows, "queue": upload.queue,
+    log.info("upload published", extra={"upload_id": upload.id, "tenant": uploader.tenant, "key_id": uploader.key_id,
+                                        "rows": upload.rows, "queue": upload.queue,
                                         "already_confirmed": upload.confirmed, "seconds": elapsed})
     return UploadResult(upload_id=upload.id, rows=upload.rows, queue=upload.queue, delimiter=summary.delimiter,
                         status_url=f"/uploads/{upload.id}")

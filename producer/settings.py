@@ -1,6 +1,6 @@
 """The producer's settings, read once from environment variables."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kubejob.settings import LedgerSettings
 
@@ -14,8 +14,20 @@ class Settings(LedgerSettings):
     )
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
     max_line_bytes: int = Field(1024**2, gt=0, description="Longest accepted CSV line; longer gets 400.")
-    upload_token: SecretStr = Field(
-        SecretStr(""), description="If set, POST /upload needs `Authorization: Bearer <token>`."
+    upload_token: SecretStr | None = Field(
+        None, description=("A key of the tenant `default` with every scope, sent as `Authorization: Bearer "
+                           "<token>`; never empty. Unset, with no API key and no OIDC, the API is open."),
+    )
+    api_key_cache_seconds: float = Field(
+        5.0, ge=0, le=300, description=("How long a valid API key is trusted without asking the ledger again: "
+                                        "the most a revoked key still works."),
+    )
+    oidc_issuer: str = Field("", description="If set, a bearer JWT from this issuer (`iss`) is accepted too.")
+    oidc_jwks_url: str = Field("", description="URL of the JWKS that signs OIDC_ISSUER's tokens.")
+    oidc_audience: str = Field("", description="The `aud` an OIDC token must carry; required with OIDC_ISSUER.")
+    oidc_tenant_claim: str = Field("tenant", min_length=1, description="The claim of an OIDC token naming its tenant.")
+    oidc_scope_claim: str = Field(
+        "scope", min_length=1, description="The claim of an OIDC token holding its scopes, space-separated."
     )
     max_concurrent_uploads: int = Field(
         4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
@@ -30,3 +42,21 @@ class Settings(LedgerSettings):
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
+
+    @field_validator("upload_token")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # A Secret with token="" satisfies its secretKeyRef: taken as "no token", it would open the API.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty, which would leave the API open; set a token, or unset the variable")
+        return value
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> "Settings":
+        oidc = {"OIDC_ISSUER": self.oidc_issuer, "OIDC_JWKS_URL": self.oidc_jwks_url,
+                "OIDC_AUDIENCE": self.oidc_audience}
+        if any(oidc.values()) and not all(oidc.values()):
+            given = next(name for name, value in oidc.items() if value)
+            missing = " and ".join(name for name, value in oidc.items() if not value)
+            raise ValueError(f"{given}: needs {missing} too (OIDC_ISSUER, OIDC_JWKS_URL and OIDC_AUDIENCE go together)")
+        return self

@@ -2,6 +2,7 @@
 
 import csv
 import io
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -13,9 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
 from producer import metrics
+from producer.auth import Principal, ReaderDep
 from producer.ledger import Ledger, LedgerUnavailable, Upload
 from producer.routes import Error, LedgerDep, StatusesDep
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 # Many clients poll one upload (pages, scripts): one ledger read and one JSON encoding per upload and interval
 # serve them all, as each poll read alone took its share of the event loop from the uploads publishing on it.
@@ -23,15 +26,20 @@ STATUS_SECONDS = 0.5
 STATUSES_KEPT = 1024
 PAGE = Path(__file__).with_name("page.html")
 LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
+    401: {"model": Error, "description": "No valid credential (API key, UPLOAD_TOKEN or OIDC token), where one is "
+                                         "needed"},
+    403: {"model": Error, "description": "The credential lacks the `read` scope"},
     503: {"model": Error, "description": "PostgreSQL, which holds the ledger, does not answer"},
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
-    404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
+    404: {"model": Error, "description": "No upload of the caller's tenant has this id (or it is older than the "
+                                         "retention); with `admin`, of any tenant"},
 }
 
 
 class UploadStatus(BaseModel):
     upload_id: str
+    tenant: str
     file_name: str
     queue: str
     state: str
@@ -71,7 +79,7 @@ def status_of(upload: Upload, now: datetime) -> UploadStatus:
     # second): so done + failed <= confirmed <= rows in every answer.
     confirmed = min(upload.rows, max(upload.confirmed, upload.done + upload.failed))
     return UploadStatus(
-        upload_id=upload.id, file_name=upload.file_name, queue=upload.queue, state=upload.state,
+        upload_id=upload.id, tenant=upload.tenant, file_name=upload.file_name, queue=upload.queue, state=upload.state,
         rows=upload.rows, confirmed=confirmed, done=upload.done, failed=upload.failed,
         redelivered=upload.redelivered, created_at=upload.created_at, published_at=upload.published_at,
         finished_at=upload.finished_at, error=upload.error, rows_per_second=rate, eta_seconds=eta,
@@ -79,29 +87,44 @@ def status_of(upload: Upload, now: datetime) -> UploadStatus:
     )
 
 
-async def _known(ledger: Ledger, upload_id: str) -> Upload:
+def not_found(upload_id: str) -> HTTPException:
+    """The answer for an upload that does not exist and for another tenant's alike: never confirm it exists."""
+    return HTTPException(status_code=404, detail=f"no upload {upload_id!r}")
+
+
+async def _found(ledger: Ledger, upload_id: str) -> Upload:
     upload = await ledger.get(upload_id)
     if upload is None:
-        raise HTTPException(status_code=404, detail=f"no upload {upload_id!r}")
+        raise not_found(upload_id)
+    return upload
+
+
+async def _known(ledger: Ledger, upload_id: str, reader: Principal) -> Upload:
+    upload = await _found(ledger, upload_id)
+    if not reader.may_read(upload.tenant):
+        raise not_found(upload_id)
     return upload
 
 
 @router.get("/uploads/{upload_id}", response_model=UploadStatus, responses=NOT_FOUND)
-async def upload_status(upload_id: str, ledger: LedgerDep, statuses: StatusesDep) -> Response:
+async def upload_status(upload_id: str, reader: ReaderDep, ledger: LedgerDep, statuses: StatusesDep) -> Response:
     """Where one upload stands, as of at most STATUS_SECONDS ago: `done` exactly when done + failed == rows."""
-    return Response(await statuses.get(upload_id, lambda: _status_json(ledger, upload_id)),
-                    media_type="application/json")
+    tenant, body = await statuses.get(upload_id, lambda: _status_json(ledger, upload_id))
+    if not reader.may_read(tenant):
+        raise not_found(upload_id)
+    return Response(body, media_type="application/json")
 
 
-async def _status_json(ledger: Ledger, upload_id: str) -> bytes:
-    return status_of(await _known(ledger, upload_id), datetime.now(UTC)).model_dump_json().encode()
+async def _status_json(ledger: Ledger, upload_id: str) -> tuple[str, bytes]:
+    upload = await _found(ledger, upload_id)
+    return upload.tenant, status_of(upload, datetime.now(UTC)).model_dump_json().encode()
 
 
 @router.get("/uploads", responses=LEDGER_DOWN)
-async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
+async def recent_uploads(reader: ReaderDep, ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le=200)] = 20,
                          offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0) -> UploadList:
-    """Uploads, newest first, `limit` at a time; `next_url` pages on."""
-    uploads = await ledger.recent(limit=limit + 1, offset=offset)
+    """The caller's tenant's uploads, newest first, `limit` at a time; `next_url` pages on."""
+    uploads = await ledger.recent(tenant=reader.tenant, limit=limit + 1, offset=offset)
     now = datetime.now(UTC)
     more = f"/uploads?limit={limit}&offset={offset + limit}" if len(uploads) > limit else None
     return UploadList(uploads=[status_of(u, now) for u in uploads[:limit]], next_url=more)
@@ -109,9 +132,11 @@ async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le
 
 @router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
             response_class=StreamingResponse)
-async def failed_rows(upload_id: str, ledger: LedgerDep) -> StreamingResponse:
+async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep) -> StreamingResponse:
     """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`."""
-    upload = await _known(ledger, upload_id)
+    upload = await _known(ledger, upload_id, reader)
+    log.info("failed rows downloaded", extra={"upload_id": upload.id, "upload_tenant": upload.tenant,
+                                              "tenant": reader.tenant, "key_id": reader.key_id})
     return StreamingResponse(
         _csv_lines(ledger, upload), media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
