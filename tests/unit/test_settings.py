@@ -17,6 +17,9 @@ CASES = [
     ("producer", "RABBITMQ_PORT", "0", "greater than or equal to 1"),
     ("worker", "RABBITMQ_PORT", "amqp", "valid integer"),
     ("producer", "MAX_UPLOAD_BYTES", "-1", "greater than 0"),
+    # A Secret with token="" satisfies its secretKeyRef; taken as no token, it would leave the API open.
+    ("producer", "UPLOAD_TOKEN", "", "is set but empty, which would leave the API open"),
+    ("producer", "OIDC_ISSUER", "https://issuer.example", "needs OIDC_JWKS_URL and OIDC_AUDIENCE too"),
     ("worker", "WORKER_PREFETCH", "0", "greater than or equal to 1"),
     ("worker", "WORKER_HANDLER", "not-a-spec", "should match pattern"),
     ("worker", "WORKER_HANDLER", "no.such.module:f", "cannot import 'no.such.module:f'"),

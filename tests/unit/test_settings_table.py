@@ -20,8 +20,9 @@ SERVICES: dict[str, type[BaseSettings]] = {
 ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (.+?) \| ([\w, ]+) \|", re.MULTILINE)
 
 
-def readme_table() -> dict[str, tuple[str, str]]:
-    """variable -> (default as the README writes it, the services that use it, comma-separated, or "all")."""
+def readme_table() -> dict[str, tuple[str | None, str]]:
+    """variable -> (default as the README writes it, None if unset, the services that use it, comma-separated, or
+    "all")."""
     text = (ROOT / "README.md").read_text()
     table = text[text.index("## Settings"):text.index("## Tests")]
     rows = {name: (_default(default), used_by) for name, default, used_by in ROW.findall(table)}
@@ -29,9 +30,11 @@ def readme_table() -> dict[str, tuple[str, str]]:
     return rows
 
 
-def _default(cell: str) -> str:
+def _default(cell: str) -> str | None:
     if cell.startswith("empty"):
         return ""
+    if cell.startswith("unset"):
+        return None
     assert cell.startswith("`") and cell.endswith("`"), cell
     return cell.strip("`")
 
