@@ -12,17 +12,16 @@ from the image infra/local-cluster/images.sh builds (Docker). A missing service 
 nothing here skips.
 """
 
-import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 
 from tests.helpers.broker import Broker
 from tests.helpers.kube import KubeCluster
+from tests.helpers.ledger import as_database_url, fresh_database
 from tests.helpers.rabbitmq_server import DockerRabbitmq
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
@@ -30,8 +29,6 @@ from localcluster import netns
 from localcluster.control_plane import ControlPlane, bin_dir
 from localcluster.node import Node
 from localcluster.stack import build_images
-
-LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
 
 @pytest.fixture(scope="session")
@@ -41,22 +38,8 @@ def ledger_database() -> Iterator[str]:
     Set as DATABASE_URL in the environment, so Settings() in this process and every service a
     test starts finds it.
     """
-    name = f"kubejob_test_{uuid.uuid4().hex[:8]}"
-    try:
-        with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.Error as exc:
-        pytest.fail(f"PostgreSQL is not reachable at {LEDGER_ADMIN_URL} (make postgres): {exc}", pytrace=False)
-    url = LEDGER_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    saved = os.environ.get("DATABASE_URL")
-    os.environ["DATABASE_URL"] = url
-    yield url
-    if saved is None:
-        del os.environ["DATABASE_URL"]
-    else:
-        os.environ["DATABASE_URL"] = saved
-    with psycopg.connect(LEDGER_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database() as url, as_database_url(url):
+        yield url
 
 
 @pytest.fixture(scope="session")

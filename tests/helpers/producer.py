@@ -16,11 +16,14 @@ from tests.helpers import REPO_ROOT, answers, die_with_parent, free_port, wait_f
 
 
 @contextlib.contextmanager
-def producer(queue: str, **settings: str) -> Iterator[tuple[str, int]]:
-    """A real producer publishing to `queue`, answering on its health endpoint; yields (base URL, pid)."""
+def producer(queue: str, *, log: Path | None = None, **settings: str) -> Iterator[tuple[str, int]]:
+    """A real producer publishing to `queue`, answering on its health endpoint, its log lines written to `log` if
+    given; yields (base URL, pid)."""
     port = free_port()
     env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "LOG_LEVEL": "WARNING"} | settings
-    process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
+    with open(log, "w") if log else contextlib.nullcontext() as output:
+        process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, stdout=output,
+                                   preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{url}/healthz"), what="the producer to answer", timeout=30, interval=0.1)
