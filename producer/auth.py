@@ -23,7 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse
 
-from producer.ledger import Ledger
+from producer.ledger import Ledger, StoredKey
 from producer.oidc import InvalidToken, OidcVerifier
 from producer.settings import Settings
 
@@ -145,14 +145,7 @@ class Authenticator:
         if principal is not None and now < until:
             return principal
         self._keys.pop(hashed, None)
-        stored = await self._ledger.api_key(key_id)
-        if stored is None or not secrets.compare_digest(stored.secret_sha256, hashed):
-            raise Unauthenticated(f"API key {key_id} is not known")
-        if stored.revoked_at is not None:
-            raise Unauthenticated(f"API key {key_id} was revoked")
-        left = (stored.expires_at - datetime.now(UTC)).total_seconds() if stored.expires_at else float("inf")
-        if left <= 0:
-            raise Unauthenticated(f"API key {key_id} expired at {stored.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+        stored, left = _valid(await self._ledger.api_key(key_id), key_id=key_id, hashed=hashed)
         if stored.last_used_at is None or (datetime.now(UTC) - stored.last_used_at).total_seconds() >= 60:
             # Recorded at most once a minute per key: a status poll must not be a write.
             await self._ledger.key_used(key_id)
@@ -162,6 +155,19 @@ class Authenticator:
         self._keys[hashed] = (now + min(left, self._seconds), principal)
         return principal
 
+
+def _valid(stored: StoredKey | None, *, key_id: str, hashed: bytes) -> tuple[StoredKey, float]:
+    """The stored key of this hash and the seconds until it expires; Unauthenticated if it is unknown or dead."""
+    if stored is None or not secrets.compare_digest(stored.secret_sha256, hashed):
+        raise Unauthenticated(f"API key {key_id} is not known")
+    if stored.revoked_at is not None:
+        raise Unauthenticated(f"API key {key_id} was revoked")
+    if stored.expires_at is None:
+        return stored, float("inf")
+    left = (stored.expires_at - datetime.now(UTC)).total_seconds()
+    if left <= 0:
+        raise Unauthenticated(f"API key {key_id} expired at {stored.expires_at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}")
+    return stored, left
 
 
 def _authenticator(request: Request) -> Authenticator:
