@@ -13,6 +13,9 @@ class Settings(LedgerSettings):
         9101, ge=0, le=65535,
         description="Port of the producer's Prometheus /metrics, apart from the API's; 0 serves none.",
     )
+    producer_api_docs: bool = Field(
+        True, description="Serve the API's description at /docs, /redoc and /openapi.json; off in the manifests.",
+    )
     producer_database_wait_seconds: float = Field(
         60.0, ge=0, description="How long the producer waits at start for PostgreSQL to answer before it exits 3."
     )
