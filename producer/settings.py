@@ -9,6 +9,13 @@ class Settings(LedgerSettings):
     """The broker and ledger settings, and the upload API's own."""
 
     producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    producer_metrics_port: int = Field(
+        9101, ge=0, le=65535,
+        description="Port of the producer's Prometheus /metrics, apart from the API's; 0 serves none.",
+    )
+    producer_api_docs: bool = Field(
+        True, description="Serve the API's description at /docs, /redoc and /openapi.json; off in the manifests.",
+    )
     producer_database_wait_seconds: float = Field(
         60.0, ge=0, description="How long the producer waits at start for PostgreSQL to answer before it exits 3."
     )
@@ -59,4 +66,11 @@ class Settings(LedgerSettings):
             given = next(name for name, value in oidc.items() if value)
             missing = " and ".join(name for name, value in oidc.items() if not value)
             raise ValueError(f"{given}: needs {missing} too (OIDC_ISSUER, OIDC_JWKS_URL and OIDC_AUDIENCE go together)")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> "Settings":
+        if self.producer_metrics_port == self.producer_port:
+            raise ValueError(f"PRODUCER_METRICS_PORT and PRODUCER_PORT are both {self.producer_port}; the metrics "
+                             "need a port of their own")
         return self
