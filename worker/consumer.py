@@ -32,8 +32,8 @@ import pika
 import pika.exceptions
 
 from kubejob import message, pika_fast
-from kubejob.frames import Delivery
 from kubejob.ledger import Retry
+from kubejob.message import Delivery
 from worker import dead_letters
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
 from worker.deliveries import Deliveries, PlainDeliveries

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from kubejob import frames, pika_fast
+from kubejob import frames, message, pika_fast
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class _Batch:
 
     __slots__ = ("deliver", "messages")
 
-    def __init__(self, deliver: Callable[[list[frames.Delivery]], None], messages: list[frames.Delivery]) -> None:
+    def __init__(self, deliver: Callable[[list[message.Delivery]], None], messages: list[message.Delivery]) -> None:
         self.deliver, self.messages = deliver, messages
 
     def dispatch(self) -> None:
@@ -46,7 +46,7 @@ class Deliveries:
     """
 
     def __init__(self, connection: pika.BlockingConnection, channel: BlockingChannel,
-                 on_batch: Callable[[list[frames.Delivery]], None], *, max_body_bytes: int) -> None:
+                 on_batch: Callable[[list[message.Delivery]], None], *, max_body_bytes: int) -> None:
         self._channel, self._on_batch = channel, on_batch
         self._number, self._max_body = channel.channel_number, max_body_bytes
         self._tags: set[bytes] = set()
@@ -83,7 +83,7 @@ class Deliveries:
         buffer = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         offset = 0
-        batch: list[frames.Delivery] = []
+        batch: list[message.Delivery] = []
         self._needed = 0
         try:
             while offset < len(buffer):
@@ -124,7 +124,7 @@ class Deliveries:
             self._chunks, self._held = [rest] if rest else [], len(rest)
         self._queue(batch)
 
-    def _kept(self, delivery: frames.Delivery) -> frames.Delivery:
+    def _kept(self, delivery: message.Delivery) -> message.Delivery:
         """`delivery`, or, when its body is too large to keep (it came in one receive), the same without it."""
         if len(delivery.body) <= self._max_body:
             return delivery
@@ -135,20 +135,20 @@ class Deliveries:
         self._log_dropping(head.tag, head.body_size)
         self._dropping, self._dropped = head, 0
 
-    def _drop(self, size: int, batch: list[frames.Delivery]) -> None:
+    def _drop(self, size: int, batch: list[message.Delivery]) -> None:
         """One body frame of the message being dropped is gone; after its last, the message is handed on."""
         head = self._dropping
         assert head is not None
         self._dropped += size
         if self._dropped >= head.body_size:
-            batch.append(frames.Delivery(head.tag, head.properties, b"", head.redelivered, dropped=head.body_size))
+            batch.append(message.Delivery(head.tag, head.properties, b"", head.redelivered, dropped=head.body_size))
             self._dropping = None
 
     def _log_dropping(self, tag: int, size: int) -> None:
         log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
                     extra={"delivery_tag": tag, "body_bytes": size, "max_message_bytes": self._max_body})
 
-    def _queue(self, batch: list[frames.Delivery]) -> None:
+    def _queue(self, batch: list[message.Delivery]) -> None:
         if batch:
             pika_fast.dispatch(self._channel, _Batch(self._on_batch, batch))
 
@@ -162,7 +162,7 @@ class PlainDeliveries:
 
     receiving = False
 
-    def __init__(self, channel: BlockingChannel, on_batch: Callable[[list[frames.Delivery]], None], *,
+    def __init__(self, channel: BlockingChannel, on_batch: Callable[[list[message.Delivery]], None], *,
                  max_body_bytes: int) -> None:
         self._channel, self._on_batch, self._max_body = channel, on_batch, max_body_bytes
 
@@ -174,7 +174,7 @@ class PlainDeliveries:
 
     def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties,
                     body: bytes) -> None:
-        delivery = frames.Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
+        delivery = message.Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
         if len(body) > self._max_body:
             log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
                         extra={"delivery_tag": delivery.tag, "body_bytes": len(body),

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 from kubejob import message
-from kubejob.frames import Delivery
+from kubejob.message import Delivery
 from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger

@@ -19,7 +19,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from kubejob import message
-from kubejob.frames import Delivery
+from kubejob.message import Delivery
 from worker import metrics
 from worker.copies import Copies
 from worker.ledger import RowOutcome
