@@ -36,7 +36,7 @@ from kubejob.ledger import Retry
 from kubejob.message import Delivery
 from worker import dead_letters
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
-from worker.deliveries import Deliveries, PlainDeliveries
+from worker.deliveries import Deliveries, PlainDeliveries, kept
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
@@ -93,7 +93,7 @@ class Consumer:
             self._move_limit_queue()
             self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
                                           max_body_bytes=self.settings.max_message_bytes) if fast else \
-                PlainDeliveries(self._channel, self._on_deliveries, max_body_bytes=self.settings.max_message_bytes)
+                PlainDeliveries(self._channel)
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
@@ -204,8 +204,9 @@ class Consumer:
     def _on_message(
         self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
-        """A message pika read itself (worker.deliveries reads nearly all of them)."""
-        self._on_deliveries([Delivery(method.delivery_tag, properties, body, bool(method.redelivered))])
+        """A message pika read itself (with kubejob.pika_fast active, worker.deliveries reads nearly all of them)."""
+        delivery = Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
+        self._on_deliveries([kept(delivery, self.settings.max_message_bytes)])
 
     def _on_deliveries(self, deliveries: list[Delivery]) -> None:
         self._in_flight += len(deliveries)

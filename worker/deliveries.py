@@ -8,7 +8,8 @@ message for one of our consumers is read with `kubejob.frames.read_delivery`, an
 messages of one receive are dispatched as a single event. Any other frame (a reply, a
 confirm, a heartbeat, a message whose headers pika must decode) goes to pika's own code,
 after the messages before it, so everything is dispatched in the order it arrived.
-`PlainDeliveries` is the same interface on pika's public basic_consume, for when it is not.
+`PlainDeliveries` is the same interface on pika's public basic_consume, for when it is not:
+there pika reads every message, and the consumer's `on_message` gets each one.
 """
 
 import logging
@@ -100,7 +101,7 @@ class Deliveries:
                     read = frames.read_delivery(buffer, offset, self._number, self._tags)
                     if read:
                         offset, delivery = read
-                        batch.append(self._kept(delivery))
+                        batch.append(kept(delivery, self._max_body))
                         continue
                     head = frames.read_head(buffer, offset, self._number, self._tags)
                     if head and head.body_size > self._max_body:
@@ -124,15 +125,8 @@ class Deliveries:
             self._chunks, self._held = [rest] if rest else [], len(rest)
         self._queue(batch)
 
-    def _kept(self, delivery: message.Delivery) -> message.Delivery:
-        """`delivery`, or, when its body is too large to keep (it came in one receive), the same without it."""
-        if len(delivery.body) <= self._max_body:
-            return delivery
-        self._log_dropping(delivery.tag, len(delivery.body))
-        return delivery._replace(body=b"", dropped=len(delivery.body))
-
     def _start_dropping(self, head: frames.Head) -> None:
-        self._log_dropping(head.tag, head.body_size)
+        _log_dropping(head.tag, head.body_size, self._max_body)
         self._dropping, self._dropped = head, 0
 
     def _drop(self, size: int, batch: list[message.Delivery]) -> None:
@@ -144,40 +138,38 @@ class Deliveries:
             batch.append(message.Delivery(head.tag, head.properties, b"", head.redelivered, dropped=head.body_size))
             self._dropping = None
 
-    def _log_dropping(self, tag: int, size: int) -> None:
-        log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
-                    extra={"delivery_tag": tag, "body_bytes": size, "max_message_bytes": self._max_body})
-
     def _queue(self, batch: list[message.Delivery]) -> None:
         if batch:
             pika_fast.dispatch(self._channel, _Batch(self._on_batch, batch))
 
 
 class PlainDeliveries:
-    """Deliveries as pika reads them, one by one, for when kubejob.pika_fast is not active.
+    """Deliveries as pika reads them, one by one, for when kubejob.pika_fast is not active: each to `on_message`.
 
-    pika holds a message until all of it is in, so one over `max_body_bytes` is held in memory
-    once before its body is dropped, and a message still arriving is not seen (`receiving`).
+    pika holds a message until all of it is in, so one over MAX_MESSAGE_BYTES is held in memory
+    once before its body is dropped (`kept`), and a message still arriving is not seen (`receiving`).
     """
 
     receiving = False
 
-    def __init__(self, channel: BlockingChannel, on_batch: Callable[[list[message.Delivery]], None], *,
-                 max_body_bytes: int) -> None:
-        self._channel, self._on_batch, self._max_body = channel, on_batch, max_body_bytes
+    def __init__(self, channel: BlockingChannel) -> None:
+        self._channel = channel
 
     def consume(self, queue: str, on_message: Callable[..., None]) -> str:
-        return self._channel.basic_consume(queue, self._on_message)
+        return self._channel.basic_consume(queue, on_message)
 
     def cancel(self, tag: str) -> None:
         self._channel.basic_cancel(tag)
 
-    def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties,
-                    body: bytes) -> None:
-        delivery = message.Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
-        if len(body) > self._max_body:
-            log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
-                        extra={"delivery_tag": delivery.tag, "body_bytes": len(body),
-                               "max_message_bytes": self._max_body})
-            delivery = delivery._replace(body=b"", dropped=len(body))
-        self._on_batch([delivery])
+
+def kept(delivery: message.Delivery, max_body_bytes: int) -> message.Delivery:
+    """`delivery`, or, when its body (which came whole) is over `max_body_bytes`, the same without it."""
+    if len(delivery.body) <= max_body_bytes:
+        return delivery
+    _log_dropping(delivery.tag, len(delivery.body), max_body_bytes)
+    return delivery._replace(body=b"", dropped=len(delivery.body))
+
+
+def _log_dropping(tag: int, size: int, limit: int) -> None:
+    log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
+                extra={"delivery_tag": tag, "body_bytes": size, "max_message_bytes": limit})
