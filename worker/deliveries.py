@@ -2,7 +2,7 @@
 
 pika reads the socket 4 KiB at a time and decodes one frame at a time, runs it through its
 callback registry and the channel's content assembler, and queues one event per message for
-the BlockingChannel to dispatch: about half of a draining worker's CPU. With
+the BlockingChannel to dispatch: much of a draining worker's CPU. With
 kubejob.pika_fast active, the connection reads up to its RECV_BYTES at a time, every whole
 message for one of our consumers is read with `kubejob.frames.read_delivery`, and the
 messages of one receive are dispatched as a single event. Any other frame (a reply, a
