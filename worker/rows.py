@@ -45,7 +45,7 @@ class Rows:
         self._settings, self._handler, self._ledger = settings, handler, ledger
         self._wake, self._stopping = wake, stopping
         self._concurrency, self._batch_rows = settings.worker_concurrency, settings.batch_rows
-        self._lock = threading.Lock()  # guards the five below
+        self._lock = threading.Lock()  # guards _finished, _recording, _active, _running and timed_out
         self._finished: collections.deque[Outcome] = collections.deque()  # not yet taken, oldest first
         self._recording = False  # the rows taken last are neither recorded nor put back yet
         self._active = 0  # handed to a handler and not finished
