@@ -26,8 +26,8 @@ def producer(queue: str, *, log: Path | None = None, **settings: str) -> Iterato
     env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "PRODUCER_METRICS_PORT": "0",
                         "LOG_LEVEL": "WARNING"} | settings
     with open(log, "w") if log else contextlib.nullcontext() as output:
-        process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, stdout=output,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(die_with_parent([sys.executable, "-m", "producer"]), cwd=REPO_ROOT, env=env,
+                                   stdout=output)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{url}/healthz"), what="the producer to answer", timeout=30, interval=0.1)
