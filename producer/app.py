@@ -20,7 +20,7 @@ from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
 from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
-from producer.limits import BodySizeLimit, UploadGate
+from producer.limits import BodyDrop, BodySizeLimit, UploadGate
 from producer.publisher import BrokerUnavailable, UploadInterrupted, UploadRefused
 from producer.settings import Settings
 
@@ -148,10 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)
     app.include_router(status.router)
-    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
+    settings = app.state.settings
+    drop = BodyDrop(max_bytes=settings.max_upload_bytes, seconds=settings.refused_upload_drop_seconds)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, drop=drop)
     # Added after the size limit, so it runs before it: a refused upload is not counted against the limit.
-    app.add_middleware(UploadGate, token=app.state.settings.upload_token.get_secret_value(),
-                       max_uploads=app.state.settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked)
+    app.add_middleware(UploadGate, token=settings.upload_token.get_secret_value(),
+                       max_uploads=settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked, drop=drop)
     # Outermost, so every answer to an upload is counted, the gate's refusals included.
     app.add_middleware(metrics.UploadMetrics)
     app.add_exception_handler(CsvError, csv_error)

@@ -1,6 +1,10 @@
 """ASGI middleware that guard POST /upload before its body is read: size, token, broker alarm, uploads at once."""
 
+import asyncio
+import contextlib
+import logging
 import secrets
+import time
 from collections.abc import Callable
 
 from fastapi import HTTPException
@@ -8,12 +12,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+log = logging.getLogger(__name__)
 # What a client refused for too many uploads at once is told to wait, in seconds.
 RETRY_AFTER_SECONDS = 5
-# A refused upload's body up to this size is read and dropped before the answer, and the connection stays
-# open: closing one with unread bytes resets it, and `kubectl port-forward` ends for good on such a reset.
-# A larger body, or one of unknown length, is not read: the answer closes the connection at once.
-DROP_BODY_BYTES = 64 * 1024
 
 
 def too_large(max_bytes: int) -> HTTPException:
@@ -28,28 +29,78 @@ def token_matches(expected: str, authorization: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(given.strip().encode(), expected.encode())
 
 
-class BodySizeLimit:
-    """ASGI middleware: a body past `max_bytes` ends the request with 413."""
+class BodyDrop:
+    """How much of a refused upload's body is read and dropped after the answer: `max_bytes` for `seconds`.
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    Closing a connection with unread bytes resets it, and `kubectl port-forward` ends for good on
+    a reset from the pod. So a refusal goes out whole at once, and the body is read until it ends
+    before the response does: a client such as curl stops sending when it reads the answer and
+    closes its side, and one that sends it all can use the connection again. Past the bound the
+    response is left unfinished, so the server closes the connection, reset or not.
+    """
+
+    def __init__(self, *, max_bytes: int, seconds: float) -> None:
+        self.max_bytes, self.seconds = max_bytes, seconds
+
+    def sender(self, receive: Receive, send: Send, *, body_coming: bool = True) -> Send:
+        """A `send` for a refusal that drops the body before the response ends; when not `body_coming`,
+        the response says `Connection: close` instead."""
+
+        async def refusing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if not body_coming:
+                    message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+            elif body_coming and not message.get("more_body", False):
+                await send({**message, "more_body": True})
+                if not await self._dropped(receive):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        return refusing
+
+    async def _dropped(self, receive: Receive) -> bool:
+        """Read the body to its end, or to the client's disconnect, within the bound; whether it did."""
+        dropped, started, ended = 0, time.monotonic(), False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.seconds):
+                while not ended and dropped <= self.max_bytes:
+                    message = await receive()  # http.disconnect, once the client closed, has no more_body
+                    dropped, ended = dropped + len(message.get("body", b"")), not message.get("more_body", False)
+        if not ended:
+            log.warning("refused upload's body not read to its end, closing the connection", extra={
+                "dropped_bytes": dropped, "seconds": round(time.monotonic() - started, 1),
+                "max_bytes": self.max_bytes, "max_seconds": self.seconds})
+        return ended
+
+
+class BodySizeLimit:
+    """ASGI middleware: a body past `max_bytes` ends the request with 413, the rest of the body dropped by `drop`."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int, drop: BodyDrop) -> None:
+        self.app, self.max_bytes, self.drop = app, max_bytes, drop
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        received = 0
+        received, refused = 0, False
+        refusing = self.drop.sender(receive, send)
 
         async def counted() -> Message:
-            nonlocal received
+            nonlocal received, refused
             message = await receive()
             received += len(message.get("body", b""))
             # Raised inside the route's body parsing, so FastAPI answers it like any HTTPException.
             if received > self.max_bytes:
+                refused = True
                 raise too_large(self.max_bytes)
             return message
 
-        await self.app(scope, counted, send)
+        async def answering(message: Message) -> None:
+            await (refusing if refused else send)(message)
+
+        await self.app(scope, counted, answering)
 
 
 class UploadGate:
@@ -57,12 +108,13 @@ class UploadGate:
     503, and past `max_uploads` at once 429.
 
     Each answers from the headers alone, before a byte of the body is read (FastAPI would parse
-    the whole form, spooling it to disk, before any dependency runs).
+    the whole form, spooling it to disk, before any dependency runs); the body is then dropped by `drop`.
     """
 
-    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int,
-                 broker_blocked: Callable[[], str | None]) -> None:
+    def __init__(self, app: ASGIApp, *, token: str, max_uploads: int, broker_blocked: Callable[[], str | None],
+                 drop: BodyDrop) -> None:
         self.app, self.token, self.max_uploads, self.broker_blocked = app, token, max_uploads, broker_blocked
+        self.drop = drop
         self.in_progress = 0  # one event loop: no lock needed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -89,17 +141,7 @@ class UploadGate:
             finally:
                 self.in_progress -= 1
             return
-        if not await _dropped_small_body(scope, receive):
-            # Connection: close, so the server does not go on to read the body it refused.
-            refusal.headers["Connection"] = "close"
-        await refusal(scope, receive, send)
-
-
-async def _dropped_small_body(scope: Scope, receive: Receive) -> bool:
-    """Read and drop the request's body if it declares at most DROP_BODY_BYTES; whether it did."""
-    length = Headers(scope=scope).get("content-length", "")
-    if not length.isdigit() or int(length) > DROP_BODY_BYTES:
-        return False
-    while (await receive()).get("more_body", False):
-        pass
-    return True
+        # A client that waits for `100 Continue` sends no body after a final answer (uvicorn sends the
+        # 100 only when the body is first read), so there is nothing to drop.
+        waiting = Headers(scope=scope).get("expect", "").lower() == "100-continue"
+        await refusal(scope, receive, self.drop.sender(receive, send, body_coming=not waiting))

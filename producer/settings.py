@@ -17,6 +17,11 @@ class Settings(LedgerSettings):
     upload_token: SecretStr = Field(
         SecretStr(""), description="If set, POST /upload needs `Authorization: Bearer <token>`."
     )
+    refused_upload_drop_seconds: float = Field(
+        60.0, ge=0, description=("How long the body of a refused upload (401, 413, 429, 503) is read and dropped after "
+                                 "the answer, up to MAX_UPLOAD_BYTES, so that the connection ends without a reset "
+                                 "(which `kubectl port-forward` does not survive); past it the connection is closed."),
+    )
     max_concurrent_uploads: int = Field(
         4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
     )
