@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 import yaml
+from kubernetes.utils.quantity import parse_quantity
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +36,17 @@ def test_the_deployed_producer_requires_an_upload_token_from_a_secret() -> None:
     assert token["valueFrom"]["secretKeyRef"]["name"] == "upload-token"
     assert token["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert not token["valueFrom"]["secretKeyRef"].get("optional", False)  # off only by an explicit edit
+
+
+def test_the_producers_upload_spool_fits_its_volume_when_every_upload_is_as_large_as_allowed() -> None:
+    shipped = manifest("config.yaml", "ConfigMap", "kube-job-config")["data"]
+    pod = manifest("producer.yaml", "Deployment", "producer")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = shipped | {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # Starlette spools each upload's file to the temporary directory, /tmp unless TMPDIR says otherwise.
+    spool = settings.get("TMPDIR", "/tmp")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == spool)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    worst = int(settings["MAX_UPLOAD_BYTES"]) * int(settings["MAX_CONCURRENT_UPLOADS"])
+    # Past its sizeLimit the kubelet evicts the pod, and every upload in it fails.
+    assert worst <= parse_quantity(volume["emptyDir"]["sizeLimit"]), (worst, volume)
