@@ -19,8 +19,8 @@ from producer import metrics, routes, status
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
-from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
-from producer.limits import BodyDrop, BodySizeLimit, UploadGate
+from producer.ledger import DownloadsBusy, KeyReused, Ledger, LedgerUnavailable, UploadBusy
+from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
 from producer.publisher import BrokerUnavailable, UploadInterrupted, UploadRefused
 from producer.settings import Settings
 
@@ -69,6 +69,15 @@ async def ledger_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"PostgreSQL unavailable, {done}: {exc}"}, status_code=503)
 
 
+async def downloads_busy(request: Request, exc: Exception) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    log.warning("failed-rows download refused, no download connection free", extra={
+        "download_connections": settings.download_connections, "waited_seconds": settings.download_timeout_seconds})
+    error = (f"{settings.download_connections} downloads are being read, the most at once (DOWNLOAD_CONNECTIONS), "
+             f"and none ended within {settings.download_timeout_seconds:g} s; try again in {RETRY_AFTER_SECONDS} s")
+    return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, KeyReused):
         error = (f"this Idempotency-Key was used for {exc.differs}; send the same file and parameters to retry "
@@ -109,8 +118,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
                                check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
                                kwargs={"connect_timeout": int(max(1, timeout))})
+    # PostgreSQL ends a download's session that waits for its client longer than the timeout, or whose statement
+    # runs longer: a backstop to the download's own bound on a client that takes nothing.
+    limit_ms = round(settings.download_timeout_seconds * 1000)
+    downloads = AsyncConnectionPool(
+        url, min_size=1, max_size=settings.download_connections, timeout=settings.download_timeout_seconds,
+        open=False, check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
+        kwargs={"connect_timeout": int(max(1, timeout)),
+                "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms}"})
     await pool.open()
-    app.state.ledger = Ledger(pool, conninfo=url, connect_timeout=timeout)
+    await downloads.open()
+    app.state.ledger = Ledger(pool, downloads=downloads, conninfo=url, connect_timeout=timeout)
     log.info("ledger ready", extra={"schema_version": version})
     app.state.broker_watch.start()
     retention = timedelta(days=settings.ledger_retention_days)
@@ -126,6 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
         await app.state.broker_watch.stop()
         await asyncio.wait((forgetting, watching), timeout=TASKS_END_S)
+        await downloads.close()
         await pool.close()
 
 
@@ -161,6 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(UploadRefused, upload_refused)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)
     app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
+    app.add_exception_handler(DownloadsBusy, downloads_busy)
     app.add_exception_handler(KeyReused, key_conflict)
     app.add_exception_handler(UploadBusy, key_conflict)
     app.add_exception_handler(HTTPException, http_error)

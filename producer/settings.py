@@ -32,6 +32,15 @@ class Settings(LedgerSettings):
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
     )
+    download_connections: int = Field(
+        2, ge=1, description=("PostgreSQL connections for failed-rows downloads, a pool apart from the one uploads, "
+                              "status reads and /readyz use: the most downloads read at once."),
+    )
+    download_timeout_seconds: float = Field(
+        30.0, gt=0, description=("How long a failed-rows download waits for a download connection before 503, how "
+                                 "long each of its statements may run, and how long a client may take nothing before "
+                                 "its download is ended."),
+    )
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
