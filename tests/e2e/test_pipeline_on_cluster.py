@@ -14,10 +14,11 @@ import httpx
 import pytest
 from kubernetes import client
 
-from kubejob.message import dead_letter_queue
+from kubejob.message import dead_letter_queue, limit_queue
 from scaler.jobs import is_finished
 from tests.helpers import REPO_ROOT, wait_for
-from tests.helpers.kube import deploy, queue_depths, worker_jobs
+from tests.helpers.broker import dead_letter_policy
+from tests.helpers.kube import deploy, queue_depths, queue_policies, worker_jobs
 from tests.helpers.producer import curl_upload
 
 ROWS = 3000
@@ -65,6 +66,10 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
     assert all(j["status"].get("succeeded") for j in jobs), [j["status"] for j in jobs]
     depths = queue_depths(kube_node, ns)
     assert (depths["rows"], depths[dead_letter_queue("rows")]) == (0, 0), depths
+    # The StatefulSet's postStart hook imported the policy that bounds the dead-letter queues.
+    policies = queue_policies(kube_node, ns)
+    assert [policies[q] for q in ("rows", dead_letter_queue("rows"), limit_queue("rows"))] == [
+        "", dead_letter_policy()["name"], dead_letter_policy()["name"]], policies
     # The workers' own account of it, read through the apiserver from the kubelet.
     counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j['metadata']['name']}", "-n", ns).stdout) for j in jobs]
     assert sum(counts) >= ROWS, counts
