@@ -75,7 +75,7 @@ class BodyDrop:
 
 
 class BodySizeLimit:
-    """ASGI middleware: a body past `max_bytes` ends the request with 413, the rest of the body dropped by `drop`."""
+    """ASGI middleware: a body past `max_bytes` ends the request with 413, the rest of it dropped by `drop`."""
 
     def __init__(self, app: ASGIApp, *, max_bytes: int, drop: BodyDrop) -> None:
         self.app, self.max_bytes, self.drop = app, max_bytes, drop
@@ -84,21 +84,22 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        received, refused = 0, False
+        received, unread = 0, False
         refusing = self.drop.sender(receive, send)
 
         async def counted() -> Message:
-            nonlocal received, refused
+            nonlocal received, unread
             message = await receive()
             received += len(message.get("body", b""))
             # Raised inside the route's body parsing, so FastAPI answers it like any HTTPException.
             if received > self.max_bytes:
-                refused = True
+                # Nothing to drop when this was the body's last part: a read past its end waits for the client to go.
+                unread = message.get("more_body", False)
                 raise too_large(self.max_bytes)
             return message
 
         async def answering(message: Message) -> None:
-            await (refusing if refused else send)(message)
+            await (refusing if unread else send)(message)
 
         await self.app(scope, counted, answering)
 
