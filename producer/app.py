@@ -20,8 +20,8 @@ from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
-from producer.ledger import KeyReused, Ledger, LedgerUnavailable, UploadBusy
-from producer.limits import BodySizeLimit, UploadGate
+from producer.ledger import DownloadsBusy, KeyReused, Ledger, LedgerUnavailable, UploadBusy
+from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
 from producer.publisher import BrokerUnavailable, UploadInterrupted, UploadRefused
 from producer.settings import Settings
 
@@ -70,6 +70,15 @@ async def ledger_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": f"PostgreSQL unavailable, {done}: {exc}"}, status_code=503)
 
 
+async def downloads_busy(request: Request, exc: Exception) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    log.warning("failed-rows download refused, no download connection free", extra={
+        "download_connections": settings.download_connections, "waited_seconds": settings.download_timeout_seconds})
+    error = (f"{settings.download_connections} downloads are being read, the most at once (DOWNLOAD_CONNECTIONS), "
+             f"and none ended within {settings.download_timeout_seconds:g} s; try again in {RETRY_AFTER_SECONDS} s")
+    return JSONResponse({"error": error}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, KeyReused):
         error = (f"this Idempotency-Key was used for {exc.differs}; send the same file and parameters to retry "
@@ -115,8 +124,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     pool = AsyncConnectionPool(url, min_size=1, max_size=10, timeout=timeout, open=False,
                                check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
                                kwargs={"connect_timeout": int(max(1, timeout))})
+    # PostgreSQL ends a download's session that waits for its client longer than the timeout, or whose statement
+    # runs longer: a backstop to the download's own bound on a client that takes nothing.
+    limit_ms = round(settings.download_timeout_seconds * 1000)
+    downloads = AsyncConnectionPool(
+        url, min_size=1, max_size=settings.download_connections, timeout=settings.download_timeout_seconds,
+        open=False, check=AsyncConnectionPool.check_connection, reconnect_timeout=timeout,
+        kwargs={"connect_timeout": int(max(1, timeout)),
+                "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms}"})
     await pool.open()
-    app.state.ledger = Ledger(pool, conninfo=url, connect_timeout=timeout)
+    await downloads.open()
+    app.state.ledger = Ledger(pool, downloads=downloads, conninfo=url, connect_timeout=timeout)
     log.info("ledger ready", extra={"schema_version": version})
     app.state.auth = Authenticator(settings, app.state.ledger)
     if await app.state.auth.open():
@@ -136,6 +154,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             task.cancel()
         await app.state.broker_watch.stop()
         await asyncio.wait((forgetting, watching), timeout=TASKS_END_S)
+        await downloads.close()
         await pool.close()
 
 
@@ -161,10 +180,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)
     app.include_router(status.router)
-    app.add_middleware(BodySizeLimit, max_bytes=app.state.settings.max_upload_bytes)
+    settings = app.state.settings
+    drop = BodyDrop(max_bytes=settings.max_upload_bytes, seconds=settings.refused_upload_drop_seconds)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, drop=drop)
     # Added after the size limit, so it runs before it: a refused upload is not counted against the limit.
     app.add_middleware(UploadGate, authenticate=lambda header: app.state.auth.principal(header),
-                       max_uploads=app.state.settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked)
+                       max_uploads=settings.max_concurrent_uploads, broker_blocked=lambda: watch.blocked, drop=drop)
     # Outermost, so every answer to an upload is counted, the gate's refusals included.
     app.add_middleware(metrics.UploadMetrics)
     app.add_exception_handler(CsvError, csv_error)
@@ -172,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(UploadRefused, upload_refused)
     app.add_exception_handler(BrokerUnavailable, broker_unavailable)
     app.add_exception_handler(LedgerUnavailable, ledger_unavailable)
+    app.add_exception_handler(DownloadsBusy, downloads_busy)
     app.add_exception_handler(KeyReused, key_conflict)
     app.add_exception_handler(UploadBusy, key_conflict)
     app.add_exception_handler(Unauthenticated, auth_refused)

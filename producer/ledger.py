@@ -2,7 +2,8 @@
 
 Errors: a PostgreSQL that cannot be reached or fails a statement becomes `LedgerUnavailable`
 (the upload gets 503 and nothing is published); the refusals of an idempotent retry are
-`KeyReused` and `UploadBusy`.
+`KeyReused` and `UploadBusy`; a download that found no free download connection in time is
+`DownloadsBusy`.
 """
 
 import asyncio
@@ -16,7 +17,7 @@ from datetime import datetime, timedelta
 import psycopg
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kubejob import ledger as schema
 
@@ -35,6 +36,10 @@ class KeyReused(Exception):
 
 class UploadBusy(Exception):
     """Another request is publishing the upload of this Idempotency-Key right now."""
+
+
+class DownloadsBusy(Exception):
+    """Every download connection stayed taken for as long as a download waits for one."""
 
 
 # The class of the session advisory lock (with hashtext(upload id)) that a publisher holds on its upload.
@@ -152,11 +157,37 @@ class Claim:
             await self._conn.execute(statement, params)
 
 
-class Ledger:
-    """Queries on a pool of connections; every method raises LedgerUnavailable when PostgreSQL fails."""
+class FailedRows:
+    """An upload's failed rows, read from a server-side cursor on a download connection held until `close`."""
 
-    def __init__(self, pool: AsyncConnectionPool, *, conninfo: str, connect_timeout: float) -> None:
-        self._pool, self._conninfo, self._connect_timeout = pool, conninfo, int(max(1, connect_timeout))
+    def __init__(self, cursor: psycopg.AsyncServerCursor[FailedRow], held: contextlib.AsyncExitStack) -> None:
+        self._cursor, self._held = cursor, held
+
+    async def __aiter__(self) -> AsyncIterator[FailedRow]:
+        with _translated():
+            async for row in self._cursor:
+                yield row
+
+    async def close(self) -> None:
+        """Give the connection back."""
+        await _let_go(self._held)
+
+
+async def _let_go(held: contextlib.AsyncExitStack) -> None:
+    # A connection that PostgreSQL ended (past a timeout) fails to end its transaction; the pool replaces it.
+    with contextlib.suppress(psycopg.Error):
+        await held.aclose()
+
+
+class Ledger:
+    """Queries on a pool of connections, and downloads on a small pool of their own, so that slow readers of
+    downloads never take the connections uploads, status reads and /readyz use; every method raises
+    LedgerUnavailable when PostgreSQL fails."""
+
+    def __init__(self, pool: AsyncConnectionPool, *, downloads: AsyncConnectionPool, conninfo: str,
+                 connect_timeout: float) -> None:
+        self._pool, self._downloads = pool, downloads
+        self._conninfo, self._connect_timeout = conninfo, int(max(1, connect_timeout))
         self.problem: str | None = None  # as of the last ping of watch()
 
     async def start(self, *, tenant: str, key: str | None, file_name: str, sha256: str | None,
@@ -246,16 +277,27 @@ class Ledger:
         """Uploads not done yet, newest first."""
         return await self._uploads(" WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s", (limit,))
 
-    async def failed_rows(self, upload_id: str) -> AsyncIterator[FailedRow]:
-        """The upload's dead-lettered rows in row order, streamed from a server-side cursor."""
-        with _translated():
-            async with self._pool.connection() as conn, conn.transaction():
+    async def failed_rows(self, upload_id: str) -> FailedRows:
+        """The upload's dead-lettered rows in row order, on a download connection; raises DownloadsBusy when
+        none is free within the downloads pool's timeout, LedgerUnavailable when PostgreSQL fails."""
+        held = contextlib.AsyncExitStack()
+        try:
+            with _translated():
+                try:
+                    conn = await held.enter_async_context(self._downloads.connection())
+                except PoolTimeout as exc:
+                    if self.problem is None:
+                        raise DownloadsBusy(str(exc)) from exc
+                    raise
+                await held.enter_async_context(conn.transaction())
                 cursor = conn.cursor(name="failed_rows", row_factory=class_row(FailedRow))
                 await cursor.execute(
                     """SELECT row_number, attempts, error, data FROM row_outcomes
                        WHERE upload_id = %s AND failed ORDER BY row_number""", (upload_id,))
-                async for row in cursor:
-                    yield row
+        except BaseException:
+            await _let_go(held)
+            raise
+        return FailedRows(cursor, held)
 
     async def forget_older_than(self, age: timedelta) -> int:
         """Delete uploads and row outcomes older than `age`; return how many uploads went."""

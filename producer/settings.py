@@ -36,6 +36,11 @@ class Settings(LedgerSettings):
     oidc_scope_claim: str = Field(
         "scope", min_length=1, description="The claim of an OIDC token holding its scopes, space-separated."
     )
+    refused_upload_drop_seconds: float = Field(
+        60.0, ge=0, description=("How long the body of a refused upload (401, 413, 429, 503) is read and dropped after "
+                                 "the answer, up to MAX_UPLOAD_BYTES, so that the connection ends without a reset "
+                                 "(which `kubectl port-forward` does not survive); past it the connection is closed."),
+    )
     max_concurrent_uploads: int = Field(
         4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
     )
@@ -45,6 +50,15 @@ class Settings(LedgerSettings):
     )
     confirm_timeout_seconds: float = Field(
         30.0, gt=0, description="How long to wait for the broker to confirm an upload's messages."
+    )
+    download_connections: int = Field(
+        2, ge=1, description=("PostgreSQL connections for failed-rows downloads, a pool apart from the one uploads, "
+                              "status reads and /readyz use: the most downloads read at once."),
+    )
+    download_timeout_seconds: float = Field(
+        30.0, gt=0, description=("How long a failed-rows download waits for a download connection before 503, how "
+                                 "long each of its statements may run, and how long a client may take nothing before "
+                                 "its download is ended."),
     )
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."

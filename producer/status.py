@@ -1,5 +1,6 @@
 """HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
+import asyncio
 import csv
 import io
 import logging
@@ -11,10 +12,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Message, Send
 
 from producer.auth import Principal, ReaderDep
-from producer.ledger import Ledger, Upload
-from producer.routes import Error, LedgerDep, StatusesDep
+from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload
+from producer.routes import Error, LedgerDep, SettingsDep, StatusesDep
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -130,22 +132,66 @@ async def recent_uploads(reader: ReaderDep, ledger: LedgerDep, limit: Annotated[
 
 @router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
             response_class=StreamingResponse)
-async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep) -> StreamingResponse:
-    """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`."""
+async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep,
+                      settings: SettingsDep) -> StreamingResponse:
+    """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`.
+
+    503 with Retry-After when DOWNLOAD_CONNECTIONS downloads are being read for DOWNLOAD_TIMEOUT_SECONDS.
+    """
     upload = await _known(ledger, upload_id, reader)
+    rows = await ledger.failed_rows(upload.id)
     log.info("failed rows downloaded", extra={"upload_id": upload.id, "upload_tenant": upload.tenant,
                                               "tenant": reader.tenant, "key_id": reader.key_id})
-    return StreamingResponse(
-        _csv_lines(ledger, upload), media_type="text/csv; charset=utf-8",
+    return Download(
+        _csv_lines(upload, rows), rows=rows, upload_id=upload.id, stall_seconds=settings.download_timeout_seconds,
+        media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
     )
 
 
-async def _csv_lines(ledger: Ledger, upload: Upload) -> AsyncIterator[str]:
+class ClientStalled(Exception):
+    """The client took none of a download's bytes for as long as a download may wait."""
+
+
+class Download(StreamingResponse):
+    """A failed-rows download that holds its download connection until it ends, and ends when its client has
+    taken nothing for `stall_seconds`: else a client that reads nothing would hold the connection for good."""
+
+    def __init__(self, content: AsyncIterator[str], *, rows: FailedRows, upload_id: str, stall_seconds: float,
+                 media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self.rows, self.upload_id, self.stall_seconds = rows, upload_id, stall_seconds
+
+    async def stream_response(self, send: Send) -> None:
+        sent = 0
+
+        async def bounded(message: Message) -> None:
+            nonlocal sent
+            try:
+                async with asyncio.timeout(self.stall_seconds):
+                    await send(message)
+            except TimeoutError as exc:
+                raise ClientStalled from exc
+            sent += len(message.get("body", b""))
+
+        try:
+            await super().stream_response(bounded)
+        except ClientStalled:
+            # Left unfinished, the response is closed by the server.
+            log.warning("failed-rows download ended, its client took nothing", extra={
+                "upload_id": self.upload_id, "sent_bytes": sent, "stalled_seconds": self.stall_seconds})
+        except LedgerUnavailable as exc:
+            log.warning("failed-rows download ended, the ledger failed", extra={
+                "upload_id": self.upload_id, "sent_bytes": sent, "reason": str(exc)})
+        finally:
+            await self.rows.close()
+
+
+async def _csv_lines(upload: Upload, rows: FailedRows) -> AsyncIterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*upload.columns, "_row", "_attempts", "_error"])
-    async for failed in ledger.failed_rows(upload.id):
+    async for failed in rows:
         data = failed.data or {}
         writer.writerow([*(data.get(column, "") for column in upload.columns),
                          failed.row_number, failed.attempts, failed.error or ""])

@@ -14,10 +14,12 @@ import httpx
 import pytest
 from kubernetes import client
 
-from kubejob.message import dead_letter_queue
+from kubejob.message import dead_letter_queue, limit_queue
 from scaler.jobs import is_finished
 from tests.helpers import REPO_ROOT, wait_for
-from tests.helpers.kube import deploy, queue_depths, worker_jobs
+from tests.helpers.broker import dead_letter_policy
+from tests.helpers.kube import deploy, queue_depths, queue_policies, worker_jobs
+from tests.helpers.producer import curl_upload
 
 ROWS = 3000
 DRAIN_TIMEOUT = 300.0
@@ -34,12 +36,15 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
     assert [c.restart_count for p in producers.items for c in p.status.container_statuses] == [0], producers
     with kube_node.port_forward("service/producer", 8000, namespace=ns) as port:
         url = f"http://127.0.0.1:{port}"
-        # The manifests turn the token on. A small file: the producer reads and drops a refused body
-        # this small before its 401, as kubectl port-forward ends for good if the connection is reset.
-        for refused in ({}, {"Authorization": "Bearer not-the-token"}):
-            response = httpx.post(url + "/upload", files={"file": ("rows.csv", b"id\n1\n", "text/csv")},
-                                  headers=refused, timeout=120)
-            assert response.status_code == 401, response.text
+        # The manifests turn the token on. Refused uploads of a megabyte and more, which the producer
+        # answers without resetting the connection: kubectl port-forward ends for good on a reset.
+        large, larger = tmp_path / "large.csv", tmp_path / "larger.csv"
+        large.write_bytes(b"id\n" + b"1" * 1_000_000 + b"\n")
+        larger.write_bytes(b"id\n" + b"1" * 3_000_000 + b"\n")  # curl sends this one with Expect: 100-continue
+        response = httpx.post(url + "/upload", files={"file": ("rows.csv", large.read_bytes(), "text/csv")},
+                              timeout=120)
+        assert response.status_code == 401, response.text
+        assert [curl_upload(url, path, token="not-the-token") for path in (large, larger)] == ["401", "401"]
         assert queue_depths(kube_node, ns).get("rows", 0) == 0  # nothing published
         with data.open("rb") as f:
             response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
@@ -61,6 +66,10 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
     assert all(j["status"].get("succeeded") for j in jobs), [j["status"] for j in jobs]
     depths = queue_depths(kube_node, ns)
     assert (depths["rows"], depths[dead_letter_queue("rows")]) == (0, 0), depths
+    # The StatefulSet's postStart hook imported the policy that bounds the dead-letter queues.
+    policies = queue_policies(kube_node, ns)
+    assert [policies[q] for q in ("rows", dead_letter_queue("rows"), limit_queue("rows"))] == [
+        "", dead_letter_policy()["name"], dead_letter_policy()["name"]], policies
     # The workers' own account of it, read through the apiserver from the kubelet.
     counts = [_handled_in_log(kube_node.kubectl("logs", f"job/{j['metadata']['name']}", "-n", ns).stdout) for j in jobs]
     assert sum(counts) >= ROWS, counts

@@ -1,13 +1,23 @@
 """A handle on the real RabbitMQ, for tests and benchmarks: AMQP for messages, the management API for counts."""
 
+import json
 import os
 import uuid
+from pathlib import Path
 
 import httpx
 import pika
 import pika.exceptions
 
 from kubejob import message
+
+# The policy that bounds the dead-letter queues, as scripts/rabbitmq.sh and infra/k8s/rabbitmq.yaml import it.
+SHIPPED_DEFINITIONS = Path(__file__).resolve().parents[2] / "infra" / "rabbitmq" / "definitions.json"
+
+
+def dead_letter_policy() -> dict:
+    """The shipped policy on the dead-letter queues (name, pattern, definition...)."""
+    return json.loads(SHIPPED_DEFINITIONS.read_text())["policies"][0]
 
 
 def rows(count: int) -> list[dict[str, str]]:
@@ -64,6 +74,21 @@ class Broker:
                 body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
                 channel.basic_publish("", queue, body, properties)
         return upload_id
+
+    def import_definitions(self, path: Path) -> None:
+        """Import a definitions file through the management API, as scripts/rabbitmq.sh does."""
+        httpx.post(f"{self.management_url}/api/definitions", content=path.read_bytes(), auth=(self.user, self.password),
+                   headers={"content-type": "application/json"}, timeout=30).raise_for_status()
+
+    def set_policy(self, policy: dict) -> None:
+        """Set one policy (as definitions.json writes it) in the default virtual host."""
+        body = {key: policy[key] for key in ("pattern", "definition", "priority", "apply-to")}
+        httpx.put(f"{self.management_url}/api/policies/%2F/{policy['name']}", json=body,
+                  auth=(self.user, self.password), timeout=30).raise_for_status()
+
+    def clear_policy(self, name: str) -> None:
+        httpx.delete(f"{self.management_url}/api/policies/%2F/{name}", auth=(self.user, self.password),
+                     timeout=30).raise_for_status()
 
     def depth(self, queue: str) -> int:
         """Messages ready in `queue` right now (passive declare, not the lagging stats)."""

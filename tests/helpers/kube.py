@@ -148,6 +148,13 @@ def queue_depths(kube_node: KubeCluster, namespace: str) -> dict[str, int]:
     return {q["name"]: int(q["messages"]) for q in json.loads(out)}
 
 
+def queue_policies(kube_node: KubeCluster, namespace: str) -> dict[str, str]:
+    """The policy in effect on each queue of the namespace's RabbitMQ ("" for none), as rabbitmqctl says."""
+    out = kube_node.kubectl("exec", "-n", namespace, "rabbitmq-0", "--", "rabbitmqctl", "-q", "list_queues",
+                            "name", "policy", "--formatter", "json").stdout
+    return {q["name"]: q["policy"] or "" for q in json.loads(out)}
+
+
 def publish_backlog(kube_node: KubeCluster, ns: str, queue: str, count: int) -> None:
     """`count` producer-shaped messages through a port-forward to the namespace's RabbitMQ,
     published without confirms, then counted by the broker."""

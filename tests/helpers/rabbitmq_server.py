@@ -1,9 +1,11 @@
 """A RabbitMQ 4.0 of the test session's own: the image infra/k8s runs, started by Docker on loopback ports.
 
 The image is Debian 13's rabbitmq-server made by infra/local-cluster/images.sh, which also starts
-the Docker daemon (without its bridge or iptables rules) if none runs. The container shares the
-host's network, so that the tests reach it on 127.0.0.1; every port it opens (AMQP, management,
-Prometheus, epmd and Erlang distribution) is a free one on loopback, beside the local RabbitMQ.
+the Docker daemon (without its bridge or iptables rules) if none runs. It runs with the shipped
+rabbitmq.conf and, once started, imports the shipped definitions.json (the dead-letter queues' policy).
+The container shares the host's network, so that the tests reach it on 127.0.0.1; every port it
+opens (AMQP, management, Prometheus, epmd and Erlang distribution) is a free one on loopback,
+beside the local RabbitMQ.
 """
 
 import contextlib
@@ -19,7 +21,7 @@ import pika.exceptions
 import psutil
 
 from tests.helpers import REPO_ROOT
-from tests.helpers.broker import Broker
+from tests.helpers.broker import SHIPPED_DEFINITIONS, Broker
 
 IMAGES_SH = REPO_ROOT / "infra" / "local-cluster" / "images.sh"
 # The settings the manifests ship to RabbitMQ, so that this broker behaves as the deployed one.
@@ -86,7 +88,8 @@ class DockerRabbitmq(Broker):
         server = cls(name, amqp=amqp, management=management)
         try:
             server._wait_until_ready()
-        except TimeoutError:
+            server.import_definitions(SHIPPED_DEFINITIONS)
+        except (TimeoutError, httpx.HTTPError):
             server.stop()
             raise
         server.started_in = time.monotonic() - began

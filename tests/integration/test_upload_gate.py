@@ -7,7 +7,7 @@ import time
 import httpx
 
 from tests.helpers import wait_for
-from tests.helpers.producer import StreamedUpload, csv_file, producer
+from tests.helpers.producer import StreamedUpload, csv_file, curl_upload, producer
 from tests.helpers.rabbitmq_server import DockerRabbitmq
 
 GIGABYTE = 1 << 30
@@ -24,20 +24,60 @@ def test_an_unauthenticated_1gb_upload_is_refused_within_a_second_having_read_al
     assert request.sent < 16 << 20, request.sent
 
 
-def test_a_small_refused_upload_is_read_so_the_connection_goes_on(queue_name: str) -> None:
+def _refused_then_healthz(url: str, *, size: int, token: str = "wrong") -> bytes:
+    """A POST /upload with a `size`-byte file sent whole, then GET /healthz on the same connection; what came back
+    until the server closed. Raises ConnectionResetError if the connection was reset."""
+    body = StreamedUpload.HEAD + b"x" * size + StreamedUpload.TAIL
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        conn.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %b\r\nContent-Length: %d\r\n"
+                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n%b" % (token.encode(), len(body), body))
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = b""
+        while chunk := conn.recv(65536):
+            answers += chunk
+    return answers
+
+
+def test_a_refused_1mb_upload_is_read_to_its_end_and_its_connection_goes_on(queue_name: str) -> None:
     # Left unread, its bytes would reset the connection on close: `kubectl port-forward` dies of that.
-    body = b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"r.csv\"\r\n\r\nid\n1\n\r\n--b--\r\n"
+    with producer(queue_name, UPLOAD_TOKEN="s3cret") as (url, _):
+        answers = _refused_then_healthz(url, size=1_000_000)
+    assert answers.startswith(b"HTTP/1.1 401 Unauthorized"), answers
+    assert answers.count(b"HTTP/1.1 200 OK") == 1, answers
+
+
+def test_an_upload_over_the_size_limit_gets_413_and_its_connection_goes_on(queue_name: str) -> None:
+    with producer(queue_name, UPLOAD_TOKEN="s3cret", MAX_UPLOAD_BYTES="600000") as (url, _):
+        # Read to 600 kB, refused, and its last 400 kB dropped: within the MAX_UPLOAD_BYTES dropped after a refusal.
+        answers = _refused_then_healthz(url, size=1_000_000, token="s3cret")
+    assert answers.startswith(b"HTTP/1.1 413 Request Entity Too Large"), answers
+    assert answers.count(b"HTTP/1.1 200 OK") == 1, answers
+
+
+def test_a_refused_upload_that_expects_100_continue_is_answered_and_closed_without_its_body(queue_name: str) -> None:
     with producer(queue_name, UPLOAD_TOKEN="s3cret") as (url, _):
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as conn:
-            conn.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                         b"Content-Length: %d\r\n\r\n%b" % (len(body), body))
-            conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # the same connection, once more
-            answers = b""
-            while answers.count(b"HTTP/1.1 ") < 2 and (chunk := conn.recv(65536)):
-                answers += chunk
-    assert answers.startswith(b"HTTP/1.1 401 Unauthorized"), answers
-    assert b"HTTP/1.1 200 OK" in answers, answers
+            conn.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3000000\r\n"
+                         b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):  # the server's close: an end of stream, not a reset
+                answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 Unauthorized"), answer
+    assert b"100 Continue" not in answer and b"connection: close" in answer.lower(), answer
+
+
+def test_curl_is_refused_with_401_for_a_small_and_a_large_file_and_then_uploads(queue_name: str, tmp_path) -> None:
+    # curl sends `Expect: 100-continue` for a body over 1 MiB only.
+    small, large, good = tmp_path / "small.csv", tmp_path / "large.csv", tmp_path / "good.csv"
+    small.write_bytes(b"a\n" + b"x" * 1_000_000 + b"\n")
+    large.write_bytes(b"a\n" + b"x" * 3_000_000 + b"\n")
+    good.write_bytes(csv_file(3))
+    with producer(queue_name, UPLOAD_TOKEN="s3cret") as (url, _):
+        tries = ((small, "wrong"), (large, "wrong"), (good, "s3cret"))
+        codes = [curl_upload(url, path, token=token) for path, token in tries]
+    assert codes == ["401", "401", "200"]
 
 
 def test_an_upload_past_the_limit_gets_429_at_once_with_retry_after(queue_name: str) -> None:

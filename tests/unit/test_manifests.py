@@ -4,6 +4,11 @@ import re
 from pathlib import Path
 
 import yaml
+from kubernetes.utils.quantity import parse_quantity
+
+from kubejob.message import dead_letter_queue, declarations, limit_queue
+from producer.settings import Settings
+from tests.helpers.broker import SHIPPED_DEFINITIONS, dead_letter_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,3 +40,46 @@ def test_the_deployed_producer_requires_an_upload_token_from_a_secret() -> None:
     assert token["valueFrom"]["secretKeyRef"]["name"] == "upload-token"
     assert token["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert not token["valueFrom"]["secretKeyRef"].get("optional", False)  # off only by an explicit edit
+
+
+def test_the_producers_upload_spool_fits_its_volume_when_every_upload_is_as_large_as_allowed() -> None:
+    shipped = manifest("config.yaml", "ConfigMap", "kube-job-config")["data"]
+    pod = manifest("producer.yaml", "Deployment", "producer")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = shipped | {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    # Starlette spools each upload's file to the temporary directory, /tmp unless TMPDIR says otherwise.
+    spool = settings.get("TMPDIR", "/tmp")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == spool)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    worst = int(settings["MAX_UPLOAD_BYTES"]) * int(settings["MAX_CONCURRENT_UPLOADS"])
+    # Past its sizeLimit the kubelet evicts the pod, and every upload in it fails.
+    assert worst <= parse_quantity(volume["emptyDir"]["sizeLimit"]), (worst, volume)
+
+
+def test_the_shipped_rabbitmq_definitions_are_the_local_ones() -> None:
+    shipped = manifest("rabbitmq.yaml", "ConfigMap", "rabbitmq-definitions")["data"]["kube-job.json"]
+    assert shipped == SHIPPED_DEFINITIONS.read_text()
+
+
+def test_the_dead_letter_queues_keep_a_row_as_long_as_the_ledger_keeps_its_upload() -> None:
+    shipped = manifest("config.yaml", "ConfigMap", "kube-job-config")["data"]
+    policy = dead_letter_policy()
+    day_ms = 24 * 3600 * 1000
+    assert policy["definition"]["message-ttl"] == float(shipped["LEDGER_RETENTION_DAYS"]) * day_ms
+    assert policy["definition"]["message-ttl"] == Settings.model_fields["ledger_retention_days"].default * day_ms
+    assert policy["vhost"] == shipped["RABBITMQ_VHOST"] and policy["apply-to"] == "queues"
+    queue = shipped["QUEUE_NAME"]
+    bounded = [dead_letter_queue(queue), limit_queue(queue)]
+    assert [name for name, _ in declarations(queue) if re.search(policy["pattern"], name)] == bounded
+    # A limit in a queue's own arguments would win over the policy's when lower, and could never change.
+    limits = {"x-message-ttl", "x-max-length", "x-max-length-bytes", "x-overflow"}
+    assert not any(limits & arguments.keys() for name, arguments in declarations(queue) if name in bounded)
+
+
+def test_the_dead_letter_queues_fill_at_most_half_of_rabbitmq_s_volume() -> None:
+    claim = manifest("rabbitmq.yaml", "StatefulSet", "rabbitmq")["spec"]["volumeClaimTemplates"][0]
+    volume = parse_quantity(claim["spec"]["resources"]["requests"]["storage"])
+    definition = dead_letter_policy()["definition"]
+    # Two queues, each dropping its oldest rows past the bound; the rest of the volume is for `<queue>`.
+    assert definition["overflow"] == "drop-head"
+    assert 2 * definition["max-length-bytes"] <= volume / 2
