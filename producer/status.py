@@ -1,6 +1,5 @@
 """HTTP routes that say where uploads stand: their status, the list, their failed rows, a page, metrics."""
 
-import csv
 import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -12,7 +11,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from producer import metrics
+from producer import failed_csv, metrics
 from producer.ledger import Ledger, LedgerUnavailable, Upload
 from producer.routes import Error, LedgerDep, StatusesDep
 
@@ -28,6 +27,11 @@ LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
     404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
 }
+
+
+RawCells = Annotated[bool, Query(description=(
+    "The cells exactly as they were, for a program; without it, a cell a spreadsheet would run as a formula "
+    "(one starting with = + - @, a tab or a carriage return) starts with a ' instead."))]
 
 
 class UploadStatus(BaseModel):
@@ -109,23 +113,23 @@ async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le
 
 @router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
             response_class=StreamingResponse)
-async def failed_rows(upload_id: str, ledger: LedgerDep) -> StreamingResponse:
+async def failed_rows(upload_id: str, ledger: LedgerDep, raw: RawCells = False) -> StreamingResponse:
     """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`."""
     upload = await _known(ledger, upload_id)
     return StreamingResponse(
-        _csv_lines(ledger, upload), media_type="text/csv; charset=utf-8",
+        _csv_lines(ledger, upload, raw=raw), media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
     )
 
 
-async def _csv_lines(ledger: Ledger, upload: Upload) -> AsyncIterator[str]:
+async def _csv_lines(ledger: Ledger, upload: Upload, *, raw: bool) -> AsyncIterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*upload.columns, "_row", "_attempts", "_error"])
+    writer = failed_csv.writer(buffer)
+    writer.writerow(failed_csv.cells([*upload.columns, *failed_csv.ADDED_COLUMNS], raw=raw))
     async for failed in ledger.failed_rows(upload.id):
         data = failed.data or {}
-        writer.writerow([*(data.get(column, "") for column in upload.columns),
-                         failed.row_number, failed.attempts, failed.error or ""])
+        writer.writerow(failed_csv.cells([*(data.get(column, "") for column in upload.columns),
+                                          failed.row_number, failed.attempts, failed.error or ""], raw=raw))
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)
