@@ -2,7 +2,6 @@
 
 import collections
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -11,34 +10,10 @@ import pytest
 
 from kubejob import message
 from tests.helpers.broker import Broker, rows
+from tests.helpers.rss import PeakRss
 from tests.helpers.worker import handled, start_worker
 
 MB = 1024**2
-
-
-class PeakRss:
-    """A process's VmHWM (its peak resident memory), read from /proc until it exits."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.bytes = pid, 0
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            hwm = [line for line in status.splitlines() if line.startswith("VmHWM:")]
-            if not hwm:  # a zombie: it has exited
-                return
-            self.bytes = max(self.bytes, int(hwm[0].split()[1]) * 1024)
-            time.sleep(0.02)
-
-    def join(self) -> int:
-        self._thread.join(timeout=10)
-        return self.bytes
 
 
 def run_worker(queue: str, record: Path, **env: str) -> tuple[int, int, float]:
