@@ -168,9 +168,7 @@ class _Header:
             raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
         _check_names(names, line, limits.column_name_bytes)
         self.names = names
-        # The most the names add to a row's message body, `{"name":"value",...}`: JSON escapes
-        # make a character at most 6 bytes (\u001f), and each field brings 6 bytes of punctuation.
-        self.body_bytes = 1 + sum(6 * len(name) + 6 for name in names)
+        self.name_chars = sum(map(len, names))
 
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
@@ -240,8 +238,9 @@ def _check_message(row: dict[str, str], line: int, limit: int) -> None:
     """Refuse a row whose message body, as message.encode makes it, is more than `limit` bytes."""
     size = len(message.encode(row, upload_id="", row_number=0, line=line)[0])  # the body is the row alone
     if size > limit:
-        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}) the broker takes; "
-                       "split the row or raise the limit (and the broker's max_message_size)", line)
+        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}); split the row, or "
+                       "raise MAX_MESSAGE_BYTES together with the worker Job's memory limit (a worker holds "
+                       "WORKER_PREFETCH such rows) and the broker's max_message_size", line)
 
 
 def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
@@ -312,9 +311,9 @@ class _Reader:
                     self.columns = header.names
                 else:
                     row = header.row(record, start)
-                    # A value's character is at most 6 bytes too, and `text` holds every value:
-                    # only a row that might be over the limit is encoded.
-                    if max_body is not None and header.body_bytes + 6 * len(text) > max_body:
+                    # `text` holds every value: only a row that might be over the limit is encoded.
+                    if max_body is not None and message.largest_body(
+                            columns=len(header.names), name_chars=header.name_chars, value_chars=len(text)) > max_body:
                         _check_message(row, start, max_body)
                     yield start, row
         except csv.Error as exc:
@@ -338,7 +337,7 @@ def read_rows(file: BinaryIO, *, limits: Limits, delimiter: str | None = None) -
 def count_rows(file: BinaryIO, *, limits: Limits, max_message_bytes: int, delimiter: str | None = None) -> Summary:
     """Validate the whole file: its number of data rows (at least one), the delimiter and the columns.
 
-    Every row's message body must be at most `max_message_bytes`, which the broker takes; so
+    Every row's message body must be at most `max_message_bytes`, which workers and the broker take; so
     read_rows, the second pass, only reads.
     """
     reader = _Reader(file, limits=limits, delimiter=delimiter, max_message_bytes=max_message_bytes)

@@ -42,8 +42,9 @@ CASES = [
     pytest.param(b"id,name,id\n1,2,3\n", 1, "the header repeats column names: id", id="repeated-name"),
     pytest.param(f"id,text\n1,a\n2,{CONTROL}\n".encode(), 3,
                  f"row is {len(encode({'id': '2', 'text': CONTROL}, upload_id='', row_number=0, line=0)[0])} bytes "
-                 "as a message, more than MAX_MESSAGE_BYTES (4096) the broker takes; split the row or raise the limit "
-                 "(and the broker's max_message_size)", id="message-body"),
+                 "as a message, more than MAX_MESSAGE_BYTES (4096); split the row, or raise MAX_MESSAGE_BYTES together "
+                 "with the worker Job's memory limit (a worker holds WORKER_PREFETCH such rows) and the broker's "
+                 "max_message_size", id="message-body"),
 ]
 
 
@@ -83,3 +84,13 @@ def test_a_64_mb_record_costs_the_producer_a_bounded_few_mb_with_the_default_lim
     assert peak - baseline < 4 * 4 * MB, (peak - baseline) / MB
     assert len(queued(broker, queue_name)) == 6
 
+
+def test_a_1_mib_line_of_control_characters_is_refused_as_a_message_with_the_default_limits(
+        broker: Broker, queue_name: str) -> None:
+    line = "\x01" * (MB - 100)  # under MAX_LINE_BYTES; six times that as JSON, more than MAX_MESSAGE_BYTES
+    with producer(queue_name) as (url, _pid):
+        refused = post(url, f"id,text\n1,{line}\n".encode())
+        assert (refused.status_code, refused.json()["line"]) == (400, 2), refused.text
+        assert "more than MAX_MESSAGE_BYTES (1048576)" in refused.json()["error"]
+        assert post(url, GOOD).status_code == 200
+    assert len(queued(broker, queue_name)) == 3

@@ -292,8 +292,9 @@ def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(bro
         response = httpx.post(f"{url}/upload", files={"file": ("rows.csv", data, "text/csv")}, timeout=30)
         assert response.status_code == 400, response.text
         assert response.json() == {"line": 3, "error": f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES "
-                                   "(1000) the broker takes; split the row or raise the limit (and the broker's "
-                                   "max_message_size)"}
+                                   "(1000); split the row, or raise MAX_MESSAGE_BYTES together with the worker Job's "
+                                   "memory limit (a worker holds WORKER_PREFETCH such rows) and the broker's "
+                                   "max_message_size"}
         assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
         good = httpx.post(f"{url}/upload", files={"file": ("rows.csv", GOOD, "text/csv")}, timeout=30)
         assert good.status_code == 200, good.text

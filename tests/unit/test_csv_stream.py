@@ -13,7 +13,7 @@ NOT_CLOSED = ('a quote opened on this line is not closed; end the quoted field w
               '(a quote inside a field is written "")')
 
 
-BROKER_LIMIT = 16 * 1024**2  # MAX_MESSAGE_BYTES's default
+BROKER_LIMIT = 16 * 1024**2  # RabbitMQ 4.0's max_message_size
 
 
 def limits(line_bytes: int = 1024, **other: int) -> Limits:
@@ -204,8 +204,9 @@ def test_a_row_is_refused_when_its_message_is_one_byte_over_max_message_bytes(ro
     with pytest.raises(CsvError) as caught:
         count(data, max_message_bytes=size - 1)
     assert (caught.value.message, caught.value.line) == (
-        f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({size - 1}) the broker takes; "
-        "split the row or raise the limit (and the broker's max_message_size)", 3)
+        f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({size - 1}); split the row, or raise "
+        "MAX_MESSAGE_BYTES together with the worker Job's memory limit (a worker holds WORKER_PREFETCH such rows) "
+        "and the broker's max_message_size", 3)
 
 
 @pytest.mark.parametrize(

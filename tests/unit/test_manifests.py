@@ -5,6 +5,12 @@ from pathlib import Path
 
 import yaml
 
+from kubejob import message
+from producer.settings import Settings as ProducerSettings
+from scaler import job_template
+from tests.helpers.worker import IN_HAND_BODIES, PREFETCHED_BODIES, RESIDENT_BYTES
+from worker.settings import Settings as WorkerSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -35,3 +41,18 @@ def test_the_deployed_producer_requires_an_upload_token_from_a_secret() -> None:
     assert token["valueFrom"]["secretKeyRef"]["name"] == "upload-token"
     assert token["valueFrom"]["secretKeyRef"]["key"] == "token"
     assert not token["valueFrom"]["secretKeyRef"].get("optional", False)  # off only by an explicit edit
+
+
+def test_a_worker_holding_a_full_prefetch_of_the_largest_bodies_fits_its_jobs_memory_limit() -> None:
+    config = {name.lower(): value for name, value in manifest("config.yaml", "ConfigMap", "kube-job-config")["data"]
+              .items()}
+    worker, producer = WorkerSettings(**config), ProducerSettings(**config)
+    # What one row's body can be: no more than MAX_MESSAGE_BYTES, nor than a record of MAX_RECORD_BYTES makes.
+    body = min(worker.max_message_bytes, message.largest_body(
+        columns=producer.max_columns, name_chars=producer.max_record_bytes, value_chars=producer.max_record_bytes))
+    held = RESIDENT_BYTES + body * (PREFETCHED_BODIES * worker.prefetch + IN_HAND_BODIES * worker.worker_concurrency
+                                    + worker.batch_rows)
+    container = yaml.safe_load(job_template.PACKAGED.read_text())["spec"]["template"]["spec"]["containers"][0]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert held <= int(limit.removesuffix("Mi")) * 1024**2, (held / 1024**2, limit)
