@@ -72,7 +72,9 @@ class Error(BaseModel):
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
-    400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
+    400: {"model": Error, "description": "The CSV is malformed or over a limit (a line, a record, the columns, a "
+                                         "column name, a row's message), or `delimiter` is unknown; nothing was "
+                                         "published"},
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
     429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
