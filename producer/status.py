@@ -1,4 +1,4 @@
-"""HTTP routes that say where uploads stand: their status, the list, their failed rows, a page, metrics."""
+"""HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
 import io
 from collections.abc import AsyncIterator
@@ -8,11 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
-from producer import failed_csv, metrics
-from producer.ledger import Ledger, LedgerUnavailable, Upload
+from producer import failed_csv
+from producer.ledger import Ledger, Upload
 from producer.routes import Error, LedgerDep, StatusesDep
 
 router = APIRouter()
@@ -27,8 +26,6 @@ LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
     404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
 }
-
-
 RawCells = Annotated[bool, Query(description=(
     "The cells exactly as they were, for a program; without it, a cell a spreadsheet would run as a formula "
     "(one starting with = + - @, a tab or a carriage return) starts with a ' instead."))]
@@ -141,13 +138,3 @@ async def _csv_lines(ledger: Ledger, upload: Upload, *, raw: bool) -> AsyncItera
 async def page() -> HTMLResponse:
     """A page that lists uploads with a live progress bar each."""
     return HTMLResponse(PAGE.read_text())
-
-
-@router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(ledger: LedgerDep) -> Response:
-    """Prometheus metrics, with the uploads in progress read from the ledger now."""
-    try:
-        uploads, ledger_up = await ledger.unfinished(limit=metrics.IN_PROGRESS_LIMIT), True
-    except LedgerUnavailable:
-        uploads, ledger_up = [], False
-    return Response(metrics.exposition(uploads, ledger_up=ledger_up), media_type=CONTENT_TYPE_LATEST)
