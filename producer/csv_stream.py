@@ -165,7 +165,8 @@ class _Header:
                            line)
         duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
-            raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
+            raise CsvError(f"the header repeats column names: {', '.join(duplicates)}; give each column a name of "
+                           "its own", line)
         _check_names(names, line, limits.column_name_bytes)
         self.names = names
         self.name_chars = sum(map(len, names))

@@ -39,7 +39,8 @@ CASES = [
     pytest.param(b"id,_error\n1,2\n", 1,
                  "the header names _error, which the failed-rows download (GET /uploads/{id}/failed) adds to every "
                  "row; rename the column", id="reserved-name"),
-    pytest.param(b"id,name,id\n1,2,3\n", 1, "the header repeats column names: id", id="repeated-name"),
+    pytest.param(b"id,name,id\n1,2,3\n", 1, "the header repeats column names: id; give each column a name of its own",
+                 id="repeated-name"),
     pytest.param(f"id,text\n1,a\n2,{CONTROL}\n".encode(), 3,
                  f"row is {len(encode({'id': '2', 'text': CONTROL}, upload_id='', row_number=0, line=0)[0])} bytes "
                  "as a message, more than MAX_MESSAGE_BYTES (4096); split the row, or raise MAX_MESSAGE_BYTES together "

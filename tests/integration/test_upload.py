@@ -99,7 +99,8 @@ def test_a_large_upload_is_published_in_full_in_few_socket_writes(broker: Broker
         pytest.param(csv_file(b""), 400, "the file is empty", None, id="empty"),
         pytest.param(csv_file(b" \n,,\n"), 400, "the file is empty", None, id="only-empty-rows"),
         pytest.param(csv_file(b"id,name\n"), 400, "the file has a header but no data rows", 2, id="header-only"),
-        pytest.param(csv_file(b"id,id\n1,2\n"), 400, "the header repeats column names: id", 1, id="repeated-name"),
+        pytest.param(csv_file(b"id,id\n1,2\n"), 400, "the header repeats column names: id; give each column a name of "
+                     "its own", 1, id="repeated-name"),
         pytest.param(csv_file(b"id,,x\n1,2,3\n"), 400, "column 2 of the header has no name", 1, id="unnamed-column"),
         pytest.param(csv_file(b"a,b,c,,,\n1,2,3,,x,\n"), 400, "column 5 has a value but no name in the header", 2,
                      id="value-in-unnamed-column"),

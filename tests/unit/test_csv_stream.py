@@ -217,7 +217,7 @@ def test_a_row_is_refused_when_its_message_is_one_byte_over_max_message_bytes(ro
         (b" \n,,\n", "the file is empty", None),
         (b"id,name\n", "the file has a header but no data rows", 2),
         (b"id,name\n,\n", "the file has a header but no data rows", 2),
-        (b"id,id\n1,2\n", "the header repeats column names: id", 1),
+        (b"id,id\n1,2\n", "the header repeats column names: id; give each column a name of its own", 1),
         (b"id,,x\n1,2,3\n", "column 2 of the header has no name; name it, or delete the column", 1),
         (b"\n\n a ; ; c\n1;2;3\n", "column 2 of the header has no name; name it, or delete the column", 3),
         (b"id,name\n1,a\n2\n", "expected 2 fields, found 1", 3),
