@@ -87,7 +87,8 @@ class _Lines:
     def __init__(self, text: io.TextIOWrapper, limits: Limits) -> None:
         self.text, self.max_line_bytes, self.max_record_bytes = text, limits.line_bytes, limits.record_bytes
         self.number = 0
-        self.record_bytes = 0  # of the record being read, up to this line
+        self.record_bytes = 0  # of the record being read, up to this line, once it has more than one
+        self._record_first = ""  # the first line of the record being read
         self.undecodable: int | None = None  # the first line holding a byte that did not decode
         self.record_start = 1  # set by the reader after each record
         self.open_quote = 0  # the line where the last quoted field left open so far opened
@@ -106,7 +107,12 @@ class _Lines:
             raise StopIteration
         self.number += 1
         self._check(line)
-        self._check_record(line)
+        # Most records are one line, which MAX_LINE_BYTES bounds below MAX_RECORD_BYTES: only a record
+        # that goes on is counted.
+        if self.number == self.record_start:
+            self._record_first, self.record_bytes = line, 0
+        else:
+            self._check_record(line)
         self._track_quotes(line)
         return line
 
@@ -129,7 +135,7 @@ class _Lines:
 
     def _check_record(self, line: str) -> None:
         # Refused before the csv parser takes the line, so it never holds more of one record than the limit.
-        self.record_bytes = (0 if self.number == self.record_start else self.record_bytes) + _utf8_bytes(line)
+        self.record_bytes += _utf8_bytes(line) + (0 if self.record_bytes else _utf8_bytes(self._record_first))
         if self.record_bytes > self.max_record_bytes:
             raise CsvError(f"the record that starts on this line (a row, with the line breaks inside its quoted "
                            f"fields) is longer than MAX_RECORD_BYTES ({self.max_record_bytes} bytes); is a "
@@ -169,7 +175,9 @@ class _Header:
                            "its own", line)
         _check_names(names, line, limits.column_name_bytes)
         self.names = names
-        self.name_chars = sum(map(len, names))
+        # The most the names add to a row's message body; each value's character adds at most
+        # message.ESCAPED_CHAR_BYTES more.
+        self.body_bytes = message.largest_body(columns=len(names), name_chars=sum(map(len, names)), value_chars=0)
 
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
@@ -313,8 +321,7 @@ class _Reader:
                 else:
                     row = header.row(record, start)
                     # `text` holds every value: only a row that might be over the limit is encoded.
-                    if max_body is not None and message.largest_body(
-                            columns=len(header.names), name_chars=header.name_chars, value_chars=len(text)) > max_body:
+                    if max_body is not None and header.body_bytes + message.ESCAPED_CHAR_BYTES * len(text) > max_body:
                         _check_message(row, start, max_body)
                     yield start, row
         except csv.Error as exc:

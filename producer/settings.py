@@ -50,7 +50,8 @@ class Settings(LedgerSettings):
     )
 
     @model_validator(mode="after")
-    def _ports_apart(self) -> "Settings":
+    def _consistent(self) -> "Settings":
+        self._at_most("max_line_bytes", "max_record_bytes")  # a line is a record, or part of one
         if self.producer_metrics_port == self.producer_port:
             raise ValueError(f"PRODUCER_METRICS_PORT and PRODUCER_PORT are both {self.producer_port}; the metrics "
                              "need a port of their own")
