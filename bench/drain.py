@@ -24,7 +24,7 @@ import psycopg
 
 from bench import perftest, support
 from kubejob import message
-from kubejob.frames import Delivery
+from kubejob.message import Delivery
 from worker.consumer import Consumer
 from worker.handlers import Handler, noop
 from worker.ledger import Ledger, LedgerUnavailable, RowOutcome

@@ -70,7 +70,7 @@ def run(trials: int = 20) -> dict[str, float]:
             "RABBITMQ_HOST": "localhost", "RABBITMQ_MANAGEMENT_URL": "http://localhost:15672",
             "QUEUE_NAME": QUEUE, "POD_NAMESPACE": NAMESPACE, "KUBECONFIG": str(kubeconfig), "LOG_LEVEL": "WARNING",
         }
-        scaler = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
+        scaler = subprocess.Popen(die_with_parent([sys.executable, "-m", "scaler"]), cwd=REPO_ROOT, env=env)
         try:
             chance = random.Random(7)
             poll_s = float(shipped["SCALER_POLL_SECONDS"])

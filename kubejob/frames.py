@@ -1,10 +1,10 @@
 """The AMQP 0-9-1 frames of a message, built and read with struct instead of pika's generic code.
 
-pika encodes and decodes every field through its generic table code. Per row that was about
-11 µs of the producer's time to build a basic.publish (the largest single cost of an upload)
-and 13 µs of the worker's to read a delivery's three frames. Here they take about 4 and 7
+pika encodes and decodes every field through its generic table code, which made building a
+basic.publish the largest single cost of the producer's time per row, and reading a
+delivery's three frames a large part of the worker's. Here both take a fraction of that
 (tests/unit/test_frames.py holds both to pika's own bytes and objects), for the properties
-and header values the message contract and the broker use:
+and header values the message contract (kubejob.message) and the broker use:
 - `Publish` refuses anything else rather than send it wrong;
 - `read_delivery` leaves anything else (other frames, a retried row's x-death header) to pika.
 """
@@ -13,25 +13,12 @@ import functools
 import operator
 import struct
 from collections.abc import Container
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Literal, NamedTuple
 
 import pika
 import pika.frame
 
-
-class Properties(NamedTuple):  # a tuple: made for every row, at half the cost of a pika.BasicProperties
-    """The properties of a message `read_delivery` read, named as pika.BasicProperties names them.
-
-    These are the properties the message contract uses, and the only ones `Publish` encodes.
-    """
-
-    content_type: str | None
-    headers: dict[str, Any] | None  # as pika's: any AMQP value
-    delivery_mode: int | None
-    message_id: str | None
-
-
-AnyProperties: TypeAlias = Properties | pika.BasicProperties
+from kubejob.message import AnyProperties, Delivery, Properties
 
 FRAME_METHOD, FRAME_HEADER, FRAME_BODY = 1, 2, 3
 FRAME_END = b"\xce"
@@ -179,16 +166,6 @@ def _table(data: bytes, offset: int) -> tuple[dict[str, Any] | None, int]:
 def _short_at(data: bytes, offset: int) -> tuple[str, int]:
     end = offset + 1 + data[offset]
     return data[offset + 1:end].decode(), end
-
-
-class Delivery(NamedTuple):  # a tuple: made for every row, on the worker's busiest thread
-    """A message delivered to a consumer, as the worker keeps it."""
-
-    tag: int
-    properties: AnyProperties  # pika's for the few messages pika reads
-    body: bytes
-    redelivered: bool
-    dropped: int = 0  # the size of a body too large to keep, which `body` (empty) is not; 0 for any other
 
 
 class Head(NamedTuple):

@@ -14,12 +14,10 @@ receives what the broker itself dead-letters at the delivery limit, which the wo
 in the ledger and moves on to "<queue>.dead".
 """
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeAlias
 
 import orjson
 import pika
-
-from kubejob.frames import AnyProperties
 
 CONTENT_TYPE = "application/json"
 
@@ -28,7 +26,32 @@ class BadMessage(ValueError):
     """A message that no retry can make valid."""
 
 
-class Row(NamedTuple):  # a tuple: made for every row a worker handles, at half a dataclass's cost
+class Properties(NamedTuple):  # a tuple: made for every row, cheaper than a pika.BasicProperties
+    """The properties of a message the contract uses, named as pika.BasicProperties names them.
+
+    The only properties the services read and encode without pika (kubejob.frames).
+    """
+
+    content_type: str | None
+    headers: dict[str, Any] | None  # as pika's: any AMQP value
+    delivery_mode: int | None
+    message_id: str | None
+
+
+AnyProperties: TypeAlias = Properties | pika.BasicProperties
+
+
+class Delivery(NamedTuple):  # a tuple: made for every row, on the worker's busiest thread
+    """A message delivered to a consumer, as the worker keeps it."""
+
+    tag: int
+    properties: AnyProperties  # pika's for the few messages pika reads
+    body: bytes
+    redelivered: bool
+    dropped: int = 0  # the size of a body too large to keep, which `body` (empty) is not; 0 for any other
+
+
+class Row(NamedTuple):  # a tuple: made for every row a worker handles, cheaper than a dataclass
     data: dict[str, str]
     upload_id: str
     row: int

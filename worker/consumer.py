@@ -32,11 +32,11 @@ import pika
 import pika.exceptions
 
 from kubejob import message, pika_fast
-from kubejob.frames import Delivery
 from kubejob.ledger import Retry
+from kubejob.message import Delivery
 from worker import dead_letters
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
-from worker.deliveries import Deliveries, PlainDeliveries
+from worker.deliveries import Deliveries, PlainDeliveries, kept
 from worker.handlers import Handler
 from worker.ledger import Ledger, LedgerUnavailable
 from worker.linger import Linger, gather_for
@@ -69,16 +69,14 @@ class Consumer:
         self._ledger_retry = Retry(give_up_after_s=settings.worker_database_retry_seconds)
         self.queue = settings.queue_name
         self.stopping = threading.Event()
-        self._rows = Rows(settings, handler, ledger, wake=self._wake, recording=lambda: self._writing,
-                          stopping=self.stopping)
+        self._rows = Rows(settings, handler, ledger, wake=self._wake, stopping=self.stopping)
         self._batches: queue.Queue[list[Outcome] | None] = queue.Queue()
-        self._writing = False  # a batch is with the ledger thread
         self._ledger_error: LedgerUnavailable | None = None  # the ledger has stayed down too long
         self._in_flight = 0
         self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
         self._linger = Linger(settings.worker_linger_seconds, settings.prefetch)
-        self._finished_since: float | None = None  # when the I/O thread first saw the rows in `done` now
+        self._finished_since: float | None = None  # when the I/O thread first saw the rows that wait to be taken
         self.handled = 0
 
     def run(self) -> None:
@@ -95,7 +93,7 @@ class Consumer:
             self._move_limit_queue()
             self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
                                           max_body_bytes=self.settings.max_message_bytes) if fast else \
-                PlainDeliveries(self._channel, self._on_deliveries, max_body_bytes=self.settings.max_message_bytes)
+                PlainDeliveries(self._channel)
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
@@ -186,7 +184,7 @@ class Consumer:
     def _settle_what_finished(self) -> None:
         """Record and settle every finished row, the timed-out one included; the rest go back on close."""
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while (self._writing or self._rows.done or self._settler.awaiting) and time.monotonic() < deadline:
+        while (self._rows.unrecorded() or self._settler.awaiting) and time.monotonic() < deadline:
             self._record_when_due()
             self._connection.process_data_events(time_limit=0.2)
             self._in_flight -= self._settler.settle_confirmed()
@@ -195,7 +193,7 @@ class Consumer:
         """On SIGTERM: give the rows in hand time to finish; the broker requeues the rest on close."""
         self._rows.close()
         deadline = time.monotonic() + self.settings.worker_shutdown_seconds
-        while ((not self._rows.idle() or self._writing or self._rows.done or self._settler.awaiting)
+        while ((not self._rows.idle() or self._rows.unrecorded() or self._settler.awaiting)
                and time.monotonic() < deadline):
             self._connection.process_data_events(time_limit=0.2)
             self._in_flight -= self._settler.settle_confirmed()
@@ -206,8 +204,9 @@ class Consumer:
     def _on_message(
         self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties, body: bytes
     ) -> None:
-        """A message pika read itself (worker.deliveries reads nearly all of them)."""
-        self._on_deliveries([Delivery(method.delivery_tag, properties, body, bool(method.redelivered))])
+        """A message pika read itself (with kubejob.pika_fast active, worker.deliveries reads nearly all of them)."""
+        delivery = Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
+        self._on_deliveries([kept(delivery, self.settings.max_message_bytes)])
 
     def _on_deliveries(self, deliveries: list[Delivery]) -> None:
         self._in_flight += len(deliveries)
@@ -228,25 +227,21 @@ class Consumer:
             raise LedgerDown(str(self._ledger_error))
         if self._record_in(time.monotonic()) > 0:
             return False
-        done, self._finished_since = self._rows.done, None
-        # Marked before the batch leaves `done`, so that a redelivered row waiting for all to be recorded never
-        # sees neither. The handlers only append, so the first len() outcomes are ours to take.
-        self._writing = True
-        batch = [done.popleft() for _ in range(len(done))]
-        self._batches.put(batch)
+        self._finished_since = None
+        self._batches.put(self._rows.take_finished())
         return True
 
     def _record_in(self, now: float) -> float:
         """Seconds until the finished rows are to go to the ledger thread; POLL_S while none can."""
-        done = self._rows.done
-        if not done:
+        finished = self._rows.finished()
+        if not finished:
             self._finished_since = None
-        if self._writing or not done or not self._ledger_retry.due(now):
+        if self._rows.recording() or not finished or not self._ledger_retry.due(now):
             return POLL_S
         if self._finished_since is None:
             self._finished_since = now
         return gather_for(self.settings.worker_linger_seconds, self.settings.batch_rows,
-                          finished=len(done), running=not self._rows.idle(), since=self._finished_since, now=now)
+                          finished=finished, running=not self._rows.idle(), since=self._finished_since, now=now)
 
     def _write_batches(self) -> None:
         """The ledger thread: record each batch, then have the I/O thread settle it."""
@@ -266,9 +261,9 @@ class Consumer:
 
     def _recorded(self, batch: list[Outcome], error: LedgerUnavailable | None) -> None:
         """On the I/O thread: settle a recorded batch, or keep it for the next try."""
-        self._writing, now = False, time.monotonic()
+        now = time.monotonic()
         if error is not None:
-            self._rows.done.extendleft(reversed(batch))
+            self._rows.put_back(batch)
             if self._ledger_retry.failing_since is None:
                 log.warning("ledger unavailable, acking nothing", extra={"error": str(error), "held": self._in_flight})
             if self._ledger_retry.failed(now):
@@ -277,6 +272,7 @@ class Consumer:
         if self._ledger_retry.failing_since is not None:
             log.info("ledger back", extra={"down_s": round(now - self._ledger_retry.failing_since, 1)})
             self._ledger_retry.succeeded()
+        self._rows.recorded()
         succeeded = self._settler.settle(batch)  # acked now; the failed ones when their copies are confirmed
         self._in_flight -= succeeded
         self.handled += succeeded

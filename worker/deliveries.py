@@ -2,13 +2,14 @@
 
 pika reads the socket 4 KiB at a time and decodes one frame at a time, runs it through its
 callback registry and the channel's content assembler, and queues one event per message for
-the BlockingChannel to dispatch: about half of a draining worker's CPU. With
+the BlockingChannel to dispatch: much of a draining worker's CPU. With
 kubejob.pika_fast active, the connection reads up to its RECV_BYTES at a time, every whole
 message for one of our consumers is read with `kubejob.frames.read_delivery`, and the
 messages of one receive are dispatched as a single event. Any other frame (a reply, a
 confirm, a heartbeat, a message whose headers pika must decode) goes to pika's own code,
 after the messages before it, so everything is dispatched in the order it arrived.
-`PlainDeliveries` is the same interface on pika's public basic_consume, for when it is not.
+`PlainDeliveries` is the same interface on pika's public basic_consume, for when it is not:
+there pika reads every message, and the consumer's `on_message` gets each one.
 """
 
 import logging
@@ -18,7 +19,7 @@ from collections.abc import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from kubejob import frames, pika_fast
+from kubejob import frames, message, pika_fast
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class _Batch:
 
     __slots__ = ("deliver", "messages")
 
-    def __init__(self, deliver: Callable[[list[frames.Delivery]], None], messages: list[frames.Delivery]) -> None:
+    def __init__(self, deliver: Callable[[list[message.Delivery]], None], messages: list[message.Delivery]) -> None:
         self.deliver, self.messages = deliver, messages
 
     def dispatch(self) -> None:
@@ -46,7 +47,7 @@ class Deliveries:
     """
 
     def __init__(self, connection: pika.BlockingConnection, channel: BlockingChannel,
-                 on_batch: Callable[[list[frames.Delivery]], None], *, max_body_bytes: int) -> None:
+                 on_batch: Callable[[list[message.Delivery]], None], *, max_body_bytes: int) -> None:
         self._channel, self._on_batch = channel, on_batch
         self._number, self._max_body = channel.channel_number, max_body_bytes
         self._tags: set[bytes] = set()
@@ -83,7 +84,7 @@ class Deliveries:
         buffer = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         offset = 0
-        batch: list[frames.Delivery] = []
+        batch: list[message.Delivery] = []
         self._needed = 0
         try:
             while offset < len(buffer):
@@ -100,7 +101,7 @@ class Deliveries:
                     read = frames.read_delivery(buffer, offset, self._number, self._tags)
                     if read:
                         offset, delivery = read
-                        batch.append(self._kept(delivery))
+                        batch.append(kept(delivery, self._max_body))
                         continue
                     head = frames.read_head(buffer, offset, self._number, self._tags)
                     if head and head.body_size > self._max_body:
@@ -124,60 +125,51 @@ class Deliveries:
             self._chunks, self._held = [rest] if rest else [], len(rest)
         self._queue(batch)
 
-    def _kept(self, delivery: frames.Delivery) -> frames.Delivery:
-        """`delivery`, or, when its body is too large to keep (it came in one receive), the same without it."""
-        if len(delivery.body) <= self._max_body:
-            return delivery
-        self._log_dropping(delivery.tag, len(delivery.body))
-        return delivery._replace(body=b"", dropped=len(delivery.body))
-
     def _start_dropping(self, head: frames.Head) -> None:
-        self._log_dropping(head.tag, head.body_size)
+        _log_dropping(head.tag, head.body_size, self._max_body)
         self._dropping, self._dropped = head, 0
 
-    def _drop(self, size: int, batch: list[frames.Delivery]) -> None:
+    def _drop(self, size: int, batch: list[message.Delivery]) -> None:
         """One body frame of the message being dropped is gone; after its last, the message is handed on."""
         head = self._dropping
         assert head is not None
         self._dropped += size
         if self._dropped >= head.body_size:
-            batch.append(frames.Delivery(head.tag, head.properties, b"", head.redelivered, dropped=head.body_size))
+            batch.append(message.Delivery(head.tag, head.properties, b"", head.redelivered, dropped=head.body_size))
             self._dropping = None
 
-    def _log_dropping(self, tag: int, size: int) -> None:
-        log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
-                    extra={"delivery_tag": tag, "body_bytes": size, "max_message_bytes": self._max_body})
-
-    def _queue(self, batch: list[frames.Delivery]) -> None:
+    def _queue(self, batch: list[message.Delivery]) -> None:
         if batch:
             pika_fast.dispatch(self._channel, _Batch(self._on_batch, batch))
 
 
 class PlainDeliveries:
-    """Deliveries as pika reads them, one by one, for when kubejob.pika_fast is not active.
+    """Deliveries as pika reads them, one by one, for when kubejob.pika_fast is not active: each to `on_message`.
 
-    pika holds a message until all of it is in, so one over `max_body_bytes` is held in memory
-    once before its body is dropped, and a message still arriving is not seen (`receiving`).
+    pika holds a message until all of it is in, so one over MAX_MESSAGE_BYTES is held in memory
+    once before its body is dropped (`kept`), and a message still arriving is not seen (`receiving`).
     """
 
     receiving = False
 
-    def __init__(self, channel: BlockingChannel, on_batch: Callable[[list[frames.Delivery]], None], *,
-                 max_body_bytes: int) -> None:
-        self._channel, self._on_batch, self._max_body = channel, on_batch, max_body_bytes
+    def __init__(self, channel: BlockingChannel) -> None:
+        self._channel = channel
 
     def consume(self, queue: str, on_message: Callable[..., None]) -> str:
-        return self._channel.basic_consume(queue, self._on_message)
+        return self._channel.basic_consume(queue, on_message)
 
     def cancel(self, tag: str) -> None:
         self._channel.basic_cancel(tag)
 
-    def _on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties,
-                    body: bytes) -> None:
-        delivery = frames.Delivery(method.delivery_tag, properties, body, bool(method.redelivered))
-        if len(body) > self._max_body:
-            log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
-                        extra={"delivery_tag": delivery.tag, "body_bytes": len(body),
-                               "max_message_bytes": self._max_body})
-            delivery = delivery._replace(body=b"", dropped=len(body))
-        self._on_batch([delivery])
+
+def kept(delivery: message.Delivery, max_body_bytes: int) -> message.Delivery:
+    """`delivery`, or, when its body (which came whole) is over `max_body_bytes`, the same without it."""
+    if len(delivery.body) <= max_body_bytes:
+        return delivery
+    _log_dropping(delivery.tag, len(delivery.body), max_body_bytes)
+    return delivery._replace(body=b"", dropped=len(delivery.body))
+
+
+def _log_dropping(tag: int, size: int, limit: int) -> None:
+    log.warning("message body larger than MAX_MESSAGE_BYTES, not kept",
+                extra={"delivery_tag": tag, "body_bytes": size, "max_message_bytes": limit})

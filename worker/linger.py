@@ -2,8 +2,8 @@
 
 A worker that shares a shallow queue with others, while an upload is still being published,
 gets its rows one or two at a time, and each is then read, handled, recorded in the ledger
-and acked on its own: per row that costs the worker, RabbitMQ and PostgreSQL together about
-1.5 times the CPU of the same rows in batches (`python -m bench trickle`). Waiting
+and acked on its own: per row that costs the worker, RabbitMQ and PostgreSQL together more
+CPU than the same rows in batches (`python -m bench trickle` measures it). Waiting
 WORKER_LINGER_SECONDS after a delivery of fewer than half the prefetch gathers a batch that
 is handled, recorded in one transaction and acked at once. It waits only while the queue has
 no row ready behind that delivery (read from the broker at most once every READ_EVERY_S), so
@@ -13,11 +13,8 @@ The same holds for rows finishing one by one, as they do when WORKER_CONCURRENCY
 wait on I/O: each finished row recorded and acked on its own makes the broker deliver one
 row in its place, and so on. A finished row waits up to WORKER_LINGER_SECONDS for the
 handlers still running, until half the prefetch has finished (Settings.batch_rows), and
-those are recorded and acked at once. With a 20 ms handler at 32, batches of 32 (a round of
-handlers) cut the CPU per row of the worker and RabbitMQ together by about 3 times against
-one row at a time (`python -m bench io`); batches of up to 150 of a prefetch of 300 (about
-95 rows, what finishes in WORKER_LINGER_SECONDS) cut the machine's CPU per row by another
-third, at the same rows per second.
+those are recorded and acked at once: the larger the batch, the less CPU each row costs the
+worker, RabbitMQ and PostgreSQL, at the same rows per second (`python -m bench io` measures it).
 """
 
 from collections.abc import Callable

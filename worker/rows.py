@@ -1,4 +1,4 @@
-"""Running the handler on delivered rows, up to WORKER_CONCURRENCY at once; finished rows wait in `done`.
+"""Running the handler on delivered rows, up to WORKER_CONCURRENCY at once; finished rows wait to be taken.
 
 An ordinary function runs on a pool of threads, an `async def` one as tasks on an event loop
 of its own; either way off the I/O thread, which keeps the connection going however long a
@@ -6,6 +6,9 @@ row takes. A dispatcher hands rows out in delivery order. A redelivered row the 
 outcome for is started alone, once every row before it is recorded, and each such start is
 counted in the ledger: if it kills this worker too, no other row is handled again or blamed,
 and the row that keeps killing workers is given up on.
+
+The finished rows are the I/O thread's to record (`take_finished`, then `recorded` or
+`put_back`); every count and collection that threads share here is behind the one lock of `Rows`.
 """
 
 import asyncio
@@ -16,11 +19,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from kubejob import message
-from kubejob.frames import Delivery
+from kubejob.message import Delivery
 from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger
@@ -38,12 +41,13 @@ class Rows:
     """Handles delivered rows; `wake` is called (from any thread) when one has finished."""
 
     def __init__(self, settings: Settings, handler: Handler, ledger: Ledger, *,
-                 wake: Callable[[], None], recording: Callable[[], bool], stopping: threading.Event) -> None:
+                 wake: Callable[[], None], stopping: threading.Event) -> None:
         self._settings, self._handler, self._ledger = settings, handler, ledger
-        self._wake, self._recording, self._stopping = wake, recording, stopping
+        self._wake, self._stopping = wake, stopping
         self._concurrency, self._batch_rows = settings.worker_concurrency, settings.batch_rows
-        self.done: collections.deque[Outcome] = collections.deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _finished, _recording, _active, _running and timed_out
+        self._finished: collections.deque[Outcome] = collections.deque()  # not yet taken, oldest first
+        self._recording = False  # the rows taken last are neither recorded nor put back yet
         self._active = 0  # handed to a handler and not finished
         self._running: dict[int, tuple[Delivery, message.Row, float]] = {}  # by tag: in the handler since
         self.timed_out: RowTimedOut | None = None
@@ -76,6 +80,40 @@ class Rows:
         with self._lock:
             return self._active == 0
 
+    def finished(self) -> int:
+        """How many finished rows wait to be taken."""
+        with self._lock:
+            return len(self._finished)
+
+    def recording(self) -> bool:
+        """The rows taken last are being recorded: neither `recorded` nor `put_back` yet."""
+        with self._lock:
+            return self._recording
+
+    def unrecorded(self) -> bool:
+        """Some finished rows are not recorded yet: waiting to be taken, or being recorded."""
+        with self._lock:
+            return self._recording or bool(self._finished)
+
+    def take_finished(self) -> list[Outcome]:
+        """Every finished row, oldest first, to be recorded; then `recorded`, or `put_back` if that failed."""
+        with self._lock:
+            batch = list(self._finished)
+            self._finished.clear()
+            self._recording = True
+        return batch
+
+    def recorded(self) -> None:
+        """The rows taken last are in the ledger."""
+        with self._lock:
+            self._recording = False
+
+    def put_back(self, batch: list[Outcome]) -> None:
+        """The rows taken last were not recorded: they are the first the next `take_finished` takes."""
+        with self._lock:
+            self._finished.extendleft(reversed(batch))
+            self._recording = False
+
     def overdue(self, now: float) -> bool:
         """A row outlived the time limit: its outcome is now a failed attempt, and no more are taken; True if so."""
         limit = self._settings.worker_row_timeout_seconds
@@ -85,7 +123,7 @@ class Rows:
                 return False
             delivery, row, _ = late
             self.timed_out = RowTimedOut(f"the handler ran longer than WORKER_ROW_TIMEOUT_SECONDS ({limit:g} s)")
-            self.done.append(Outcome(delivery, row, self.timed_out))
+            self._finished.append(Outcome(delivery, row, self.timed_out))
             others = len(self._running) - 1
         log.error("row outlived the time limit, exiting",
                   extra={"queue": self._settings.queue_name, "message_id": delivery.properties.message_id,
@@ -124,18 +162,10 @@ class Rows:
             self._handle(delivery, counted=True)
 
     def _handle(self, delivery: Delivery, *, counted: bool = False) -> None:
-        if not counted:
-            with self._lock:
-                self._active += 1
-        row, outcome = self._begin(delivery)
-        error, started = None, time.perf_counter()
-        if outcome is None:
-            assert row is not None
-            try:
+        row = self._begin(delivery, counted=counted)
+        if row is not None:
+            with self._handling(delivery, row):
                 self._handler(row.data)
-            except Exception as exc:
-                error = exc
-        self._end(delivery, row, error, started, outcome)
 
     async def _dispatch_on_loop(self) -> None:
         slots, tasks = asyncio.Semaphore(self._concurrency), set()
@@ -160,23 +190,30 @@ class Rows:
         await asyncio.gather(*tasks)
 
     async def _handle_async(self, delivery: Delivery) -> None:
-        with self._lock:
-            self._active += 1
         if delivery.redelivered:  # it asks the ledger before it starts: not on the loop
-            row, outcome = await asyncio.to_thread(self._begin, delivery)
+            row = await asyncio.to_thread(self._begin, delivery)
         else:
-            row, outcome = self._begin(delivery)
-        error, started = None, time.perf_counter()
-        if outcome is None:
-            assert row is not None
-            try:
+            row = self._begin(delivery)
+        if row is not None:
+            with self._handling(delivery, row):
                 await cast(Awaitable[None], self._handler(row.data))
-            except Exception as exc:
-                error = exc
-        self._end(delivery, row, error, started, outcome)
 
-    def _begin(self, delivery: Delivery) -> tuple[message.Row | None, Outcome | None]:
-        """The row to handle; or, when it is not to be handled, its outcome already."""
+    def _begin(self, delivery: Delivery, *, counted: bool = False) -> message.Row | None:
+        """The row to hand to the handler; None when it is not to be handled, its outcome finished already."""
+        if not counted:
+            with self._lock:
+                self._active += 1
+        row, outcome = self._read(delivery)
+        if outcome is not None:
+            self._finish(outcome)
+            return None
+        assert row is not None
+        with self._lock:
+            self._running[delivery.tag] = (delivery, row, time.monotonic())
+        return row
+
+    def _read(self, delivery: Delivery) -> tuple[message.Row | None, Outcome | None]:
+        """The row a delivery carries; and, when it is not to be handled, its outcome already."""
         row = None
         if delivery.redelivered:
             metrics.REDELIVERIES.inc()
@@ -193,24 +230,30 @@ class Rows:
                 raise MessageTooLarge(delivery.dropped, self._settings.max_message_bytes)
         except Exception as exc:
             return row, Outcome(delivery, row, exc)
-        with self._lock:
-            self._running[delivery.tag] = (delivery, row, time.monotonic())
         return row, None
 
-    def _end(self, delivery: Delivery, row: message.Row | None, error: Exception | None, started: float,
-             outcome: Outcome | None) -> None:
-        if outcome is None:
-            metrics.HANDLER_SECONDS.observe(time.perf_counter() - started)
+    @contextlib.contextmanager
+    def _handling(self, delivery: Delivery, row: message.Row) -> Iterator[None]:
+        """Around the handler's call, sync or async: what it raises is the row's outcome, not this thread's end."""
+        error, started = None, time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            error = exc
+        metrics.HANDLER_SECONDS.observe(time.perf_counter() - started)
+        self._finish(Outcome(delivery, row, error))
+
+    def _finish(self, outcome: Outcome) -> None:
         with self._lock:
             self._active -= 1
             if self.timed_out is not None:
                 return  # the process is ending; the broker requeues this row
-            self._running.pop(delivery.tag, None)
-            self.done.append(outcome or Outcome(delivery, row, error))
+            self._running.pop(outcome.delivery.tag, None)
+            self._finished.append(outcome)
             # Rows already waiting have woken the I/O thread, which takes them all at once when a batch has
             # finished, or at the end of its wait (worker.linger.gather_for). Waking it for each row that leaves
             # no handler running would cost a wake-up per row at WORKER_CONCURRENCY 1.
-            wake = len(self.done) in (1, self._batch_rows)
+            wake = len(self._finished) in (1, self._batch_rows)
         if wake:
             self._wake()
 
@@ -218,7 +261,7 @@ class Rows:
         """Let every row handed out before this one finish and be recorded."""
         while not self._stopping.is_set():
             with self._lock:
-                if self._active == 0 and not self.done and not self._recording():
+                if self._active == 0 and not self._finished and not self._recording:
                     return
             time.sleep(0.005)
 

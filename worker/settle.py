@@ -12,14 +12,13 @@ rows are delivered, handled and acked (`settle_confirmed`).
 import collections
 import logging
 import time
-from collections.abc import Iterable
 from typing import NamedTuple
 
 from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from kubejob import message
-from kubejob.frames import Delivery
+from kubejob.message import Delivery
 from worker import metrics
 from worker.copies import Copies
 from worker.ledger import RowOutcome
@@ -73,21 +72,27 @@ class Acks:
     A row whose copy is on its way to another queue (`copying`) is acked once the broker has
     confirmed the copy, a moment later: the successes behind it wait for it and go in the same
     multiple ack. Only a row still in its handler makes the successes behind it go alone.
+
+    Delivery tags grow in delivery order on a channel, so comparing two says which came first;
+    each tag passes through each deque below once, however many rows are open.
     """
 
     def __init__(self) -> None:
-        self._order: collections.deque[int] = collections.deque()
+        self._order: collections.deque[int] = collections.deque()  # not yet covered by a multiple ack
         self._open: dict[int, int] = {}  # tag -> HANDLING, SUCCEEDED (awaiting its ack) or COPYING
+        # Tags as delivered, dropped from the head once out of their handler: the head is the first row in one.
+        self._handling: collections.deque[int] = collections.deque()
 
     def delivered(self, tags: list[int]) -> None:
         self._order.extend(tags)
+        self._handling.extend(tags)
         self._open.update(dict.fromkeys(tags, HANDLING))
 
     def copying(self, tag: int) -> None:
         """The row failed and its copy is published: it is acked with `succeeded` once the copy is confirmed."""
         self._open[tag] = COPYING
 
-    def succeeded(self, tags: Iterable[int]) -> tuple[int | None, list[int]]:
+    def succeeded(self, tags: list[int]) -> tuple[int | None, list[int]]:
         """The tag to ack with `multiple` (the run of successes at the head), and the tags to ack one by one."""
         for tag in tags:
             self._open[tag] = SUCCEEDED
@@ -96,12 +101,12 @@ class Acks:
             tag = self._order.popleft()
             if self._open.pop(tag, None) is not None:
                 multiple = tag
-        alone, handling = [], False
-        for tag in self._order:
-            state = self._open.get(tag)
-            handling = handling or state == HANDLING
-            if handling and state == SUCCEEDED:
-                alone.append(tag)
+        while self._handling and self._open.get(self._handling[0]) != HANDLING:
+            self._handling.popleft()
+        # A success that waited behind copies alone can never get a row in its handler ahead of it: only these
+        # tags can be acked alone.
+        first = self._handling[0] if self._handling else None
+        alone = [tag for tag in tags if first is not None and tag > first and self._open.get(tag) == SUCCEEDED]
         for tag in alone:
             del self._open[tag]
         return multiple, alone
@@ -130,8 +135,9 @@ class Settler:
                 successes.append(outcome.delivery.tag)
                 done, already_done = done + (not outcome.already_recorded), already_done + outcome.already_recorded
             else:
-                failed[outcome.final(self._settings.worker_max_attempts)].append(outcome)
-                self.awaiting.append(self._copy_failure(outcome))
+                final = outcome.final(self._settings.worker_max_attempts)
+                failed[final].append(outcome)
+                self.awaiting.append(self._copy_failure(outcome, final=final))
                 self.acks.copying(outcome.delivery.tag)
         self._copies.flush()
         self._ack(successes)
@@ -161,16 +167,16 @@ class Settler:
         for tag in alone:
             self._channel.basic_ack(tag)
 
-    def _copy_failure(self, outcome: Outcome) -> tuple[int, int, Counter]:
-        """Publish the row's copy to wait for its retry, or to "<queue>.dead"; return the copy's number, the
-        row's delivery tag and the metric it counts in.
+    def _copy_failure(self, outcome: Outcome, *, final: bool) -> tuple[int, int, Counter]:
+        """Publish the row's copy to wait for its retry, or, when `final`, to "<queue>.dead"; return the copy's
+        number, the row's delivery tag and the metric it counts in.
 
         The copy is confirmed before the original is acked: if we died between the two, the row
         would be handled twice, never lost. Not nack: on RabbitMQ 4.3 and later a nack does not
         count as a failed delivery, and our copy in "<queue>.dead" carries the error.
         """
         delivery, row, error = outcome.delivery, outcome.row, describe(outcome.error)
-        if outcome.final(self._settings.worker_max_attempts):
+        if final:
             number = self._copies.publish(message.dead_letter_queue(self.queue), delivery.body,
                                           message.dead_properties(delivery.properties, error=error,
                                                                   dropped=delivery.dropped))

@@ -10,7 +10,7 @@ import pytest
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "infra" / "local-cluster"))  # the launcher is a package there
 
-# One free_port, shared with the launcher; die_with_parent, so that a run killed outright (SIGKILL, or
+# One free_port, shared with the launcher; die_with_parent(argv), so that a run killed outright (SIGKILL, or
 # SIGTERM, which skips the `finally` that would stop them) leaves no service process behind.
 from localcluster.processes import die_with_parent, free_port  # noqa: E402, F401
 

@@ -24,7 +24,7 @@ def producer(queue: str, **settings: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "PRODUCER_METRICS_PORT": "0",
                         "LOG_LEVEL": "WARNING"} | settings
-    process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
+    process = subprocess.Popen(die_with_parent([sys.executable, "-m", "producer"]), cwd=REPO_ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{url}/healthz"), what="the producer to answer", timeout=30, interval=0.1)

@@ -29,10 +29,9 @@ def prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[str]:
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     port = free_port()
     with (workdir / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
+        process = subprocess.Popen(die_with_parent(
             [binary, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent)
+             f"--web.listen-address=127.0.0.1:{port}"]), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: answers(f"{url}/-/ready"), what="Prometheus to be ready", timeout=30, interval=0.2)

@@ -21,8 +21,8 @@ class ScalerProcess:
         self.metrics_url = f"http://127.0.0.1:{env['SCALER_METRICS_PORT']}/metrics"
         self.log_path = log_path
         with log_path.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "scaler"], cwd=REPO_ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            self.proc = subprocess.Popen(die_with_parent([sys.executable, "-m", "scaler"]), cwd=REPO_ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
 
     def events(self) -> list[dict]:
         """Every log line so far; a line that is not JSON (a traceback) is kept as its text."""

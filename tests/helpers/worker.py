@@ -25,8 +25,7 @@ def start_worker(queue: str, record: Path, handler: str = "record", **env: str) 
         # Workers of a test run side by side on this host: only a test that reads metrics gives a port.
         "WORKER_METRICS_PORT": "0",
     }
-    return subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=environment | env,
-                            preexec_fn=die_with_parent)
+    return subprocess.Popen(die_with_parent([sys.executable, "-m", "worker"]), cwd=REPO_ROOT, env=environment | env)
 
 
 def handled(record: Path) -> collections.Counter[str]:

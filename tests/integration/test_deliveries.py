@@ -6,7 +6,7 @@ import time
 import pika
 import pytest
 
-from kubejob import frames
+from kubejob import message
 from kubejob.settings import LedgerSettings
 from tests.helpers.broker import Broker
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed
@@ -29,16 +29,16 @@ class Received:
     """What the consumer was given, and by which reader."""
 
     def __init__(self) -> None:
-        self.deliveries: list[frames.Delivery] = []
+        self.deliveries: list[message.Delivery] = []
         self.by_pika = 0
 
-    def on_batch(self, batch: list[frames.Delivery]) -> None:
+    def on_batch(self, batch: list[message.Delivery]) -> None:
         self.deliveries += batch
 
     def on_message(self, _channel: object, method: pika.spec.Basic.Deliver, properties: pika.BasicProperties,
                    body: bytes) -> None:
         self.by_pika += 1
-        self.deliveries.append(frames.Delivery(method.delivery_tag, properties, body, method.redelivered))
+        self.deliveries.append(message.Delivery(method.delivery_tag, properties, body, method.redelivered))
 
 
 def publish(broker: Broker, queue: str, messages: list[tuple[bytes, pika.BasicProperties]]) -> None:

@@ -30,7 +30,7 @@ class Fed:
     what it read and how much."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, *, max_body_bytes: int) -> None:
-        self.batches: list[list[frames.Delivery]] = []
+        self.batches: list[list[message.Delivery]] = []
         self.to_pika: list[bytes] = []
         self.read_bytes = 0  # the size of every buffer messages were read from: what joining them cost
         self._reading: bytes | None = None
@@ -67,7 +67,7 @@ class Fed:
             self.on_data(data[start:start + RECV_BYTES])
 
     @property
-    def delivered(self) -> list[frames.Delivery]:
+    def delivered(self) -> list[message.Delivery]:
         return [d for batch in self.batches for d in batch]
 
 

@@ -7,7 +7,8 @@ import pytest
 from pika import frame, spec
 
 from kubejob import message
-from kubejob.frames import Delivery, Publish, read_delivery
+from kubejob.frames import Publish, read_delivery
+from kubejob.message import Delivery
 
 pika_decode_frame = frame.decode_frame
 

@@ -40,6 +40,15 @@ def test_successes_behind_a_row_in_its_handler_go_alone_even_behind_a_copy() -> 
     assert acks.succeeded([2]) == (2, [])
 
 
+def test_a_success_waiting_behind_a_copy_keeps_waiting_while_later_rows_go_alone() -> None:
+    acks = delivered(1, 2, 3, 4)
+    acks.copying(1)
+    assert acks.succeeded([2]) == (None, [])  # only a copy is ahead of it
+    assert acks.succeeded([4]) == (None, [4])  # 3, in its handler, is ahead of it
+    assert acks.succeeded([1]) == (2, [])
+    assert acks.succeeded([3]) == (3, [])
+
+
 @given(st.permutations(range(1, 40)), st.integers(1, 39))
 def test_every_success_is_acked_once_and_a_multiple_ack_never_covers_a_row_in_hand(
         order: list[int], batch: int) -> None:

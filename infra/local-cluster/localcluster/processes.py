@@ -1,13 +1,13 @@
 """Start and stop background processes that outlive the command that started them."""
 
 import contextlib
-import ctypes
 import json
 import os
 import pathlib
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 STOP_TIMEOUT = 15.0
@@ -30,13 +30,10 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up now: the child after fork may not load
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """In the child before exec (`preexec_fn`): get SIGTERM when the thread that started it ends."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def die_with_parent(argv: list[str]) -> list[str]:
+    """`argv`, to be started so that it gets SIGTERM when the thread that starts it ends (die_with_parent.py)."""
+    launcher = pathlib.Path(__file__).with_name("die_with_parent.py")
+    return [sys.executable, "-I", str(launcher), str(os.getpid()), *argv]
 
 
 def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None = None,
@@ -49,9 +46,8 @@ def spawn(name: str, argv: list[str], *, state: pathlib.Path, env: dict | None =
     (state / "logs").mkdir(parents=True, exist_ok=True)
     with open(state / "logs" / f"{name}.log", "ab") as log:
         # A new session makes the process a group leader, so stop() reaches its children too.
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=env, cwd=cwd,
-                                preexec_fn=die_with_parent if tied else None)
+        proc = subprocess.Popen(die_with_parent(argv) if tied else argv, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=cwd)
     record(name, proc.pid, state=state, argv=argv)
     return proc.pid
 
