@@ -72,7 +72,9 @@ class Error(BaseModel):
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
-    400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
+    400: {"model": Error, "description": "The CSV is malformed or over a limit (a line, a record, the columns, a "
+                                         "column name, a row's message), or `delimiter` is unknown; nothing was "
+                                         "published"},
     401: {"model": Error, "description": "UPLOAD_TOKEN is set and the bearer token is missing or wrong"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
     429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
@@ -116,7 +118,7 @@ async def upload(
     """Validate the whole CSV, record it, then publish one message per row; 200 once all are confirmed."""
     started = time.monotonic()
     chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
-    summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
+    summary = await run_in_threadpool(csv_stream.count_rows, file.file, limits=settings.csv_limits,
                                       max_message_bytes=settings.max_message_bytes, delimiter=chosen)
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
     upload, claim = await ledger.start(key=idempotency_key, file_name=file.filename or "", sha256=sha256,
@@ -153,7 +155,7 @@ async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: s
     try:
         async with broker:
             saved = time.monotonic()
-            records = csv_stream.read_rows(file, max_line_bytes=settings.max_line_bytes, delimiter=delimiter)
+            records = csv_stream.read_rows(file, limits=settings.csv_limits, delimiter=delimiter)
             for number, (line, row) in enumerate(records, start=1):
                 if number <= skip:
                     continue

@@ -1,7 +1,6 @@
 """HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
 import asyncio
-import csv
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Message, Send
 
+from producer import failed_csv
 from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload
 from producer.routes import Error, LedgerDep, SettingsDep, StatusesDep
 
@@ -30,6 +30,9 @@ LEDGER_DOWN: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
     404: {"model": Error, "description": "No upload has this id (or it is older than the retention)"},
 }
+RawCells = Annotated[bool, Query(description=(
+    "The cells exactly as they were, for a program; without it, a cell a spreadsheet would run as a formula "
+    "(one starting with = + - @, a tab or a carriage return) starts with a ' instead."))]
 
 
 class UploadStatus(BaseModel):
@@ -111,7 +114,8 @@ async def recent_uploads(ledger: LedgerDep, limit: Annotated[int, Query(ge=1, le
 
 @router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
             response_class=StreamingResponse)
-async def failed_rows(upload_id: str, ledger: LedgerDep, settings: SettingsDep) -> StreamingResponse:
+async def failed_rows(upload_id: str, ledger: LedgerDep, settings: SettingsDep,
+                      raw: RawCells = False) -> StreamingResponse:
     """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`.
 
     503 with Retry-After when DOWNLOAD_CONNECTIONS downloads are being read for DOWNLOAD_TIMEOUT_SECONDS.
@@ -119,8 +123,8 @@ async def failed_rows(upload_id: str, ledger: LedgerDep, settings: SettingsDep) 
     upload = await _known(ledger, upload_id)
     rows = await ledger.failed_rows(upload.id)
     return Download(
-        _csv_lines(upload, rows), rows=rows, upload_id=upload.id, stall_seconds=settings.download_timeout_seconds,
-        media_type="text/csv; charset=utf-8",
+        _csv_lines(upload, rows, raw=raw), rows=rows, upload_id=upload.id,
+        stall_seconds=settings.download_timeout_seconds, media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
     )
 
@@ -163,14 +167,14 @@ class Download(StreamingResponse):
             await self.rows.close()
 
 
-async def _csv_lines(upload: Upload, rows: FailedRows) -> AsyncIterator[str]:
+async def _csv_lines(upload: Upload, rows: FailedRows, *, raw: bool) -> AsyncIterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*upload.columns, "_row", "_attempts", "_error"])
+    writer = failed_csv.writer(buffer)
+    writer.writerow(failed_csv.cells([*upload.columns, *failed_csv.ADDED_COLUMNS], raw=raw))
     async for failed in rows:
         data = failed.data or {}
-        writer.writerow([*(data.get(column, "") for column in upload.columns),
-                         failed.row_number, failed.attempts, failed.error or ""])
+        writer.writerow(failed_csv.cells([*(data.get(column, "") for column in upload.columns),
+                                          failed.row_number, failed.attempts, failed.error or ""], raw=raw))
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)

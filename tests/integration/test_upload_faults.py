@@ -155,7 +155,8 @@ def test_a_row_over_the_broker_s_limit_is_a_413_naming_it_and_the_upload_fails(
     limit = 16 * 1024**2  # RabbitMQ 4.0's max_message_size; MAX_MESSAGE_BYTES set above it by mistake
     data = b"id,text\n1,a\n2,b\n3," + b"x" * (limit + 10) + b"\n4,d\n"
     key = {"Idempotency-Key": f"large-{queue_name}"}
-    settings = Settings(queue_name=queue_name, max_message_bytes=4 * limit, max_line_bytes=2 * limit)
+    settings = Settings(queue_name=queue_name, max_message_bytes=4 * limit, max_line_bytes=2 * limit,
+                        max_record_bytes=2 * limit)
     with TestClient(create_app(settings)) as client:
         refused = client.post("/upload", files={"file": ("a.csv", data)}, headers=key)
         assert refused.status_code == 413, refused.text
