@@ -19,12 +19,13 @@ from typing import NamedTuple
 import orjson
 import pika
 
+from kubejob.errors import Permanent
 from kubejob.frames import AnyProperties
 
 CONTENT_TYPE = "application/json"
 
 
-class BadMessage(ValueError):
+class BadMessage(Permanent, ValueError):
     """A message that no retry can make valid."""
 
 
@@ -108,7 +109,7 @@ def decode(body: bytes, properties: AnyProperties) -> Row:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # invalid UTF-8 included
-        raise BadMessage(f"body is not JSON: {exc}") from None
+        raise BadMessage(f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadMessage("body is not a JSON object")
     return named_row(properties, data)

@@ -8,7 +8,7 @@ Errors: a PostgreSQL that cannot be reached or fails a statement becomes `Ledger
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,13 +18,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from kubejob import ledger as schema
+from kubejob.errors import LedgerUnavailable, Permanent, Temporary
 
 
-class LedgerUnavailable(Exception):
-    """PostgreSQL could not be reached or did not answer."""
-
-
-class KeyReused(Exception):
+class KeyReused(Permanent):
     """The Idempotency-Key was first used with a different file or other parameters; `differs` says what it was."""
 
     def __init__(self, upload_id: str, differs: str) -> None:
@@ -32,7 +29,7 @@ class KeyReused(Exception):
         self.upload_id, self.differs = upload_id, differs
 
 
-class UploadBusy(Exception):
+class UploadBusy(Temporary):
     """Another request is publishing the upload of this Idempotency-Key right now."""
 
 
@@ -92,15 +89,6 @@ _UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, faile
               FROM uploads"""
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """psycopg's errors as LedgerUnavailable, the one error the routes know the ledger by."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise LedgerUnavailable(schema.reason(exc)) from exc
-
-
 class Claim:
     """A publisher's hold on one upload: a connection of its own holding the upload's session advisory lock.
 
@@ -134,7 +122,7 @@ class Claim:
         await self._conn.close()
 
     async def _execute(self, statement: str, params: tuple) -> None:
-        with _translated():
+        with schema.map_psycopg_errors():
             await self._conn.execute(statement, params)
 
 
@@ -152,11 +140,11 @@ class Ledger:
         The claim is None for an upload with nothing left to publish (published, or refused for good).
         Raises KeyReused, UploadBusy, LedgerUnavailable.
         """
-        with _translated():
+        with schema.map_psycopg_errors():
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
                                                          connect_timeout=self._connect_timeout)
         try:
-            with _translated():
+            with schema.map_psycopg_errors():
                 upload = await self._claim(conn, key=key, file_name=file_name, sha256=sha256, parameters=parameters,
                                            columns=columns, rows=rows, queue=queue)
         except BaseException:
@@ -229,7 +217,7 @@ class Ledger:
 
     async def failed_rows(self, upload_id: str) -> AsyncIterator[FailedRow]:
         """The upload's dead-lettered rows in row order, streamed from a server-side cursor."""
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn, conn.transaction():
                 cursor = conn.cursor(name="failed_rows", row_factory=class_row(FailedRow))
                 await cursor.execute(
@@ -240,7 +228,7 @@ class Ledger:
 
     async def forget_older_than(self, age: timedelta) -> int:
         """Delete uploads and row outcomes older than `age`; return how many uploads went."""
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("DELETE FROM row_outcomes WHERE recorded_at < now() - %s", (age,))
                 await conn.execute("DELETE FROM redelivered_starts WHERE started_at < now() - %s", (age,))
@@ -248,7 +236,7 @@ class Ledger:
                 return deleted.rowcount
 
     async def ping(self) -> None:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 await conn.execute("SELECT 1")
 
@@ -267,7 +255,7 @@ class Ledger:
             await asyncio.sleep(every)
 
     async def _uploads(self, where: str, params: tuple) -> list[Upload]:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 cursor = conn.cursor(row_factory=class_row(Upload))
                 await cursor.execute(_UPLOAD + where, params)
