@@ -38,12 +38,10 @@ PUBLISHING_LOCK = 4_705_307
 
 
 @dataclass(frozen=True)
-class Upload:
-    """One upload as the ledger has it."""
+class UploadSummary:
+    """An upload's file, queue, counts and times: what its status answer shows of it (producer.status)."""
 
-    id: str
     file_name: str
-    columns: list[str]
     queue: str
     rows: int
     confirmed: int
@@ -53,9 +51,17 @@ class Upload:
     created_at: datetime
     published_at: datetime | None
     finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Upload(UploadSummary):
+    """One upload as the ledger has it."""
+
+    id: str
+    columns: list[str]
     file_sha256: str | None
     parameters: dict[str, str]
-    error: str | None
     publishing: bool  # a live publisher holds it
 
     @property
