@@ -88,7 +88,7 @@ def migration_hint(queue: str, reason: str) -> str:
     """What to do when the queue exists with other arguments (a classic queue from before)."""
     return (f"queue {queue!r} exists with other arguments than this version declares ({reason}); it is now a "
             f"quorum queue: stop the producer, let the workers drain {queue!r} (or move its messages with a "
-            f"shovel), delete it (rabbitmqctl delete_queue {queue}) and start again: see the README, "
+            f"shovel), delete it (rabbitmqctl delete_queue {queue}) and start again: see docs/operations.md, "
             "'Upgrading to quorum queues'")
 
 

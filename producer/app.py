@@ -143,9 +143,12 @@ async def _forget_old_uploads(ledger: Ledger, age: timedelta) -> None:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load(Settings)  # a bad variable is named, as at `python -m producer`
+    docs = settings.producer_api_docs
     app = FastAPI(title="kube-job producer", description="Upload a CSV; each row becomes a RabbitMQ message.",
-                  lifespan=lifespan)
-    app.state.settings = settings or load(Settings)  # a bad variable is named, as at `python -m producer`
+                  lifespan=lifespan, openapi_url="/openapi.json" if docs else None,
+                  docs_url="/docs" if docs else None, redoc_url="/redoc" if docs else None)
+    app.state.settings = settings
     app.state.broker_watch = watch = BrokerWatch(app.state.settings)
     app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)

@@ -250,7 +250,7 @@ class Ledger:
         """Ping PostgreSQL every `every` seconds, keeping in `problem` why it did not answer (None if it did).
 
         /readyz reads `problem` instead of pinging: under load a ping waits its turn on the event loop
-        several times over (0.5 to 1 s with four uploads on a loaded 2-core machine).
+        several times over, and a probe would take as long (bench load).
         """
         while True:
             try:

@@ -1,19 +1,33 @@
-"""The producer's Prometheus metrics, served at GET /metrics on its API port (producer/status.py).
+"""The producer's Prometheus metrics, served at GET /metrics by an app of their own on PRODUCER_METRICS_PORT.
 
 Counters and histograms live in the process; the progress of uploads not done yet is read from
 the ledger on each scrape (the newest IN_PROGRESS_LIMIT), so it is the ledger's truth whichever
-producer published them.
+producer published them. No series names a file or holds a row's data: the port needs no key.
 """
 
 import time
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from fastapi import FastAPI
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.ledger import Upload
+from kubejob.errors import LedgerUnavailable
+from producer.ledger import Ledger, Upload
 
 UPLOADS = Counter("kubejob_producer_uploads_total", "Answers to POST /upload, by HTTP status code.", ["code"])
 UPLOAD_SECONDS = Histogram(
@@ -66,7 +80,7 @@ class UploadProgress(Collector):
         self._uploads, self._ledger_up = uploads, ledger_up
 
     def collect(self) -> Iterator[Metric]:
-        labels = ["upload_id", "queue", "file_name"]
+        labels = ["upload_id", "queue"]
         families = {
             "rows": GaugeMetricFamily("kubejob_upload_rows", "Rows in an upload in progress.", labels=labels),
             "confirmed": GaugeMetricFamily("kubejob_upload_confirmed_rows", "Its rows the broker confirmed.",
@@ -76,7 +90,7 @@ class UploadProgress(Collector):
         }
         for upload in self._uploads:
             for field, family in families.items():
-                family.add_metric([upload.id, upload.queue, upload.file_name], getattr(upload, field))
+                family.add_metric([upload.id, upload.queue], getattr(upload, field))
         yield from families.values()
         yield GaugeMetricFamily("kubejob_producer_ledger_up", "1 if this scrape could read the ledger.",
                                 value=int(self._ledger_up))
@@ -87,3 +101,18 @@ def exposition(uploads: list[Upload], *, ledger_up: bool) -> bytes:
     progress = CollectorRegistry()
     progress.register(UploadProgress(uploads, ledger_up=ledger_up))
     return generate_latest(REGISTRY) + generate_latest(progress)
+
+
+def scrape_app(api: FastAPI) -> Starlette:
+    """The app of GET /metrics, reading the uploads in progress from the ledger of `api` at each scrape."""
+
+    async def scrape(_request: Request) -> Response:
+        # The API's lifespan opens the ledger and closes it: a scrape before or after reads it as down.
+        ledger: Ledger | None = getattr(api.state, "ledger", None)
+        try:
+            uploads = await ledger.unfinished(limit=IN_PROGRESS_LIMIT) if ledger else None
+        except LedgerUnavailable:
+            uploads = None
+        return Response(exposition(uploads or [], ledger_up=uploads is not None), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/metrics", scrape)])

@@ -1,6 +1,6 @@
 """The producer's settings, read once from environment variables."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from kubejob.settings import LedgerSettings
 
@@ -9,6 +9,13 @@ class Settings(LedgerSettings):
     """The broker and ledger settings, and the upload API's own."""
 
     producer_port: int = Field(8000, ge=1, le=65535, description="Port the HTTP API listens on.")
+    producer_metrics_port: int = Field(
+        9101, ge=0, le=65535,
+        description="Port of the producer's Prometheus /metrics, apart from the API's; 0 serves none.",
+    )
+    producer_api_docs: bool = Field(
+        True, description="Serve the API's description at /docs, /redoc and /openapi.json; off in the manifests.",
+    )
     producer_database_wait_seconds: float = Field(
         60.0, ge=0, description="How long the producer waits at start for PostgreSQL to answer before it exits 3."
     )
@@ -30,3 +37,10 @@ class Settings(LedgerSettings):
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> "Settings":
+        if self.producer_metrics_port == self.producer_port:
+            raise ValueError(f"PRODUCER_METRICS_PORT and PRODUCER_PORT are both {self.producer_port}; the metrics "
+                             "need a port of their own")
+        return self

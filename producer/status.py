@@ -1,4 +1,4 @@
-"""HTTP routes that say where uploads stand: their status, the list, their failed rows, a page, metrics."""
+"""HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
 import csv
 import dataclasses
@@ -11,11 +11,8 @@ from typing import Annotated, Any
 import pydantic
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, TypeAdapter
 
-from kubejob.errors import LedgerUnavailable
-from producer import metrics
 from producer.ledger import Ledger, Upload, UploadSummary
 from producer.routes import Error, LedgerDep, StatusesDep
 
@@ -133,13 +130,3 @@ async def _csv_lines(ledger: Ledger, upload: Upload) -> AsyncIterator[str]:
 async def page() -> HTMLResponse:
     """A page that lists uploads with a live progress bar each."""
     return HTMLResponse(PAGE.read_text())
-
-
-@router.get("/metrics", include_in_schema=False)
-async def prometheus_metrics(ledger: LedgerDep) -> Response:
-    """Prometheus metrics, with the uploads in progress read from the ledger now."""
-    try:
-        uploads, ledger_up = await ledger.unfinished(limit=metrics.IN_PROGRESS_LIMIT), True
-    except LedgerUnavailable:
-        uploads, ledger_up = [], False
-    return Response(metrics.exposition(uploads, ledger_up=ledger_up), media_type=CONTENT_TYPE_LATEST)

@@ -56,8 +56,8 @@ def list_items(what: str, method, *args, timeout_s: float, **kwargs) -> list[dic
     """The items of a list call, as the API's JSON; raises KubeError as `call` does.
 
     The client's model objects are skipped: each one builds a Configuration of its own, which
-    resets the cache of every logger (kubernetes-client/python#1867). Listing 5 Jobs and their
-    pods that way cost the scaler 48 ms of CPU a poll, 5 % of a core at a poll a second.
+    resets the cache of every logger (kubernetes-client/python#1867): a cost paid for every Job
+    and pod at every poll.
     """
     response = call(what, method, *args, timeout_s=timeout_s, _preload_content=False, **kwargs)
     try:

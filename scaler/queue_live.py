@@ -1,7 +1,7 @@
 """Queue counts as of now: AMQP's live ready count with the management API's unacked count.
 
 The management API's counts lag by the broker's statistics interval (1 s as shipped, 5 s by
-default): with them alone the first Job came 3-4 s after a backlog appeared (bench/reaction.py).
+default): with them alone the first Job came seconds after a backlog appeared (bench/reaction.py).
 A passive queue declare over AMQP answers with this instant's ready messages and consumers, as
 KEDA's `amqp` mode reads them; only the unacked count, which AMQP does not give, comes from the
 management API, and only while the queue has consumers (without one, nothing is unacked).

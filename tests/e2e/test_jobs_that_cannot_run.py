@@ -25,7 +25,7 @@ SETTINGS = {"WORKER_HANDLER": "worker.handlers:noop", "SCALER_POLL_SECONDS": "0.
 
 
 def use_template(kube_node: KubeCluster, ns: str, text: str) -> None:
-    """What the README says to do: edit the ConfigMap, restart the scaler."""
+    """What docs/scaler.md says to do: edit the ConfigMap, restart the scaler."""
     patch = json.dumps({"data": {"job-template.yaml": text}})
     kube_node.kubectl("patch", "configmap", "scaler-job-template", "-n", ns, "--type", "merge", "-p", patch)
     kube_node.kubectl("rollout", "restart", "deployment/scaler", "-n", ns)

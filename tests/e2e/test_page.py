@@ -1,7 +1,8 @@
-"""The producer's page in a real headless Chromium: an upload through its form reaches 100 % live, failed rows download.
+"""The producer's page in a real headless Chromium: it asks for a key when refused, an upload through its form
+reaches 100 % live, failed rows download.
 
 Debian's `chromium` and `chromium-driver` packages (`make browser`) are driven through WebDriver; a real
-`python -m producer` serves the page and a real worker drains the queue.
+`python -m producer` with UPLOAD_TOKEN set serves the page and a real worker drains the queue.
 """
 
 import csv
@@ -21,6 +22,7 @@ from tests.helpers.producer import csv_file, producer
 from tests.helpers.worker import start_worker
 
 ROWS, POISON = 40, frozenset({4, 19, 33})
+KEY, WRONG_KEY = "page-test-key", "not-the-key"
 CHROMIUM_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--window-size=1100,900"]
@@ -58,44 +60,107 @@ def downloaded(folder: Path, name: str, timeout: float = 30) -> Path:
     return path
 
 
-def test_an_upload_reaches_100_percent_on_the_page_and_its_failed_rows_download(
-        browser: WebDriver, queue_name: str, tmp_path: Path) -> None:
+def shown(browser: WebDriver, element_id: str, start: str) -> str:
+    """The element's text once it starts with `start` (for WebDriverWait.until: "" until then)."""
+    element = browser.find_element(By.ID, element_id)
+    return element.text if element.is_displayed() and element.text.startswith(start) else ""
+
+
+def enter_key(browser: WebDriver, key: str) -> None:
+    browser.find_element(By.CSS_SELECTOR, "#key-form input[name=key]").send_keys(key)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+
+
+@pytest.fixture
+def asked(browser: WebDriver, queue_name: str, tmp_path: Path) -> Iterator[str]:
+    """The page of a producer with UPLOAD_TOKEN set, once orders.csv was sent through it without a key: what it
+    says as it asks for one."""
     data = tmp_path / "orders.csv"
     data.write_bytes(csv_file(ROWS, poison=POISON))
-    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
-    with producer(queue_name) as (url, _pid):
+    with producer(queue_name, UPLOAD_TOKEN=KEY) as (url, _pid):
         browser.get(f"{url}/")
         browser.execute_script("window.loadedOnce = true")
         browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(data))
-        browser.find_element(By.CSS_SELECTOR, "form button").click()
-        result = wait.until(lambda b: b.find_element(By.ID, "upload-result").text.startswith("Queued")
-                            and b.find_element(By.ID, "upload-result").text)
-        upload_id = result.rsplit(" ", 1)[1].rstrip(".")
-        assert result == f"Queued {ROWS} rows of orders.csv as upload {upload_id}."
-        item = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'li[data-id="{upload_id}"]'))
-        assert (text(item, ".name"), text(item, ".upload-id"), text(item, ".state")) == \
-            ("orders.csv", upload_id, "processing")
-        assert (text(item, ".percent"), text(item, ".n-done")) == ("0 %", "0")
-        assert not item.find_element(By.CSS_SELECTOR, ".download").is_displayed(), "no failed rows yet"
+        upload_button(browser).click()
+        yield waiting(browser).until(lambda b: shown(b, "key-problem", "The producer needs an API key"))
 
-        worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="2")
-        wait.until(lambda _: text(item, ".state") == "done")
-        assert worker.wait(timeout=60) == 0
-        bar = item.find_element(By.CSS_SELECTOR, "[role=progressbar]")
-        assert (bar.get_attribute("aria-valuenow"), bar.get_attribute("aria-valuemax")) == (str(ROWS), str(ROWS))
-        assert text(item, ".percent") == "100 %"
-        assert [text(item, f".n-{n}") for n in ("rows", "confirmed", "done", "failed")] == \
-            [str(ROWS), str(ROWS), str(ROWS - len(POISON)), str(len(POISON))]
-        failed_part = item.find_element(By.CSS_SELECTOR, ".bar-failed").size["width"] / bar.size["width"]
-        assert failed_part == pytest.approx(len(POISON) / ROWS, abs=0.02), "the failed share of the bar"
-        assert text(item, ".time-label") == "Took" and text(item, ".rate") != "—"
-        assert browser.execute_script("return window.loadedOnce"), "the page reloaded instead of updating"
-        browser.save_screenshot(str(tmp_path / "page.png"))
 
-        link = item.find_element(By.CSS_SELECTOR, ".download")
-        assert link.text == f"Download the {len(POISON)} failed rows (CSV)"
-        link.click()
-        failed = downloaded(tmp_path / "downloads", f"{upload_id}-failed.csv")
+def waiting(browser: WebDriver) -> WebDriverWait:
+    return WebDriverWait(browser, 60, poll_frequency=0.2)
+
+
+def upload_button(browser: WebDriver) -> WebElement:
+    return browser.find_element(By.CSS_SELECTOR, "#upload-form button")
+
+
+def test_the_page_asks_for_a_key_when_refused_and_says_so_again_of_a_wrong_one(browser: WebDriver,
+                                                                             asked: str) -> None:
+    assert asked == "The producer needs an API key (401: a valid bearer token is required)."
+    wait = waiting(browser)
+    assert wait.until(lambda b: shown(b, "upload-result", "Upload refused")).startswith("Upload refused (401: ")
+
+    enter_key(browser, WRONG_KEY)
+    upload_button(browser).click()
+    refused = wait.until(lambda b: shown(b, "key-problem", "The producer refused the key"))
+    assert refused == "The producer refused the key (401: a valid bearer token is required). Enter it again."
+    assert wait.until(lambda b: shown(b, "upload-result", "Upload refused")).startswith("Upload refused (401: ")
+    assert browser.execute_script("return sessionStorage.length") == 0, "a refused key is not kept"
+
+
+@pytest.mark.usefixtures("asked")
+def test_an_upload_with_the_key_reaches_100_percent_on_the_page_and_its_failed_rows_download(
+        browser: WebDriver, queue_name: str, tmp_path: Path) -> None:
+    wait = waiting(browser)
+    enter_key(browser, KEY)
+    assert not browser.find_element(By.ID, "key-form").is_displayed()
+    upload_button(browser).click()
+    result = wait.until(lambda b: shown(b, "upload-result", "Queued"))
+    upload_id = result.rsplit(" ", 1)[1].rstrip(".")
+    assert result == f"Queued {ROWS} rows of orders.csv as upload {upload_id}."
+    item = wait.until(lambda b: b.find_element(By.CSS_SELECTOR, f'li[data-id="{upload_id}"]'))
+    assert (text(item, ".name"), text(item, ".upload-id"), text(item, ".state")) == \
+        ("orders.csv", upload_id, "processing")
+    assert (text(item, ".percent"), text(item, ".n-done")) == ("0 %", "0")
+    assert not item.find_element(By.CSS_SELECTOR, ".download").is_displayed(), "no failed rows yet"
+
+    worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="2")
+    wait.until(lambda _: text(item, ".state") == "done")
+    assert worker.wait(timeout=60) == 0
+    bar = item.find_element(By.CSS_SELECTOR, "[role=progressbar]")
+    assert (bar.get_attribute("aria-valuenow"), bar.get_attribute("aria-valuemax")) == (str(ROWS), str(ROWS))
+    assert text(item, ".percent") == "100 %"
+    assert [text(item, f".n-{n}") for n in ("rows", "confirmed", "done", "failed")] == \
+        [str(ROWS), str(ROWS), str(ROWS - len(POISON)), str(len(POISON))]
+    failed_part = item.find_element(By.CSS_SELECTOR, ".bar-failed").size["width"] / bar.size["width"]
+    assert failed_part == pytest.approx(len(POISON) / ROWS, abs=0.02), "the failed share of the bar"
+    assert text(item, ".time-label") == "Took" and text(item, ".rate") != "—"
+    assert browser.execute_script("return window.loadedOnce"), "the page reloaded instead of updating"
+    browser.save_screenshot(str(tmp_path / "page.png"))
+
+    button = item.find_element(By.CSS_SELECTOR, ".download")
+    assert button.text == f"Download the {len(POISON)} failed rows (CSV)"
+    button.click()
+    failed = downloaded(tmp_path / "downloads", f"{upload_id}-failed.csv")
+
+    # Asked for once, kept for the tab only, and never written into an address.
+    assert browser.execute_script("return sessionStorage.getItem('kubejob-api-key')") == KEY
+    assert browser.execute_script("return localStorage.length") == 0
+    addresses = browser.execute_script(
+        "return [location.href, ...performance.getEntriesByType('resource').map(e => e.name)]")
+    assert any(a.endswith("/failed") for a in addresses) and not [a for a in addresses if KEY in a]
     with open(failed, newline="") as f:
         assert list(csv.reader(f)) == [["id", "name", "poison", "_row", "_attempts", "_error"]] + [
             [str(i), f"name {i}", "yes", str(i), "2", f"RuntimeError: poison row {i}"] for i in sorted(POISON)]
+
+
+def test_a_producer_with_no_key_configured_takes_an_upload_from_the_page_without_asking(
+        browser: WebDriver, queue_name: str, tmp_path: Path) -> None:
+    data = tmp_path / "orders.csv"
+    data.write_bytes(csv_file(ROWS))
+    with producer(queue_name) as (url, _pid):
+        browser.get(f"{url}/")
+        browser.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(data))
+        upload_button(browser).click()
+        assert waiting(browser).until(lambda b: shown(b, "upload-result", "Queued")).startswith(f"Queued {ROWS} rows")
+        assert not browser.find_element(By.ID, "key-form").is_displayed()
+        assert browser.execute_script("return sessionStorage.length") == 0

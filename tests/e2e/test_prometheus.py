@@ -15,10 +15,10 @@ ROWS, POISON = 300, frozenset({5, 150})
 
 
 def test_prometheus_counts_the_rows_an_upload_published_and_the_workers_handled(queue_name, tmp_path):
-    worker_port = free_port()
-    with producer(queue_name) as (url, _pid):
-        producer_target = url.removeprefix("http://")
-        with prometheus(tmp_path, {"producer": producer_target, "worker": f"127.0.0.1:{worker_port}"}) as server:
+    producer_port, worker_port = free_port(), free_port()
+    with producer(queue_name, PRODUCER_METRICS_PORT=str(producer_port)) as (url, _pid):
+        targets = {"producer": f"127.0.0.1:{producer_port}", "worker": f"127.0.0.1:{worker_port}"}
+        with prometheus(tmp_path, targets) as server:
             response = httpx.post(f"{url}/upload", files={"file": ("p.csv", csv_file(ROWS, POISON), "text/csv")},
                                   timeout=60)
             assert response.status_code == 200, response.text
@@ -36,6 +36,7 @@ def test_prometheus_counts_the_rows_an_upload_published_and_the_workers_handled(
                 worker.wait(timeout=30)
             answers(server, "kubejob_producer_rows_published_total", ROWS)
             answers(server, 'kubejob_producer_uploads_total{code="200"}', 1)
+            answers(server, "kubejob_producer_ledger_up", 1)  # the scrape read the ledger
 
 
 def answers(server: str, promql: str, expected: int, timeout: float = 15) -> None:

@@ -17,9 +17,13 @@ from tests.helpers import REPO_ROOT, answers, die_with_parent, free_port, wait_f
 
 @contextlib.contextmanager
 def producer(queue: str, **settings: str) -> Iterator[tuple[str, int]]:
-    """A real producer publishing to `queue`, answering on its health endpoint; yields (base URL, pid)."""
+    """A real producer publishing to `queue`, answering on its health endpoint; yields (base URL, pid).
+
+    It serves no metrics unless `settings` gives it a PRODUCER_METRICS_PORT: the default port is one per host.
+    """
     port = free_port()
-    env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "LOG_LEVEL": "WARNING"} | settings
+    env = os.environ | {"QUEUE_NAME": queue, "PRODUCER_PORT": str(port), "PRODUCER_METRICS_PORT": "0",
+                        "LOG_LEVEL": "WARNING"} | settings
     process = subprocess.Popen([sys.executable, "-m", "producer"], cwd=REPO_ROOT, env=env, preexec_fn=die_with_parent)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -1,11 +1,11 @@
-"""The real producer's /metrics: its counters move by exactly what an upload did, and uploads in
-progress show the ledger's counts."""
+"""The real producer's /metrics, on a port of its own: its counters move by exactly what an upload did, and
+uploads in progress show the ledger's counts, with no file name."""
 
 import httpx
 import pytest
 
 from kubejob import message
-from tests.helpers import wait_for
+from tests.helpers import free_port, wait_for
 from tests.helpers.broker import Broker
 from tests.helpers.metrics import Scrape
 from tests.helpers.producer import csv_file, producer
@@ -16,18 +16,27 @@ ROWS, TAKEN, POISON = 40, 5, frozenset({10, 20})
 
 @pytest.fixture
 def running_producer(queue_name: str):
-    with producer(queue_name) as (url, _pid):
-        yield url
+    """(the API's base URL, the URL of its /metrics)"""
+    metrics_port = free_port()
+    with producer(queue_name, PRODUCER_METRICS_PORT=str(metrics_port)) as (url, _pid):
+        yield url, f"http://127.0.0.1:{metrics_port}/metrics"
 
 
-def test_an_upload_moves_the_counters_by_its_rows(running_producer: str) -> None:
-    url = running_producer
-    before = Scrape(f"{url}/metrics")
+def test_the_metrics_are_served_on_their_port_only(running_producer: tuple[str, str]) -> None:
+    url, metrics_url = running_producer
+    assert httpx.get(metrics_url, timeout=5).status_code == 200
+    assert httpx.get(f"{url}/metrics", timeout=5).status_code == 404
+    assert httpx.get(metrics_url.replace("/metrics", "/uploads"), timeout=5).status_code == 404
+
+
+def test_an_upload_moves_the_counters_by_its_rows(running_producer: tuple[str, str]) -> None:
+    url, metrics_url = running_producer
+    before = Scrape(metrics_url)
     accepted = httpx.post(f"{url}/upload", files={"file": ("a.csv", csv_file(ROWS), "text/csv")}, timeout=60)
     assert accepted.status_code == 200, accepted.text
     refused = httpx.post(f"{url}/upload", files={"file": ("b.csv", b"id,id\n1,2\n", "text/csv")}, timeout=60)
     assert refused.status_code == 400
-    after = Scrape(f"{url}/metrics")
+    after = Scrape(metrics_url)
 
     def moved(name: str, **labels: str) -> float:
         return after.value(name, **labels) - before.value(name, **labels)
@@ -41,13 +50,15 @@ def test_an_upload_moves_the_counters_by_its_rows(running_producer: str) -> None
 
 
 def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
-    running_producer: str, broker: Broker, queue_name: str, tmp_path
+    running_producer: tuple[str, str], broker: Broker, queue_name: str, tmp_path
 ) -> None:
-    url = running_producer
-    response = httpx.post(f"{url}/upload", files={"file": ("p.csv", csv_file(ROWS, POISON), "text/csv")}, timeout=60)
+    url, metrics_url = running_producer
+    response = httpx.post(f"{url}/upload", files={"file": ("secret-orders.csv", csv_file(ROWS, POISON), "text/csv")},
+                          timeout=60)
     assert response.status_code == 200, response.text
-    upload = {"upload_id": response.json()["upload_id"], "queue": queue_name, "file_name": "p.csv"}
-    published = Scrape(f"{url}/metrics")
+    upload = {"upload_id": response.json()["upload_id"], "queue": queue_name}
+    published = Scrape(metrics_url)
+    assert "secret-orders" not in published.text  # and `upload` is the whole label set of each series below
     assert published.value("kubejob_upload_rows", **upload) == ROWS
     assert published.value("kubejob_upload_confirmed_rows", **upload) == ROWS
     assert published.value("kubejob_upload_done_rows", **upload) == 0
@@ -59,7 +70,7 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
             assert channel.basic_get(queue_name, auto_ack=True)[0] is not None
     worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="1")
     assert worker.wait(timeout=60) == 0
-    drained = Scrape(f"{url}/metrics")
+    drained = Scrape(metrics_url)
     assert drained.value("kubejob_upload_done_rows", **upload) == ROWS - TAKEN - len(POISON)
     assert drained.value("kubejob_upload_failed_rows", **upload) == len(POISON)
     broker.drain(message.dead_letter_queue(queue_name))
@@ -72,5 +83,5 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
             body, properties = message.encode(rows, upload_id=upload["upload_id"], row_number=number, line=number + 1)
             channel.basic_publish("", queue_name, body, properties)
     assert start_worker(queue_name, tmp_path / "handled", "fail_poison").wait(timeout=60) == 0
-    wait_for(lambda: upload not in Scrape(f"{url}/metrics").labelled("kubejob_upload_rows"),
+    wait_for(lambda: upload not in Scrape(metrics_url).labelled("kubejob_upload_rows"),
              what="the finished upload to leave the metrics", timeout=10)

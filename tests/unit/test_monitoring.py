@@ -4,12 +4,14 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import REGISTRY
 
 import producer.metrics
 import scaler.metrics  # noqa: F401 - registers the scaler's metrics
 import worker.metrics  # noqa: F401 - registers the worker's metrics
+from producer.settings import Settings as ProducerSettings
 from scaler import job_template
 from scaler.settings import Settings as ScalerSettings
 from worker.settings import Settings as WorkerSettings
@@ -50,10 +52,13 @@ def test_each_service_monitor_selects_a_service_with_its_port() -> None:
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports, monitor["metadata"]["name"]
 
 
-def test_the_scaler_service_reaches_the_port_the_scaler_serves() -> None:
-    (deployment,) = [d for d in manifests("scaler.yaml") if d["kind"] == "Deployment"]
+@pytest.mark.parametrize(("name", "port"), [
+    ("producer.yaml", ProducerSettings.model_fields["producer_metrics_port"].default),
+    ("scaler.yaml", ScalerSettings.model_fields["scaler_metrics_port"].default),
+])
+def test_the_metrics_service_reaches_the_port_the_service_serves(name: str, port: int) -> None:
+    (deployment,) = [d for d in manifests(name) if d["kind"] == "Deployment"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    port = ScalerSettings.model_fields["scaler_metrics_port"].default
     assert {"name": "metrics", "containerPort": port} in container["ports"]
 
 

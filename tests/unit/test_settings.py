@@ -49,3 +49,12 @@ def test_two_settings_that_contradict_each_other_stop_the_process_naming_both(se
     (line,) = result.stderr.splitlines()
     assert line.startswith(f"{service}: invalid configuration: {low} (90"), line
     assert f"is more than {high} (60" in line, line
+
+
+def test_the_producer_refuses_to_serve_its_metrics_on_its_api_port() -> None:
+    env = {**os.environ, "PRODUCER_PORT": "8123", "PRODUCER_METRICS_PORT": "8123"}
+    result = subprocess.run([sys.executable, "-m", "producer"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr == ("producer: invalid configuration: PRODUCER_METRICS_PORT and PRODUCER_PORT are both "
+                             "8123; the metrics need a port of their own\n")

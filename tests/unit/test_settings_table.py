@@ -23,7 +23,8 @@ ROW = re.compile(r"^\| `([A-Z0-9_]+)` \| (.+?) \| ([\w, ]+) \|", re.MULTILINE)
 def readme_table() -> dict[str, tuple[str, str]]:
     """variable -> (default as the README writes it, the services that use it, comma-separated, or "all")."""
     text = (ROOT / "README.md").read_text()
-    table = text[text.index("## Settings"):text.index("## Tests")]
+    start = text.index("\n## Settings\n")
+    table = text[start:text.find("\n## ", start + 1)]
     rows = {name: (_default(default), used_by) for name, default, used_by in ROW.findall(table)}
     assert len(rows) > 20, "the table was not found or not parsed"
     return rows

@@ -79,9 +79,10 @@ def up(state: pathlib.Path) -> None:
     print(cp.kubectl("apply", "-f", "-", input=manifests()), end="")
     for workload in WORKLOADS:
         cp.kubectl("rollout", "status", workload, "--timeout=300s")
+    # Not 8000 and 15672: the local producer and RabbitMQ (make demo, make rabbitmq) may hold them.
     print(f"\nexport KUBECONFIG={cp.kubeconfig}\n"
-          "kubectl port-forward service/producer 8000:8000      # the upload API\n"
-          "kubectl port-forward service/rabbitmq 15672:15672    # the management UI\n"
+          "kubectl port-forward service/producer 18000:8000     # the upload API\n"
+          "kubectl port-forward service/rabbitmq 15673:15672    # the management UI\n"
           "TOKEN=$(kubectl get secret upload-token -o jsonpath='{.data.token}' | base64 -d)")
 
 
