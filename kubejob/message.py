@@ -19,10 +19,12 @@ from typing import Any, NamedTuple, TypeAlias
 import orjson
 import pika
 
+from kubejob.errors import Permanent
+
 CONTENT_TYPE = "application/json"
 
 
-class BadMessage(ValueError):
+class BadMessage(Permanent, ValueError):
     """A message that no retry can make valid."""
 
 
@@ -146,7 +148,7 @@ def decode(body: bytes, properties: AnyProperties) -> Row:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # invalid UTF-8 included
-        raise BadMessage(f"body is not JSON: {exc}") from None
+        raise BadMessage(f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadMessage("body is not a JSON object")
     return named_row(properties, data)

@@ -12,6 +12,8 @@ import pika
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubejob.errors import SettingsError
+
 
 class ServiceSettings(BaseSettings):
     """Every field is read from the environment variable of the same name, upper-cased."""
@@ -59,15 +61,13 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=ServiceSettings)
 
 
-class SettingsError(Exception):
-    """The environment holds a setting the service cannot run with."""
-
-
 def load(settings_class: type[S]) -> S:
     """Read the settings, or raise SettingsError naming each bad variable."""
     try:
         return settings_class()
     except ValidationError as exc:
+        # Not chained: pydantic's text quotes each bad input, a password or token among them; describe() names
+        # the variables without their values.
         raise SettingsError(describe(exc)) from None
 
 

@@ -15,6 +15,7 @@ from itertools import chain
 from typing import BinaryIO, NamedTuple
 
 from kubejob import message
+from kubejob.errors import Permanent
 from producer.failed_csv import ADDED_COLUMNS
 
 # The delimiters we detect or accept, with the word a form may give instead; the first wins a tie.
@@ -26,7 +27,7 @@ SAVE_AS_UTF8 = 'save the file as "CSV UTF-8"'
 _UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
-class CsvError(ValueError):
+class CsvError(Permanent, ValueError):
     """The file is not a CSV we can publish; `line` is the 1-based line where it went wrong."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
@@ -100,9 +101,9 @@ class _Lines:
     def __next__(self) -> str:
         try:
             line = self.text.readline(self.max_line_bytes + 1)
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
             raise CsvError(f"the UTF-16 text ends in the middle of a character; {SAVE_AS_UTF8}",
-                           self.number + 1) from None
+                           self.number + 1) from exc
         if not line:
             raise StopIteration
         self.number += 1
@@ -326,8 +327,8 @@ class _Reader:
                     yield start, row
         except csv.Error as exc:
             if lines.undecodable:
-                raise _undecodable(lines, [], header, encoding) from None
-            raise _malformed(exc, lines, last + 1) from None
+                raise _undecodable(lines, [], header, encoding) from exc
+            raise _malformed(exc, lines, last + 1) from exc
         if header is None:
             raise CsvError("the file is empty")
 

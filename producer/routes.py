@@ -12,16 +12,11 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from kubejob import message
+from kubejob.errors import BrokerUnavailable, LedgerUnavailable, Temporary
 from producer import csv_stream, metrics
 from producer.cache import ShortCache
-from producer.ledger import Claim, Ledger, LedgerUnavailable, Upload
-from producer.publisher import (
-    BrokerUnavailable,
-    ConfirmingPublisher,
-    MessageTooLarge,
-    UploadInterrupted,
-    UploadRefused,
-)
+from producer.ledger import Claim, Ledger, Upload
+from producer.publisher import ConfirmingPublisher, MessageTooLarge, UploadRefused
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,6 +42,18 @@ def get_statuses(request: Request) -> ShortCache:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 StatusesDep = Annotated[ShortCache, Depends(get_statuses)]
+
+
+class UploadInterrupted(Temporary):
+    """Publishing an upload stopped part-way, as the broker or the ledger failed (the cause says which); the broker
+    has confirmed its first `confirmed` rows.
+
+    `key_sent`: the request carried an Idempotency-Key, so a retry with it publishes only the rest.
+    """
+
+    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int, key_sent: bool) -> None:
+        super().__init__(reason)
+        self.upload_id, self.rows, self.confirmed, self.key_sent = upload_id, rows, confirmed, key_sent
 
 
 class UploadResult(BaseModel):

@@ -1,6 +1,7 @@
 """HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
 import asyncio
+import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -8,13 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from starlette.types import Message, Send
 
+from kubejob.errors import KubeJobError
 from producer import failed_csv
-from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload
+from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload, UploadSummary
 from producer.routes import Error, LedgerDep, SettingsDep, StatusesDep
 
 log = logging.getLogger(__name__)
@@ -35,24 +38,19 @@ RawCells = Annotated[bool, Query(description=(
     "(one starting with = + - @, a tab or a carriage return) starts with a ' instead."))]
 
 
-class UploadStatus(BaseModel):
+@pydantic.dataclasses.dataclass(frozen=True)
+class UploadStatus(UploadSummary):
+    """What GET /uploads/{id} answers: the upload's summary, its state and pace, and where to read more."""
+
     upload_id: str
-    file_name: str
-    queue: str
     state: str
-    rows: int
-    confirmed: int
-    done: int
-    failed: int
-    redelivered: int
-    created_at: datetime
-    published_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
     rows_per_second: float | None
     eta_seconds: float | None
     status_url: str
     failed_url: str
+
+
+STATUS_JSON: TypeAdapter[UploadStatus] = TypeAdapter(UploadStatus)
 
 
 class UploadList(BaseModel):
@@ -75,12 +73,10 @@ def status_of(upload: Upload, now: datetime) -> UploadStatus:
     # A row with an outcome was confirmed, whether or not the producer has written so yet (it does every
     # second): so done + failed <= confirmed <= rows in every answer.
     confirmed = min(upload.rows, max(upload.confirmed, upload.done + upload.failed))
+    summary = {field.name: getattr(upload, field.name) for field in dataclasses.fields(UploadSummary)}
     return UploadStatus(
-        upload_id=upload.id, file_name=upload.file_name, queue=upload.queue, state=upload.state,
-        rows=upload.rows, confirmed=confirmed, done=upload.done, failed=upload.failed,
-        redelivered=upload.redelivered, created_at=upload.created_at, published_at=upload.published_at,
-        finished_at=upload.finished_at, error=upload.error, rows_per_second=rate, eta_seconds=eta,
-        status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
+        **summary | {"confirmed": confirmed}, upload_id=upload.id, state=upload.state, rows_per_second=rate,
+        eta_seconds=eta, status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
     )
 
 
@@ -99,7 +95,7 @@ async def upload_status(upload_id: str, ledger: LedgerDep, statuses: StatusesDep
 
 
 async def _status_json(ledger: Ledger, upload_id: str) -> bytes:
-    return status_of(await _known(ledger, upload_id), datetime.now(UTC)).model_dump_json().encode()
+    return STATUS_JSON.dump_json(status_of(await _known(ledger, upload_id), datetime.now(UTC)))
 
 
 @router.get("/uploads", responses=LEDGER_DOWN)
@@ -129,7 +125,7 @@ async def failed_rows(upload_id: str, ledger: LedgerDep, settings: SettingsDep,
     )
 
 
-class ClientStalled(Exception):
+class ClientStalled(KubeJobError):
     """The client took none of a download's bytes for as long as a download may wait."""
 
 

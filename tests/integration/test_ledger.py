@@ -9,13 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
-import pytest
 from fastapi.testclient import TestClient
 
 from producer.app import create_app
@@ -30,12 +28,6 @@ from worker.ledger import Ledger, RowOutcome
 
 def upload(client: TestClient, data: bytes, **headers: str):
     return client.post("/upload", files={"file": ("rows.csv", data, "text/csv")}, headers=headers)
-
-
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
 
 
 def test_an_upload_drained_by_a_worker_is_done_with_every_row_counted(client: TestClient, queue_name: str,

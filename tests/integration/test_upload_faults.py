@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -117,12 +116,6 @@ def test_a_producer_killed_mid_upload_frees_it_at_once_and_a_retry_queues_at_mos
     assert set(queued) == set(range(1, ROWS + 1)), "a row is missing"
     assert sum(queued.values()) - ROWS <= WINDOW, f"{sum(queued.values()) - ROWS} rows queued twice"
     assert took < 30, f"the retry took {took:.1f} s"
-
-
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
 
 
 def test_a_keyed_retry_with_another_delimiter_is_refused_naming_it(client: TestClient, broker: Broker,
