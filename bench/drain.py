@@ -24,10 +24,11 @@ import psycopg
 
 from bench import perftest, support
 from kubejob import message
+from kubejob.errors import LedgerUnavailable
 from kubejob.message import Delivery
 from worker.consumer import Consumer
 from worker.handlers import Handler, noop
-from worker.ledger import Ledger, LedgerUnavailable, RowOutcome
+from worker.ledger import Ledger, RowOutcome
 from worker.settings import Settings
 from worker.settle import Outcome
 

@@ -75,6 +75,7 @@ def _run(*args: str) -> str:
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
+        # Not chained: TimeoutExpired's text is the command, whose --uri holds the broker's password.
         raise PerfTestError(f"PerfTest did not finish in {TIMEOUT_S} s: {' '.join(args)}") from None
     if done.returncode != 0:
         raise PerfTestError(f"PerfTest exited {done.returncode}: {(done.stdout + done.stderr)[-2000:]}")

@@ -7,14 +7,16 @@ drift from the rows. The schema is created and upgraded here, by whichever servi
 first; an advisory lock makes concurrent starts wait for each other.
 """
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import psycopg
 
 from kubejob.backoff import doubling
+from kubejob.errors import LedgerUnavailable
 
 T = TypeVar("T")
 
@@ -109,6 +111,15 @@ def reason(exc: psycopg.Error) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+@contextlib.contextmanager
+def map_psycopg_errors() -> Iterator[None]:
+    """psycopg's errors as LedgerUnavailable, the one error the services know the ledger by."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        raise LedgerUnavailable(reason(exc)) from exc
+
+
 def migrate(conninfo: str, *, connect_timeout: float = 10) -> int:
     """Bring the schema up to date; return its version. Safe to call from many processes at once."""
     with psycopg.connect(conninfo, connect_timeout=int(max(1, connect_timeout))) as conn, conn.transaction():
@@ -145,9 +156,9 @@ class Retry:
         self.failing_since, self._failures, self._next = None, 0, 0.0
 
 
-def keep_trying(attempt: Callable[[], T], *, errors: type[Exception], give_up_after_s: float,
-                log: logging.Logger) -> T:
-    """`attempt()` until it succeeds, a warning for each failure; its error once it has failed for `give_up_after_s`.
+def keep_trying(attempt: Callable[[], T], *, give_up_after_s: float, log: logging.Logger) -> T:
+    """`attempt()` until it succeeds, a warning for each LedgerUnavailable; that error once it has failed for
+    `give_up_after_s`.
 
     At start, so that a service started with PostgreSQL (as `make up` and a Deployment do)
     waits for it instead of exiting and being restarted.
@@ -156,15 +167,15 @@ def keep_trying(attempt: Callable[[], T], *, errors: type[Exception], give_up_af
     while True:
         try:
             return attempt()
-        except errors as exc:
+        except LedgerUnavailable as exc:
             if retry.failed(time.monotonic()):
                 raise
-            error = reason(exc) if isinstance(exc, psycopg.Error) else str(exc)
-            log.warning("ledger unavailable at start, retrying", extra={"error": error})
+            log.warning("ledger unavailable at start, retrying", extra={"error": str(exc)})
         while not retry.due(time.monotonic()):
             time.sleep(0.1)
 
 
 def reachable(conninfo: str, *, connect_timeout: float) -> None:
-    """Raise psycopg.Error unless PostgreSQL takes a connection."""
-    psycopg.connect(conninfo, connect_timeout=int(max(1, connect_timeout))).close()
+    """Raise LedgerUnavailable unless PostgreSQL takes a connection."""
+    with map_psycopg_errors():
+        psycopg.connect(conninfo, connect_timeout=int(max(1, connect_timeout))).close()

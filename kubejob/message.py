@@ -19,10 +19,12 @@ from typing import Any, NamedTuple, TypeAlias
 import orjson
 import pika
 
+from kubejob.errors import Permanent
+
 CONTENT_TYPE = "application/json"
 
 
-class BadMessage(ValueError):
+class BadMessage(Permanent, ValueError):
     """A message that no retry can make valid."""
 
 
@@ -114,6 +116,21 @@ def migration_hint(queue: str, reason: str) -> str:
             "'Upgrading to quorum queues'")
 
 
+# The most bytes the body spends on one character of a name or value: JSON escapes a control character
+# as \u00XX. Every other character is written as its UTF-8 (at most 4 bytes), and " and \ as 2.
+ESCAPED_CHAR_BYTES = 6
+# What each field adds around its name and value: "name":"value", (the last one's comma is the closing brace).
+FIELD_BYTES = 6
+
+
+def largest_body(*, columns: int, name_chars: int, value_chars: int) -> int:
+    """The most bytes the body of a row can be: `columns` fields whose names and values hold so many characters.
+
+    A worker holds a full prefetch of bodies, each at most this and at most MAX_MESSAGE_BYTES.
+    """
+    return 1 + FIELD_BYTES * columns + ESCAPED_CHAR_BYTES * (name_chars + value_chars)
+
+
 def encode(row: dict[str, str], *, upload_id: str, row_number: int, line: int) -> tuple[bytes, pika.BasicProperties]:
     """Body and properties of the message for one row."""
     body = orjson.dumps(row)  # compact UTF-8, as json.dumps(ensure_ascii=False, separators=(",", ":")) gives
@@ -131,7 +148,7 @@ def decode(body: bytes, properties: AnyProperties) -> Row:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:  # invalid UTF-8 included
-        raise BadMessage(f"body is not JSON: {exc}") from None
+        raise BadMessage(f"body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadMessage("body is not a JSON object")
     return named_row(properties, data)

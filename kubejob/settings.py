@@ -12,6 +12,8 @@ import pika
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from kubejob.errors import SettingsError
+
 
 class ServiceSettings(BaseSettings):
     """Every field is read from the environment variable of the same name, upper-cased."""
@@ -59,15 +61,13 @@ class ServiceSettings(BaseSettings):
 S = TypeVar("S", bound=ServiceSettings)
 
 
-class SettingsError(Exception):
-    """The environment holds a setting the service cannot run with."""
-
-
 def load(settings_class: type[S]) -> S:
     """Read the settings, or raise SettingsError naming each bad variable."""
     try:
         return settings_class()
     except ValidationError as exc:
+        # Not chained: pydantic's text quotes each bad input, a password or token among them; describe() names
+        # the variables without their values.
         raise SettingsError(describe(exc)) from None
 
 
@@ -107,12 +107,14 @@ class LedgerSettings(ServiceSettings):
         True, description=("Use kubejob.pika_fast's faster paths into pika's private parts (for the pika versions "
                            "they were tested with); off, pika's public calls, with one WARNING at start."),
     )
-    # RabbitMQ 4.0's own max_message_size; a row's body larger than the broker's limit is refused by it.
+    # A worker holds WORKER_PREFETCH bodies of up to this size at once: the worker Job's memory limit is sized
+    # for the default (tests/unit/test_manifests.py). RabbitMQ refuses a body over its max_message_size (16 MiB
+    # in RabbitMQ 4.0) by itself.
     max_message_bytes: int = Field(
-        16 * 1024**2, gt=0, le=512 * 1024**2,
+        1024**2, gt=0, le=512 * 1024**2,
         description=("Largest message body (a row as JSON): a larger row is refused at upload, and a larger "
                      "delivery is dead-lettered by the worker without being held in memory. At most the "
-                     "broker's max_message_size."),
+                     "broker's max_message_size; a worker holds WORKER_PREFETCH of them."),
     )
 
     @field_validator("database_url")

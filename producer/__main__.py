@@ -10,11 +10,11 @@ import logging
 import sys
 from collections.abc import Iterator
 
-import psycopg
 import uvicorn
 from fastapi import FastAPI
 
 from kubejob import ledger, logs
+from kubejob.errors import LedgerUnavailable
 from kubejob.metrics import listening
 from kubejob.settings import load_or_exit
 from producer import metrics
@@ -54,8 +54,8 @@ try:
     # Waited for here, as the app's start-up would only fail with a traceback; the app migrates the schema.
     ledger.keep_trying(lambda: ledger.reachable(settings.database_url.get_secret_value(),
                                                 connect_timeout=settings.database_timeout_seconds),
-                       errors=psycopg.Error, give_up_after_s=settings.producer_database_wait_seconds, log=log)
-except psycopg.Error as exc:
-    log.error("ledger unavailable at start, giving up", extra={"error": ledger.reason(exc)})
+                       give_up_after_s=settings.producer_database_wait_seconds, log=log)
+except LedgerUnavailable as exc:
+    log.error("ledger unavailable at start, giving up", extra={"error": str(exc)})
     sys.exit(3)
 asyncio.run(serve(create_app(settings), settings))

@@ -14,15 +14,17 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
 
 from kubejob import ledger as schema
+from kubejob.errors import BrokerUnavailable, LedgerUnavailable
 from kubejob.settings import load
 from producer import metrics, routes, status
 from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
-from producer.ledger import DownloadsBusy, KeyReused, Ledger, LedgerUnavailable, UploadBusy
+from producer.ledger import DownloadsBusy, KeyReused, Ledger, UploadBusy
 from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
-from producer.publisher import BrokerUnavailable, UploadInterrupted, UploadRefused
+from producer.publisher import UploadRefused
+from producer.routes import UploadInterrupted
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.responses import JSONResponse
 
+from kubejob.errors import Permanent
 from producer.ledger import Ledger, StoredKey
 from producer.oidc import InvalidToken, OidcVerifier
 from producer.settings import Settings
@@ -36,11 +37,11 @@ KEYS_CACHED = 1024
 bearer = HTTPBearer(auto_error=False, description="An API key (`kj_…`), UPLOAD_TOKEN, or a token of OIDC_ISSUER.")
 
 
-class Unauthenticated(Exception):
+class Unauthenticated(Permanent):
     """No credential, or one that is unknown, wrong, expired or revoked: 401."""
 
 
-class Forbidden(Exception):
+class Forbidden(Permanent):
     """The credential is valid but lacks the scope the route needs: 403."""
 
 

@@ -15,6 +15,8 @@ from itertools import chain
 from typing import BinaryIO, NamedTuple
 
 from kubejob import message
+from kubejob.errors import Permanent
+from producer.failed_csv import ADDED_COLUMNS
 
 # The delimiters we detect or accept, with the word a form may give instead; the first wins a tie.
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}
@@ -25,12 +27,24 @@ SAVE_AS_UTF8 = 'save the file as "CSV UTF-8"'
 _UNDECODABLE = re.compile("[\ud800-\udfff]")
 
 
-class CsvError(ValueError):
+class CsvError(Permanent, ValueError):
     """The file is not a CSV we can publish; `line` is the 1-based line where it went wrong."""
 
     def __init__(self, message: str, line: int | None = None) -> None:
         super().__init__(message)
         self.message, self.line = message, line
+
+
+class Limits(NamedTuple):
+    """What a file may hold (MAX_LINE_BYTES, MAX_RECORD_BYTES, MAX_COLUMNS, MAX_COLUMN_NAME_BYTES); sizes in UTF-8.
+
+    A record is a row as the file writes it: one line, or more when a quoted field holds line breaks.
+    """
+
+    line_bytes: int
+    record_bytes: int
+    columns: int
+    column_name_bytes: int
 
 
 class Summary(NamedTuple):
@@ -60,16 +74,22 @@ def _longer_in_utf8(text: str, limit: int) -> bool:
     """Whether `text` is more than `limit` bytes as UTF-8, encoding only text that could be."""
     # Measured as UTF-8, so a limit means the same for a UTF-16 file; a character is at most 4 bytes.
     return len(text) > limit or (
-        len(text) * 4 > limit and not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > limit
+        len(text) * 4 > limit and not text.isascii() and _utf8_bytes(text) > limit
     )
+
+
+def _utf8_bytes(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class _Lines:
     """The file's lines as they stream in, each checked against the limits, and where we are."""
 
-    def __init__(self, text: io.TextIOWrapper, max_line_bytes: int) -> None:
-        self.text, self.max_line_bytes = text, max_line_bytes
+    def __init__(self, text: io.TextIOWrapper, limits: Limits) -> None:
+        self.text, self.max_line_bytes, self.max_record_bytes = text, limits.line_bytes, limits.record_bytes
         self.number = 0
+        self.record_bytes = 0  # of the record being read, up to this line, once it has more than one
+        self._record_first = ""  # the first line of the record being read
         self.undecodable: int | None = None  # the first line holding a byte that did not decode
         self.record_start = 1  # set by the reader after each record
         self.open_quote = 0  # the line where the last quoted field left open so far opened
@@ -81,15 +101,29 @@ class _Lines:
     def __next__(self) -> str:
         try:
             line = self.text.readline(self.max_line_bytes + 1)
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
             raise CsvError(f"the UTF-16 text ends in the middle of a character; {SAVE_AS_UTF8}",
-                           self.number + 1) from None
+                           self.number + 1) from exc
         if not line:
             raise StopIteration
         self.number += 1
         self._check(line)
+        # Most records are one line, which MAX_LINE_BYTES bounds below MAX_RECORD_BYTES: only a record
+        # that goes on is counted.
+        if self.number == self.record_start:
+            self._record_first, self.record_bytes = line, 0
+        else:
+            self._check_record(line)
         self._track_quotes(line)
         return line
+
+    def skip_blank(self) -> str | None:
+        """The first line that is not blank, or None at the end: the header, which starts the first record."""
+        for line in self:
+            if line.strip():
+                return line
+            self.record_start = self.number + 1
+        return None
 
     def _check(self, line: str) -> None:
         # Most lines are far below the limit: no call for them.
@@ -99,6 +133,15 @@ class _Lines:
             raise CsvError('line contains a NUL byte; is this a binary file? Save the data as "CSV UTF-8"', self.number)
         if self.undecodable is None and not line.isascii() and _UNDECODABLE.search(line):
             self.undecodable = self.number
+
+    def _check_record(self, line: str) -> None:
+        # Refused before the csv parser takes the line, so it never holds more of one record than the limit.
+        self.record_bytes += _utf8_bytes(line) + (0 if self.record_bytes else _utf8_bytes(self._record_first))
+        if self.record_bytes > self.max_record_bytes:
+            raise CsvError(f"the record that starts on this line (a row, with the line breaks inside its quoted "
+                           f"fields) is longer than MAX_RECORD_BYTES ({self.max_record_bytes} bytes); is a "
+                           "closing quote missing? If not, split the row, or raise MAX_RECORD_BYTES",
+                           self.record_start)
 
     def _track_quotes(self, line: str) -> None:
         if self.number == self.record_start:
@@ -116,7 +159,10 @@ class _Lines:
 class _Header:
     """The column names, and how many unnamed empty columns the header ends with."""
 
-    def __init__(self, record: list[str], line: int) -> None:
+    def __init__(self, record: list[str], line: int, limits: Limits) -> None:
+        if len(record) > limits.columns:
+            raise CsvError(f"the header has {len(record)} columns, more than MAX_COLUMNS ({limits.columns}); "
+                           "split the columns over several files, or raise MAX_COLUMNS", line)
         names = [name.strip() for name in record]
         self.width = len(names)
         while not names[-1]:  # the record has a non-empty field, so this stops
@@ -126,11 +172,13 @@ class _Header:
                            line)
         duplicates = sorted(name for name, count in collections.Counter(names).items() if count > 1)
         if duplicates:
-            raise CsvError(f"the header repeats column names: {', '.join(duplicates)}", line)
+            raise CsvError(f"the header repeats column names: {', '.join(duplicates)}; give each column a name of "
+                           "its own", line)
+        _check_names(names, line, limits.column_name_bytes)
         self.names = names
-        # The most the names add to a row's message body, `{"name":"value",...}`: JSON escapes
-        # make a character at most 6 bytes (\u001f), and each field brings 6 bytes of punctuation.
-        self.body_bytes = 1 + sum(6 * len(name) + 6 for name in names)
+        # The most the names add to a row's message body; each value's character adds at most
+        # message.ESCAPED_CHAR_BYTES more.
+        self.body_bytes = message.largest_body(columns=len(names), name_chars=sum(map(len, names)), value_chars=0)
 
     def row(self, record: list[str], line: int) -> dict[str, str]:
         named = len(self.names)
@@ -143,6 +191,18 @@ class _Header:
                 raise CsvError(f"column {column + 1} has a value but no name in the header; name the column, "
                                "or delete the value", line)
         return dict(zip(self.names, record, strict=False))
+
+
+def _check_names(names: list[str], line: int, limit: int) -> None:
+    """Refuse a name longer than `limit` bytes, or one the failed-rows download adds itself."""
+    long = next((column for column, name in enumerate(names, start=1) if _longer_in_utf8(name, limit)), None)
+    if long is not None:
+        raise CsvError(f"the name of column {long} is longer than MAX_COLUMN_NAME_BYTES ({limit} bytes); "
+                       "shorten it, or raise MAX_COLUMN_NAME_BYTES", line)
+    reserved = [name for name in ADDED_COLUMNS if name in names]
+    if reserved:
+        raise CsvError(f"the header names {', '.join(reserved)}, which the failed-rows download "
+                       f"(GET /uploads/{{id}}/failed) adds to every row; rename the column", line)
 
 
 def _width(line: str, delimiter: str) -> int:
@@ -188,8 +248,9 @@ def _check_message(row: dict[str, str], line: int, limit: int) -> None:
     """Refuse a row whose message body, as message.encode makes it, is more than `limit` bytes."""
     size = len(message.encode(row, upload_id="", row_number=0, line=line)[0])  # the body is the row alone
     if size > limit:
-        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}) the broker takes; "
-                       "split the row or raise the limit (and the broker's max_message_size)", line)
+        raise CsvError(f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({limit}); split the row, or "
+                       "raise MAX_MESSAGE_BYTES together with the worker Job's memory limit (a worker holds "
+                       "WORKER_PREFETCH such rows) and the broker's max_message_size", line)
 
 
 def _malformed(exc: csv.Error, lines: _Lines, start: int) -> CsvError:
@@ -211,9 +272,9 @@ class _Reader:
     Given `max_message_bytes`, a row whose message body would be longer is refused.
     """
 
-    def __init__(self, file: BinaryIO, *, max_line_bytes: int, delimiter: str | None,
+    def __init__(self, file: BinaryIO, *, limits: Limits, delimiter: str | None,
                  max_message_bytes: int | None = None) -> None:
-        self.file, self.max_line_bytes, self.delimiter = file, max_line_bytes, delimiter
+        self.file, self.limits, self.delimiter = file, limits, delimiter
         self.max_message_bytes = max_message_bytes
         self.columns: list[str] = []
 
@@ -224,18 +285,19 @@ class _Reader:
         errors = "surrogatepass" if encoding == "utf-16" else "surrogateescape"
         text = io.TextIOWrapper(self.file, encoding=encoding, errors=errors, newline="")
         try:
-            yield from self._rows(_Lines(text, self.max_line_bytes), encoding)
+            yield from self._rows(_Lines(text, self.limits), encoding)
         finally:
             text.detach()  # the upload's file stays open for the second pass
 
     def _rows(self, lines: _Lines, encoding: str) -> Iterator[tuple[int, dict[str, str]]]:
-        header_line = next((line for line in lines if line.strip()), None)
+        header_line = lines.skip_blank()
         if header_line is None:
             raise CsvError("the file is empty")
         # The csv module's own field limit (131,072 characters) would otherwise cap a field below
         # MAX_LINE_BYTES; it is process-wide, and every upload in a process has the same limit.
         # It counts characters and bounds what a field holds; _check_fields counts its bytes.
-        csv.field_size_limit(self.max_line_bytes)
+        max_line_bytes = self.limits.line_bytes
+        csv.field_size_limit(max_line_bytes)
         self.delimiter = self.delimiter or _detect(header_line)
         reader = csv.reader(chain([header_line], lines), delimiter=self.delimiter, strict=True)
         header: _Header | None = None
@@ -250,47 +312,44 @@ class _Reader:
                 text = "".join(record)
                 # A one-line record was checked with its line, and a record of at most a quarter
                 # of the limit in characters cannot hold a field over it in bytes.
-                if last > start and len(text) * 4 > self.max_line_bytes:
-                    _check_fields(record, start, self.max_line_bytes)
+                if last > start and len(text) * 4 > max_line_bytes:
+                    _check_fields(record, start, max_line_bytes)
                 if not text.strip():
                     continue
                 if header is None:
-                    header = _Header(record, start)
+                    header = _Header(record, start, self.limits)
                     self.columns = header.names
                 else:
                     row = header.row(record, start)
-                    # A value's character is at most 6 bytes too, and `text` holds every value:
-                    # only a row that might be over the limit is encoded.
-                    if max_body is not None and header.body_bytes + 6 * len(text) > max_body:
+                    # `text` holds every value: only a row that might be over the limit is encoded.
+                    if max_body is not None and header.body_bytes + message.ESCAPED_CHAR_BYTES * len(text) > max_body:
                         _check_message(row, start, max_body)
                     yield start, row
         except csv.Error as exc:
             if lines.undecodable:
-                raise _undecodable(lines, [], header, encoding) from None
-            raise _malformed(exc, lines, last + 1) from None
+                raise _undecodable(lines, [], header, encoding) from exc
+            raise _malformed(exc, lines, last + 1) from exc
         if header is None:
             raise CsvError("the file is empty")
 
 
-def read_rows(
-    file: BinaryIO, *, max_line_bytes: int, delimiter: str | None = None
-) -> Iterator[tuple[int, dict[str, str]]]:
+def read_rows(file: BinaryIO, *, limits: Limits, delimiter: str | None = None) -> Iterator[tuple[int, dict[str, str]]]:
     """Yield (line, row) for every data row; raise CsvError at the first problem.
 
     `line` is the line the row starts on. Blank rows (nothing but spaces and delimiters) are
     skipped; quoted fields may hold delimiters and line breaks. Without `delimiter`, the header
     line decides it.
     """
-    return iter(_Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter))
+    return iter(_Reader(file, limits=limits, delimiter=delimiter))
 
 
-def count_rows(file: BinaryIO, *, max_line_bytes: int, max_message_bytes: int, delimiter: str | None = None) -> Summary:
+def count_rows(file: BinaryIO, *, limits: Limits, max_message_bytes: int, delimiter: str | None = None) -> Summary:
     """Validate the whole file: its number of data rows (at least one), the delimiter and the columns.
 
-    Every row's message body must be at most `max_message_bytes`, which the broker takes; so
+    Every row's message body must be at most `max_message_bytes`, which workers and the broker take; so
     read_rows, the second pass, only reads.
     """
-    reader = _Reader(file, max_line_bytes=max_line_bytes, delimiter=delimiter, max_message_bytes=max_message_bytes)
+    reader = _Reader(file, limits=limits, delimiter=delimiter, max_message_bytes=max_message_bytes)
     rows = sum(1 for _ in reader)
     if rows == 0:
         raise CsvError("the file has a header but no data rows", 2)

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,13 +20,10 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kubejob import ledger as schema
+from kubejob.errors import LedgerUnavailable, Permanent, Temporary
 
 
-class LedgerUnavailable(Exception):
-    """PostgreSQL could not be reached or did not answer."""
-
-
-class KeyReused(Exception):
+class KeyReused(Permanent):
     """The Idempotency-Key was first used with a different file or other parameters; `differs` says what it was."""
 
     def __init__(self, upload_id: str, differs: str) -> None:
@@ -34,11 +31,11 @@ class KeyReused(Exception):
         self.upload_id, self.differs = upload_id, differs
 
 
-class UploadBusy(Exception):
+class UploadBusy(Temporary):
     """Another request is publishing the upload of this Idempotency-Key right now."""
 
 
-class DownloadsBusy(Exception):
+class DownloadsBusy(Temporary):
     """Every download connection stayed taken for as long as a download waits for one."""
 
 
@@ -47,12 +44,10 @@ PUBLISHING_LOCK = 4_705_307
 
 
 @dataclass(frozen=True)
-class Upload:
-    """One upload as the ledger has it."""
+class UploadSummary:
+    """An upload's file, queue, counts and times: what its status answer shows of it (producer.status)."""
 
-    id: str
     file_name: str
-    columns: list[str]
     queue: str
     rows: int
     confirmed: int
@@ -62,9 +57,17 @@ class Upload:
     created_at: datetime
     published_at: datetime | None
     finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Upload(UploadSummary):
+    """One upload as the ledger has it."""
+
+    id: str
+    columns: list[str]
     file_sha256: str | None
     parameters: dict[str, str]
-    error: str | None
     publishing: bool  # a live publisher holds it
     tenant: str = "default"
 
@@ -111,15 +114,6 @@ _UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, faile
               FROM uploads"""
 
 
-@contextlib.contextmanager
-def _translated() -> Iterator[None]:
-    """psycopg's errors as LedgerUnavailable, the one error the routes know the ledger by."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        raise LedgerUnavailable(schema.reason(exc)) from exc
-
-
 class Claim:
     """A publisher's hold on one upload: a connection of its own holding the upload's session advisory lock.
 
@@ -153,7 +147,7 @@ class Claim:
         await self._conn.close()
 
     async def _execute(self, statement: str, params: tuple) -> None:
-        with _translated():
+        with schema.map_psycopg_errors():
             await self._conn.execute(statement, params)
 
 
@@ -164,7 +158,7 @@ class FailedRows:
         self._cursor, self._held = cursor, held
 
     async def __aiter__(self) -> AsyncIterator[FailedRow]:
-        with _translated():
+        with schema.map_psycopg_errors():
             async for row in self._cursor:
                 yield row
 
@@ -199,11 +193,11 @@ class Ledger:
         The claim is None for an upload with nothing left to publish (published, or refused for good).
         Raises KeyReused, UploadBusy, LedgerUnavailable.
         """
-        with _translated():
+        with schema.map_psycopg_errors():
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
                                                          connect_timeout=self._connect_timeout)
         try:
-            with _translated():
+            with schema.map_psycopg_errors():
                 upload = await self._claim(conn, tenant=tenant, key=key, file_name=file_name, sha256=sha256,
                                            parameters=parameters, columns=columns, rows=rows, queue=queue)
         except BaseException:
@@ -282,7 +276,7 @@ class Ledger:
         none is free within the downloads pool's timeout, LedgerUnavailable when PostgreSQL fails."""
         held = contextlib.AsyncExitStack()
         try:
-            with _translated():
+            with schema.map_psycopg_errors():
                 try:
                     conn = await held.enter_async_context(self._downloads.connection())
                 except PoolTimeout as exc:
@@ -301,7 +295,7 @@ class Ledger:
 
     async def forget_older_than(self, age: timedelta) -> int:
         """Delete uploads and row outcomes older than `age`; return how many uploads went."""
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute("DELETE FROM row_outcomes WHERE recorded_at < now() - %s", (age,))
                 await conn.execute("DELETE FROM redelivered_starts WHERE started_at < now() - %s", (age,))
@@ -309,7 +303,7 @@ class Ledger:
                 return deleted.rowcount
 
     async def api_key(self, key_id: str) -> StoredKey | None:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 cursor = conn.cursor(row_factory=class_row(StoredKey))
                 await cursor.execute("""SELECT tenant, scopes, secret_sha256, expires_at, revoked_at, last_used_at
@@ -317,19 +311,19 @@ class Ledger:
                 return await cursor.fetchone()
 
     async def key_used(self, key_id: str) -> None:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 await conn.execute("UPDATE api_keys SET last_used_at = now() WHERE id = %s", (key_id,))
 
     async def any_api_key(self) -> bool:
         """Whether an API key was ever made, revoked or not."""
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 found = await (await conn.execute("SELECT EXISTS (SELECT 1 FROM api_keys)")).fetchone()
                 return bool(found and found[0])
 
     async def ping(self) -> None:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 await conn.execute("SELECT 1")
 
@@ -348,7 +342,7 @@ class Ledger:
             await asyncio.sleep(every)
 
     async def _uploads(self, where: str, params: tuple) -> list[Upload]:
-        with _translated():
+        with schema.map_psycopg_errors():
             async with self._pool.connection() as conn:
                 cursor = conn.cursor(row_factory=class_row(Upload))
                 await cursor.execute(_UPLOAD + where, params)

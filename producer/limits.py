@@ -11,8 +11,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kubejob.errors import LedgerUnavailable
 from producer.auth import Forbidden, Principal, Unauthenticated, refusal_of
-from producer.ledger import LedgerUnavailable
 
 log = logging.getLogger(__name__)
 # What a client refused for too many uploads at once is told to wait, in seconds.

@@ -26,7 +26,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from producer.ledger import Ledger, LedgerUnavailable, Upload
+from kubejob.errors import LedgerUnavailable
+from producer.ledger import Ledger, Upload
 
 UPLOADS = Counter("kubejob_producer_uploads_total", "Answers to POST /upload, by HTTP status code.", ["code"])
 UPLOAD_SECONDS = Histogram(

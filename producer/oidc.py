@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from kubejob.errors import Permanent
 from producer.settings import Settings
 
 # Asymmetric only: with HS256 the JWKS, which is public, would be the secret that signs.
@@ -13,7 +14,7 @@ JWKS_TIMEOUT_SECONDS = 5
 JWKS_KEEP_SECONDS = 300
 
 
-class InvalidToken(Exception):
+class InvalidToken(Permanent):
     """The token is not one of the issuer's, or not for us, or expired, or names no tenant."""
 
 

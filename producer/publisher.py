@@ -20,6 +20,7 @@ from pika.exceptions import ChannelClosedByBroker
 from pika.spec import Basic
 
 from kubejob import frames, pika_fast
+from kubejob.errors import BrokerUnavailable, Permanent
 from kubejob.message import declarations, migration_hint
 from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
@@ -35,22 +36,7 @@ LARGE_BODY_BYTES = 1024 * 1024
 _TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 
 
-class BrokerUnavailable(Exception):
-    """RabbitMQ could not be reached, or did not confirm every message."""
-
-
-class UploadInterrupted(BrokerUnavailable):
-    """Publishing an upload stopped part-way; the broker has confirmed its first `confirmed` rows.
-
-    `key_sent`: the request carried an Idempotency-Key, so a retry with it publishes only the rest.
-    """
-
-    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int, key_sent: bool) -> None:
-        super().__init__(reason)
-        self.upload_id, self.rows, self.confirmed, self.key_sent = upload_id, rows, confirmed, key_sent
-
-
-class UploadRefused(Exception):
+class UploadRefused(Permanent):
     """The broker cannot take this file as it is: the upload is `failed`, and a retry of the same file fails too."""
 
     def __init__(self, reason: str, *, upload_id: str) -> None:
@@ -58,7 +44,7 @@ class UploadRefused(Exception):
         self.upload_id = upload_id
 
 
-class MessageTooLarge(Exception):
+class MessageTooLarge(Permanent):
     """The broker refused a message over its max_message_size: no retry of the same file can succeed.
 
     `published` is the message's place among those this publisher sent (1 for the first).
@@ -104,9 +90,9 @@ class ConfirmingPublisher:
         )
         try:
             await asyncio.wait_for(self._opened, self._settings.confirm_timeout_seconds)
-        except TimeoutError:
+        except TimeoutError as exc:
             await self._close()
-            raise BrokerUnavailable("timed out opening a channel to RabbitMQ") from None
+            raise BrokerUnavailable("timed out opening a channel to RabbitMQ") from exc
         except BrokerUnavailable:
             await self._close()
             raise

@@ -11,17 +11,12 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from kubejob import message
+from kubejob.errors import BrokerUnavailable, LedgerUnavailable, Temporary
 from producer import csv_stream, metrics
 from producer.auth import UploaderDep
 from producer.cache import ShortCache
-from producer.ledger import Claim, Ledger, LedgerUnavailable, Upload
-from producer.publisher import (
-    BrokerUnavailable,
-    ConfirmingPublisher,
-    MessageTooLarge,
-    UploadInterrupted,
-    UploadRefused,
-)
+from producer.ledger import Claim, Ledger, Upload
+from producer.publisher import ConfirmingPublisher, MessageTooLarge, UploadRefused
 from producer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,6 +47,18 @@ LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 StatusesDep = Annotated[Statuses, Depends(get_statuses)]
 
 
+class UploadInterrupted(Temporary):
+    """Publishing an upload stopped part-way, as the broker or the ledger failed (the cause says which); the broker
+    has confirmed its first `confirmed` rows.
+
+    `key_sent`: the request carried an Idempotency-Key, so a retry with it publishes only the rest.
+    """
+
+    def __init__(self, reason: str, *, upload_id: str, rows: int, confirmed: int, key_sent: bool) -> None:
+        super().__init__(reason)
+        self.upload_id, self.rows, self.confirmed, self.key_sent = upload_id, rows, confirmed, key_sent
+
+
 class UploadResult(BaseModel):
     upload_id: str
     rows: int
@@ -75,7 +82,9 @@ class Error(BaseModel):
 
 
 UPLOAD_ERRORS: dict[int | str, dict] = {
-    400: {"model": Error, "description": "The CSV is malformed or `delimiter` is unknown; nothing was published"},
+    400: {"model": Error, "description": "The CSV is malformed or over a limit (a line, a record, the columns, a "
+                                         "column name, a row's message), or `delimiter` is unknown; nothing was "
+                                         "published"},
     401: {"model": Error, "description": "No valid credential (API key, UPLOAD_TOKEN or OIDC token), where one is "
                                          "needed"},
     403: {"model": Error, "description": "The credential lacks the `upload` scope"},
@@ -120,7 +129,7 @@ async def upload(
     """Validate the whole CSV, record it, then publish one message per row; 200 once all are confirmed."""
     started = time.monotonic()
     chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
-    summary = await run_in_threadpool(csv_stream.count_rows, file.file, max_line_bytes=settings.max_line_bytes,
+    summary = await run_in_threadpool(csv_stream.count_rows, file.file, limits=settings.csv_limits,
                                       max_message_bytes=settings.max_message_bytes, delimiter=chosen)
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
     upload, claim = await ledger.start(tenant=uploader.tenant, key=idempotency_key, file_name=file.filename or "",
@@ -158,7 +167,7 @@ async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: s
     try:
         async with broker:
             saved = time.monotonic()
-            records = csv_stream.read_rows(file, max_line_bytes=settings.max_line_bytes, delimiter=delimiter)
+            records = csv_stream.read_rows(file, limits=settings.csv_limits, delimiter=delimiter)
             for number, (line, row) in enumerate(records, start=1):
                 if number <= skip:
                     continue

@@ -3,6 +3,7 @@
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kubejob.settings import LedgerSettings
+from producer.csv_stream import Limits
 
 
 class Settings(LedgerSettings):
@@ -21,6 +22,16 @@ class Settings(LedgerSettings):
     )
     max_upload_bytes: int = Field(2 * 1024**3, gt=0, description="Largest accepted upload; larger gets 413.")
     max_line_bytes: int = Field(1024**2, gt=0, description="Longest accepted CSV line; longer gets 400.")
+    # A few lines' worth, for a row whose quoted fields hold line breaks (an address, a note): the csv parser
+    # holds a record in several copies while it reads it, for every upload in progress.
+    max_record_bytes: int = Field(
+        4 * 1024**2, gt=0,
+        description="Longest accepted CSV record: a row with the line breaks in its quoted fields; longer gets 400.",
+    )
+    # Excel's sheet takes 16,384; every name comes again in each row's message.
+    max_columns: int = Field(1000, gt=0, description="Most columns the header may have; more gets 400.")
+    # Room for a survey question used as a column's name.
+    max_column_name_bytes: int = Field(1024, gt=0, description="Longest accepted column name; longer gets 400.")
     upload_token: SecretStr | None = Field(
         None, description=("A key of the tenant `default` with every scope, sent as `Authorization: Bearer "
                            "<token>`; never empty. Unset, with no API key and no OIDC, the API is open."),
@@ -83,8 +94,15 @@ class Settings(LedgerSettings):
         return self
 
     @model_validator(mode="after")
-    def _ports_apart(self) -> "Settings":
+    def _consistent(self) -> "Settings":
+        self._at_most("max_line_bytes", "max_record_bytes")  # a line is a record, or part of one
         if self.producer_metrics_port == self.producer_port:
             raise ValueError(f"PRODUCER_METRICS_PORT and PRODUCER_PORT are both {self.producer_port}; the metrics "
                              "need a port of their own")
         return self
+
+    @property
+    def csv_limits(self) -> Limits:
+        """What one uploaded file may hold."""
+        return Limits(line_bytes=self.max_line_bytes, record_bytes=self.max_record_bytes, columns=self.max_columns,
+                      column_name_bytes=self.max_column_name_bytes)

@@ -1,7 +1,7 @@
 """HTTP routes that say where uploads stand: their status, the list, their failed rows, a page."""
 
 import asyncio
-import csv
+import dataclasses
 import io
 import logging
 from collections.abc import AsyncIterator
@@ -9,13 +9,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import pydantic
 from fastapi import APIRouter, HTTPException, Query
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 from starlette.types import Message, Send
 
+from kubejob.errors import KubeJobError
+from producer import failed_csv
 from producer.auth import Principal, ReaderDep
-from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload
+from producer.ledger import FailedRows, Ledger, LedgerUnavailable, Upload, UploadSummary
 from producer.routes import Error, LedgerDep, SettingsDep, StatusesDep
 
 log = logging.getLogger(__name__)
@@ -35,27 +38,25 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = LEDGER_DOWN | {
     404: {"model": Error, "description": "No upload of the caller's tenant has this id (or it is older than the "
                                          "retention); with `admin`, of any tenant"},
 }
+RawCells = Annotated[bool, Query(description=(
+    "The cells exactly as they were, for a program; without it, a cell a spreadsheet would run as a formula "
+    "(one starting with = + - @, a tab or a carriage return) starts with a ' instead."))]
 
 
-class UploadStatus(BaseModel):
+@pydantic.dataclasses.dataclass(frozen=True)
+class UploadStatus(UploadSummary):
+    """What GET /uploads/{id} answers: the upload's summary, its state and pace, and where to read more."""
+
     upload_id: str
     tenant: str
-    file_name: str
-    queue: str
     state: str
-    rows: int
-    confirmed: int
-    done: int
-    failed: int
-    redelivered: int
-    created_at: datetime
-    published_at: datetime | None
-    finished_at: datetime | None
-    error: str | None
     rows_per_second: float | None
     eta_seconds: float | None
     status_url: str
     failed_url: str
+
+
+STATUS_JSON: TypeAdapter[UploadStatus] = TypeAdapter(UploadStatus)
 
 
 class UploadList(BaseModel):
@@ -78,12 +79,11 @@ def status_of(upload: Upload, now: datetime) -> UploadStatus:
     # A row with an outcome was confirmed, whether or not the producer has written so yet (it does every
     # second): so done + failed <= confirmed <= rows in every answer.
     confirmed = min(upload.rows, max(upload.confirmed, upload.done + upload.failed))
+    summary = {field.name: getattr(upload, field.name) for field in dataclasses.fields(UploadSummary)}
     return UploadStatus(
-        upload_id=upload.id, tenant=upload.tenant, file_name=upload.file_name, queue=upload.queue, state=upload.state,
-        rows=upload.rows, confirmed=confirmed, done=upload.done, failed=upload.failed,
-        redelivered=upload.redelivered, created_at=upload.created_at, published_at=upload.published_at,
-        finished_at=upload.finished_at, error=upload.error, rows_per_second=rate, eta_seconds=eta,
-        status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
+        **summary | {"confirmed": confirmed}, upload_id=upload.id, tenant=upload.tenant, state=upload.state,
+        rows_per_second=rate,
+        eta_seconds=eta, status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
     )
 
 
@@ -117,7 +117,7 @@ async def upload_status(upload_id: str, reader: ReaderDep, ledger: LedgerDep, st
 
 async def _status_json(ledger: Ledger, upload_id: str) -> tuple[str, bytes]:
     upload = await _found(ledger, upload_id)
-    return upload.tenant, status_of(upload, datetime.now(UTC)).model_dump_json().encode()
+    return upload.tenant, STATUS_JSON.dump_json(status_of(upload, datetime.now(UTC)))
 
 
 @router.get("/uploads", responses=LEDGER_DOWN)
@@ -132,8 +132,8 @@ async def recent_uploads(reader: ReaderDep, ledger: LedgerDep, limit: Annotated[
 
 @router.get("/uploads/{upload_id}/failed", responses=NOT_FOUND | {200: {"content": {"text/csv": {}}}},
             response_class=StreamingResponse)
-async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep,
-                      settings: SettingsDep) -> StreamingResponse:
+async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep, settings: SettingsDep,
+                      raw: RawCells = False) -> StreamingResponse:
     """The dead-lettered rows as CSV: the original columns, then `_row`, `_attempts` and `_error`.
 
     503 with Retry-After when DOWNLOAD_CONNECTIONS downloads are being read for DOWNLOAD_TIMEOUT_SECONDS.
@@ -143,13 +143,13 @@ async def failed_rows(upload_id: str, reader: ReaderDep, ledger: LedgerDep,
     log.info("failed rows downloaded", extra={"upload_id": upload.id, "upload_tenant": upload.tenant,
                                               "tenant": reader.tenant, "key_id": reader.key_id})
     return Download(
-        _csv_lines(upload, rows), rows=rows, upload_id=upload.id, stall_seconds=settings.download_timeout_seconds,
-        media_type="text/csv; charset=utf-8",
+        _csv_lines(upload, rows, raw=raw), rows=rows, upload_id=upload.id,
+        stall_seconds=settings.download_timeout_seconds, media_type="text/csv; charset=utf-8",
         headers={"content-disposition": f'attachment; filename="{upload.id}-failed.csv"'},
     )
 
 
-class ClientStalled(Exception):
+class ClientStalled(KubeJobError):
     """The client took none of a download's bytes for as long as a download may wait."""
 
 
@@ -187,14 +187,14 @@ class Download(StreamingResponse):
             await self.rows.close()
 
 
-async def _csv_lines(upload: Upload, rows: FailedRows) -> AsyncIterator[str]:
+async def _csv_lines(upload: Upload, rows: FailedRows, *, raw: bool) -> AsyncIterator[str]:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*upload.columns, "_row", "_attempts", "_error"])
+    writer = failed_csv.writer(buffer)
+    writer.writerow(failed_csv.cells([*upload.columns, *failed_csv.ADDED_COLUMNS], raw=raw))
     async for failed in rows:
         data = failed.data or {}
-        writer.writerow([*(data.get(column, "") for column in upload.columns),
-                         failed.row_number, failed.attempts, failed.error or ""])
+        writer.writerow(failed_csv.cells([*(data.get(column, "") for column in upload.columns),
+                                          failed.row_number, failed.attempts, failed.error or ""], raw=raw))
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)

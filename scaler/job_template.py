@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from kubejob.errors import Permanent
+
 PACKAGED = Path(__file__).with_name("job-template.yaml")
 LABEL_KEY, LABEL_VALUE = "app", "worker-job"
 LABEL_SELECTOR = f"{LABEL_KEY}={LABEL_VALUE}"
@@ -16,7 +18,7 @@ DEFAULT_GENERATE_NAME = "worker-job-"
 HASH_ANNOTATION = "kube-job.io/template-hash"
 
 
-class TemplateError(ValueError):
+class TemplateError(Permanent, ValueError):
     """The Job template cannot be used to create Jobs."""
 
 
@@ -26,7 +28,7 @@ def load(text: str = "") -> dict[str, Any]:
     try:
         manifest = yaml.safe_load(source)
     except yaml.YAMLError as exc:
-        raise TemplateError(f"not valid YAML: {exc}") from None
+        raise TemplateError(f"not valid YAML: {exc}") from exc
     problems = list(_problems(manifest))
     if problems:
         raise TemplateError("; ".join(problems))

@@ -12,8 +12,10 @@ from typing import Any
 import urllib3
 from kubernetes import client, config
 
+from kubejob.errors import Temporary
 
-class KubeError(Exception):
+
+class KubeError(Temporary):
     """The Kubernetes API could not be reached or refused a request; `status` is its HTTP status if it answered."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:

@@ -6,8 +6,10 @@ Both readers (scaler.queue_depth, the management API; scaler.queue_live, AMQP) r
 
 from dataclasses import dataclass
 
+from kubejob.errors import Temporary
 
-class QueueReadError(Exception):
+
+class QueueReadError(Temporary):
     """The queue's counts could not be read; `status` is the HTTP status when there was one."""
 
     def __init__(self, message: str, *, status: int | None = None) -> None:

@@ -31,11 +31,11 @@ class ManagementClient:
         """The queue's counts now (as fresh as the broker's statistics interval)."""
         try:
             response = self._http.get(self._path)
-        except httpx.TimeoutException:
-            raise QueueReadError(f"management API timed out after {self._timeout_s}s") from None
+        except httpx.TimeoutException as exc:
+            raise QueueReadError(f"management API timed out after {self._timeout_s}s") from exc
         except httpx.HTTPError as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            raise QueueReadError(f"management API unreachable: {reason}") from None
+            raise QueueReadError(f"management API unreachable: {reason}") from exc
         return self._counts(response)
 
     def close(self) -> None:
@@ -67,8 +67,8 @@ def _rabbitmq_not_found(response: httpx.Response) -> bool:
 def _parse(response: httpx.Response) -> QueueCounts:
     try:
         body = response.json()
-    except ValueError:
-        raise QueueReadError("management API answered 200 without JSON", status=200) from None
+    except ValueError as exc:
+        raise QueueReadError("management API answered 200 without JSON", status=200) from exc
     if not isinstance(body, dict):
         raise QueueReadError("management API answered 200 without a queue object", status=200)
     missing = [key for key in _COUNTS if not _count(body.get(key))]

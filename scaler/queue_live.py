@@ -43,9 +43,9 @@ class LiveQueue:
         try:
             ready, consumers = self._loop.run_until_complete(
                 asyncio.wait_for(self._ready_and_consumers(), self._timeout_s))
-        except TimeoutError:
+        except TimeoutError as exc:
             self._drop_connection()
-            raise QueueReadError(f"AMQP: no answer within {self._timeout_s}s") from None
+            raise QueueReadError(f"AMQP: no answer within {self._timeout_s}s") from exc
         # Only a consumer holds unacknowledged messages. Without one the answer is complete, and
         # a queue declared a moment ago (a quorum queue's first statistics take seconds) does not
         # wait for the management API before its first Job.
@@ -73,7 +73,7 @@ class LiveQueue:
         except (pika.exceptions.AMQPError, AMQPConnectorException) as exc:
             # A refused connection fails in pika's connection workflow, outside AMQPError.
             self._drop_connection()
-            raise QueueReadError(f"AMQP unreachable: {type(exc).__name__}: {exc}") from None
+            raise QueueReadError(f"AMQP unreachable: {type(exc).__name__}: {exc}") from exc
 
     async def _declared(self, connection: AsyncioConnection, queue: str) -> tuple[int, int]:
         try:
@@ -84,7 +84,7 @@ class LiveQueue:
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 404:  # not declared yet: no upload has arrived
                 return 0, 0
-            raise QueueReadError(f"AMQP passive declare refused: {exc.reply_code} {exc.reply_text}") from None
+            raise QueueReadError(f"AMQP passive declare refused: {exc.reply_code} {exc.reply_text}") from exc
 
     async def _connected(self) -> AsyncioConnection:
         if self._connection is not None and self._connection.is_open:

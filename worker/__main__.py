@@ -14,9 +14,10 @@ import sys
 
 from kubejob import ledger as schema
 from kubejob import logs, metrics
+from kubejob.errors import BrokerUnavailable, LedgerUnavailable
 from kubejob.settings import EXIT_CONFIG, load_or_exit
-from worker.consumer import BrokerError, Consumer, LedgerDown, QueueMismatch, install_sigterm
-from worker.ledger import Ledger, LedgerUnavailable
+from worker.consumer import Consumer, QueueMismatch, install_sigterm
+from worker.ledger import Ledger
 from worker.rows import RowTimedOut
 from worker.settings import Settings
 
@@ -27,8 +28,7 @@ def open_ledger(settings: Settings) -> Ledger:
     """The ledger, its schema up to date; retried as an unreachable one is while draining."""
     ledger = Ledger(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
     try:
-        schema.keep_trying(ledger.open, errors=LedgerUnavailable,
-                           give_up_after_s=settings.worker_database_retry_seconds, log=log)
+        schema.keep_trying(ledger.open, give_up_after_s=settings.worker_database_retry_seconds, log=log)
     except LedgerUnavailable as exc:
         log.error("ledger unavailable, giving up", extra={"error": str(exc)})
         sys.exit(3)
@@ -43,10 +43,10 @@ consumer = Consumer(settings, settings.handler(), ledger)
 install_sigterm(consumer)
 try:
     consumer.run()
-except BrokerError as exc:
+except BrokerUnavailable as exc:
     log.error("broker connection failed", extra={"error": str(exc), "handled": consumer.handled})
     sys.exit(1)
-except LedgerDown as exc:
+except LedgerUnavailable as exc:
     log.error("ledger unavailable, giving up", extra={"error": str(exc), "handled": consumer.handled})
     sys.exit(3)
 except QueueMismatch as exc:

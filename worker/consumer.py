@@ -32,13 +32,14 @@ import pika
 import pika.exceptions
 
 from kubejob import message, pika_fast
+from kubejob.errors import BrokerUnavailable, LedgerUnavailable, Permanent
 from kubejob.ledger import Retry
 from kubejob.message import Delivery
 from worker import dead_letters
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
 from worker.deliveries import Deliveries, PlainDeliveries, kept
 from worker.handlers import Handler
-from worker.ledger import Ledger, LedgerUnavailable
+from worker.ledger import Ledger
 from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings
@@ -49,15 +50,7 @@ log = logging.getLogger(__name__)
 POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
 
 
-class BrokerError(Exception):
-    """The connection to RabbitMQ failed; unacked rows go back to the queue."""
-
-
-class LedgerDown(Exception):
-    """PostgreSQL stayed unreachable for WORKER_DATABASE_RETRY_SECONDS; unacked rows go back to the queue."""
-
-
-class QueueMismatch(Exception):
+class QueueMismatch(Permanent):
     """The queue exists with other arguments (a classic queue from before quorum queues); no retry helps."""
 
 
@@ -80,7 +73,11 @@ class Consumer:
         self.handled = 0
 
     def run(self) -> None:
-        """Consume until idle or stopped; raises BrokerError if the connection fails."""
+        """Consume until idle or stopped.
+
+        Raises BrokerUnavailable if the connection fails, LedgerUnavailable once the ledger has failed for
+        WORKER_DATABASE_RETRY_SECONDS (either way the unacked rows go back to the queue), QueueMismatch.
+        """
         try:
             self._connection = pika.BlockingConnection(self.settings.connection_parameters(
                 heartbeat=self.settings.worker_heartbeat_seconds, connection_attempts=3, retry_delay=2,
@@ -98,12 +95,12 @@ class Consumer:
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
             where = f"{self.settings.rabbitmq_host}:{self.settings.rabbitmq_port}"
-            raise BrokerError(f"RabbitMQ at {where}: {exc!r}") from None
+            raise BrokerUnavailable(f"RabbitMQ at {where}: {exc!r}") from exc
         except CopiesNotConfirmed as exc:
             # The rows it copies are unacked: closing the connection gives them back to the queue.
             with contextlib.suppress(pika.exceptions.AMQPError):
                 self._connection.close()
-            raise BrokerError(f"copies of failed rows not confirmed: {exc}") from exc
+            raise BrokerUnavailable(f"copies of failed rows not confirmed: {exc}") from exc
         finally:
             self._rows.close()
             self._batches.put(None)
@@ -114,7 +111,7 @@ class Consumer:
                 self._channel.queue_declare(name, durable=True, arguments=arguments)
             except pika.exceptions.ChannelClosedByBroker as exc:
                 if exc.reply_code == 406:  # PRECONDITION_FAILED: declared before with other arguments
-                    raise QueueMismatch(message.migration_hint(name, exc.reply_text)) from None
+                    raise QueueMismatch(message.migration_hint(name, exc.reply_text)) from exc
                 raise
         self._channel.basic_qos(prefetch_count=1)  # widened at the first row that is not a redelivery
 
@@ -224,7 +221,7 @@ class Consumer:
     def _record_when_due(self) -> bool:
         """Hand what has finished to the ledger thread, unless a batch is there, a retry is not due, or it gathers."""
         if self._ledger_error is not None:
-            raise LedgerDown(str(self._ledger_error))
+            raise self._ledger_error
         if self._record_in(time.monotonic()) > 0:
             return False
         self._finished_since = None

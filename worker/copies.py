@@ -17,11 +17,12 @@ import pika.spec
 from pika.adapters.blocking_connection import BlockingChannel
 
 from kubejob import frames, pika_fast
+from kubejob.errors import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
 
-class CopiesNotConfirmed(Exception):
+class CopiesNotConfirmed(BrokerUnavailable):
     """The broker nacked or returned a copy: the rows it copies must not be acked (they come back on close)."""
 
 

@@ -7,6 +7,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from kubejob.errors import Permanent
+
 log = logging.getLogger(__name__)
 
 # An ordinary function, or an `async def` one, run on an event loop (see worker.rows).
@@ -31,7 +33,7 @@ def wait_20ms(row: dict[str, str]) -> None:
     time.sleep(WAIT_20MS_S)
 
 
-class HandlerNotFound(ValueError):
+class HandlerNotFound(Permanent, ValueError):
     """WORKER_HANDLER does not name a function that can be imported."""
 
 
@@ -41,7 +43,7 @@ def load(spec: str) -> Handler:
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as exc:
-        raise HandlerNotFound(f"cannot import {spec!r}: {exc}") from None
+        raise HandlerNotFound(f"cannot import {spec!r}: {exc}") from exc
     if not callable(handler):
         raise HandlerNotFound(f"{spec!r} is not callable")
     return handler

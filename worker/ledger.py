@@ -11,16 +11,12 @@ import json
 import logging
 from typing import NamedTuple
 
-import psycopg
 from psycopg_pool import ConnectionPool
 
 from kubejob import ledger as schema
+from kubejob.errors import LedgerUnavailable
 
 log = logging.getLogger(__name__)
-
-
-class LedgerUnavailable(Exception):
-    """PostgreSQL could not be reached or did not take the batch."""
 
 
 class RowOutcome(NamedTuple):  # a tuple: made for every row recorded, at half a dataclass's cost
@@ -87,10 +83,8 @@ class Ledger:
 
     def open(self) -> None:
         """Bring the schema up to date and open the pool; raises LedgerUnavailable."""
-        try:
+        with schema.map_psycopg_errors():
             schema.migrate(self._conninfo, connect_timeout=self._timeout_s)
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
         self._pool.open(wait=False)
 
     def close(self) -> None:
@@ -107,32 +101,29 @@ class Ledger:
         statements: list[tuple[str, tuple[object, ...]]] = [(_RECORD, columns)] if outcomes else []
         statements += [(_REDELIVERED, (count, upload_id)) for upload_id, count in redelivered.items()]
         alone = len(statements) == 1  # atomic by itself: no BEGIN and COMMIT, each a round trip of its own
-        try:
-            with self._pool.connection() as conn, contextlib.nullcontext() if alone else conn.transaction():
-                for query, parameters in statements:
-                    conn.execute(query, parameters)
-        except psycopg.Error as exc:
-            raise LedgerUnavailable(schema.reason(exc)) from None
+        with (schema.map_psycopg_errors(), self._pool.connection() as conn,
+              contextlib.nullcontext() if alone else conn.transaction()):
+            for query, parameters in statements:
+                conn.execute(query, parameters)
 
     def start_redelivered(self, upload_id: str, row: int) -> int:
         """Count one more start of a redelivered row; return how many came before (0 if the ledger cannot say)."""
         try:
-            with self._pool.connection() as conn:
+            with schema.map_psycopg_errors(), self._pool.connection() as conn:
                 found = conn.execute(_START, (upload_id, row)).fetchone()
-        except psycopg.Error as exc:
-            log.warning("ledger unavailable, not counting a redelivered row's start",
-                        extra={"error": schema.reason(exc)})
+        except LedgerUnavailable as exc:
+            log.warning("ledger unavailable, not counting a redelivered row's start", extra={"error": str(exc)})
             return 0
         return found[0] - 1 if found else 0
 
     def has(self, upload_id: str, row: int) -> bool:
         """Whether the row already has an outcome; False when the ledger cannot say (handle it again)."""
         try:
-            with self._pool.connection() as conn:
+            with schema.map_psycopg_errors(), self._pool.connection() as conn:
                 found = conn.execute("SELECT 1 FROM row_outcomes WHERE upload_id = %s AND row_number = %s",
                                      (upload_id, row)).fetchone()
-        except psycopg.Error as exc:
-            log.warning("ledger unavailable, handling a redelivered row again", extra={"error": schema.reason(exc)})
+        except LedgerUnavailable as exc:
+            log.warning("ledger unavailable, handling a redelivered row again", extra={"error": str(exc)})
             return False
         return found is not None
 

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import cast
 
 from kubejob import message
+from kubejob.errors import Temporary
 from kubejob.message import Delivery
 from worker import metrics
 from worker.handlers import Handler
@@ -33,7 +34,7 @@ from worker.settle import GaveUp, MessageTooLarge, Outcome
 log = logging.getLogger(__name__)
 
 
-class RowTimedOut(Exception):
+class RowTimedOut(Temporary):
     """A handler outlived WORKER_ROW_TIMEOUT_SECONDS; its thread cannot be stopped, so the process ends."""
 
 

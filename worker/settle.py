@@ -18,6 +18,7 @@ from pika.adapters.blocking_connection import BlockingChannel
 from prometheus_client import Counter
 
 from kubejob import message
+from kubejob.errors import Permanent
 from kubejob.message import Delivery
 from worker import metrics
 from worker.copies import Copies
@@ -27,11 +28,11 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class GaveUp(Exception):
+class GaveUp(Permanent):
     """A row the worker will not start again: workers kept dying while handling it."""
 
 
-class MessageTooLarge(Exception):
+class MessageTooLarge(Permanent):
     """A row whose body is over MAX_MESSAGE_BYTES: dropped as it arrived, so no attempt can read it."""
 
     def __init__(self, size: int, limit: int) -> None:

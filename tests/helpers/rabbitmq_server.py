@@ -104,7 +104,7 @@ class DockerRabbitmq(Broker):
             except (httpx.HTTPError, pika.exceptions.AMQPError, OSError) as exc:
                 if time.monotonic() > deadline or not self.running():
                     raise TimeoutError(f"RabbitMQ 4.0 in container {self.name} did not start ({exc!r}); "
-                                       f"its log ends: {self.log_tail()}") from None
+                                       f"its log ends: {self.log_tail()}") from exc
                 time.sleep(0.5)
 
     def running(self) -> bool:

@@ -8,6 +8,12 @@ from pathlib import Path
 
 from tests.helpers import REPO_ROOT, die_with_parent
 
+# Bounds on what a worker holds in memory, checked against a real one in tests/integration/test_large_messages.py;
+# the worker Job's memory limit is sized with them (tests/unit/test_manifests.py).
+RESIDENT_BYTES = 80 * 1024**2  # before its first row
+PREFETCHED_BODIES = 1.25  # a message waiting in its prefetch, in multiples of its body
+IN_HAND_BODIES = 4.5  # a row being read and handled: the receives joined, its body, the row, and glibc's heap
+
 
 def start_worker(queue: str, record: Path, handler: str = "record", **env: str) -> subprocess.Popen:
     """A worker on `queue` running tests.helpers.handlers.`handler`, which notes each row in `record`."""

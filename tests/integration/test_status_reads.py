@@ -4,25 +4,16 @@ and what changed shows within it."""
 import collections
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
 
-from producer.app import create_app
 from producer.ledger import Upload
-from producer.settings import Settings
 from producer.status import STATUS_SECONDS
 from tests.helpers import wait_for
 from tests.helpers.producer import csv_file
 from worker.ledger import Ledger, RowOutcome
-
-
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
 
 
 def upload(client: TestClient, rows: int) -> str:

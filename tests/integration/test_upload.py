@@ -99,7 +99,8 @@ def test_a_large_upload_is_published_in_full_in_few_socket_writes(broker: Broker
         pytest.param(csv_file(b""), 400, "the file is empty", None, id="empty"),
         pytest.param(csv_file(b" \n,,\n"), 400, "the file is empty", None, id="only-empty-rows"),
         pytest.param(csv_file(b"id,name\n"), 400, "the file has a header but no data rows", 2, id="header-only"),
-        pytest.param(csv_file(b"id,id\n1,2\n"), 400, "the header repeats column names: id", 1, id="repeated-name"),
+        pytest.param(csv_file(b"id,id\n1,2\n"), 400, "the header repeats column names: id; give each column a name of "
+                     "its own", 1, id="repeated-name"),
         pytest.param(csv_file(b"id,,x\n1,2,3\n"), 400, "column 2 of the header has no name", 1, id="unnamed-column"),
         pytest.param(csv_file(b"a,b,c,,,\n1,2,3,,x,\n"), 400, "column 5 has a value but no name in the header", 2,
                      id="value-in-unnamed-column"),
@@ -292,8 +293,9 @@ def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(bro
         response = httpx.post(f"{url}/upload", files={"file": ("rows.csv", data, "text/csv")}, timeout=30)
         assert response.status_code == 400, response.text
         assert response.json() == {"line": 3, "error": f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES "
-                                   "(1000) the broker takes; split the row or raise the limit (and the broker's "
-                                   "max_message_size)"}
+                                   "(1000); split the row, or raise MAX_MESSAGE_BYTES together with the worker Job's "
+                                   "memory limit (a worker holds WORKER_PREFETCH such rows) and the broker's "
+                                   "max_message_size"}
         assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
         good = httpx.post(f"{url}/upload", files={"file": ("rows.csv", GOOD, "text/csv")}, timeout=30)
         assert good.status_code == 200, good.text

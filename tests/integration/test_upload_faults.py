@@ -10,7 +10,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -119,12 +118,6 @@ def test_a_producer_killed_mid_upload_frees_it_at_once_and_a_retry_queues_at_mos
     assert took < 30, f"the retry took {took:.1f} s"
 
 
-@pytest.fixture
-def client(queue_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        yield client
-
-
 def test_a_keyed_retry_with_another_delimiter_is_refused_naming_it(client: TestClient, broker: Broker,
                                                                    queue_name: str) -> None:
     data, key = b"id,name\n1,a\n2,b\n", {"Idempotency-Key": f"delimiter-{queue_name}"}
@@ -155,7 +148,8 @@ def test_a_row_over_the_broker_s_limit_is_a_413_naming_it_and_the_upload_fails(
     limit = 16 * 1024**2  # RabbitMQ 4.0's max_message_size; MAX_MESSAGE_BYTES set above it by mistake
     data = b"id,text\n1,a\n2,b\n3," + b"x" * (limit + 10) + b"\n4,d\n"
     key = {"Idempotency-Key": f"large-{queue_name}"}
-    settings = Settings(queue_name=queue_name, max_message_bytes=4 * limit, max_line_bytes=2 * limit)
+    settings = Settings(queue_name=queue_name, max_message_bytes=4 * limit, max_line_bytes=2 * limit,
+                        max_record_bytes=2 * limit)
     with TestClient(create_app(settings)) as client:
         refused = client.post("/upload", files={"file": ("a.csv", data)}, headers=key)
         assert refused.status_code == 413, refused.text

@@ -6,22 +6,27 @@ import io
 import pytest
 
 from kubejob.message import encode
-from producer.csv_stream import CsvError, Summary, count_rows, delimiter_named, read_rows
+from producer.csv_stream import CsvError, Limits, Summary, count_rows, delimiter_named, read_rows
 
 SAVE_AS = 'save the file as "CSV UTF-8"'
 NOT_CLOSED = ('a quote opened on this line is not closed; end the quoted field with " '
               '(a quote inside a field is written "")')
 
 
-BROKER_LIMIT = 16 * 1024**2  # MAX_MESSAGE_BYTES's default
+BROKER_LIMIT = 16 * 1024**2  # RabbitMQ 4.0's max_message_size
+
+
+def limits(line_bytes: int = 1024, **other: int) -> Limits:
+    return Limits(**({"line_bytes": line_bytes, "record_bytes": 4 * line_bytes, "columns": 50, "column_name_bytes": 256}
+                     | other))
 
 
 def rows(data: bytes, max_line_bytes: int = 1024, delimiter: str | None = None) -> list[tuple[int, dict[str, str]]]:
-    return list(read_rows(io.BytesIO(data), max_line_bytes=max_line_bytes, delimiter=delimiter))
+    return list(read_rows(io.BytesIO(data), limits=limits(max_line_bytes), delimiter=delimiter))
 
 
-def count(data: bytes, max_line_bytes: int = 1024, max_message_bytes: int = BROKER_LIMIT) -> Summary:
-    return count_rows(io.BytesIO(data), max_line_bytes=max_line_bytes, max_message_bytes=max_message_bytes)
+def count(data: bytes, max_line_bytes: int = 1024, max_message_bytes: int = BROKER_LIMIT, **other: int) -> Summary:
+    return count_rows(io.BytesIO(data), limits=limits(max_line_bytes, **other), max_message_bytes=max_message_bytes)
 
 
 def test_rows_are_header_to_value_with_their_line() -> None:
@@ -199,8 +204,9 @@ def test_a_row_is_refused_when_its_message_is_one_byte_over_max_message_bytes(ro
     with pytest.raises(CsvError) as caught:
         count(data, max_message_bytes=size - 1)
     assert (caught.value.message, caught.value.line) == (
-        f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({size - 1}) the broker takes; "
-        "split the row or raise the limit (and the broker's max_message_size)", 3)
+        f"row is {size} bytes as a message, more than MAX_MESSAGE_BYTES ({size - 1}); split the row, or raise "
+        "MAX_MESSAGE_BYTES together with the worker Job's memory limit (a worker holds WORKER_PREFETCH such rows) "
+        "and the broker's max_message_size", 3)
 
 
 @pytest.mark.parametrize(
@@ -211,7 +217,7 @@ def test_a_row_is_refused_when_its_message_is_one_byte_over_max_message_bytes(ro
         (b" \n,,\n", "the file is empty", None),
         (b"id,name\n", "the file has a header but no data rows", 2),
         (b"id,name\n,\n", "the file has a header but no data rows", 2),
-        (b"id,id\n1,2\n", "the header repeats column names: id", 1),
+        (b"id,id\n1,2\n", "the header repeats column names: id; give each column a name of its own", 1),
         (b"id,,x\n1,2,3\n", "column 2 of the header has no name; name it, or delete the column", 1),
         (b"\n\n a ; ; c\n1;2;3\n", "column 2 of the header has no name; name it, or delete the column", 3),
         (b"id,name\n1,a\n2\n", "expected 2 fields, found 1", 3),
@@ -263,6 +269,67 @@ def test_count_rows_counts_data_rows() -> None:
 
 def test_reading_leaves_the_upload_open_for_the_second_pass() -> None:
     file = io.BytesIO(b"a;b\n1;2\n")
-    summary = count_rows(file, max_line_bytes=64, max_message_bytes=BROKER_LIMIT)
+    summary = count_rows(file, limits=limits(64), max_message_bytes=BROKER_LIMIT)
     file.seek(0)
-    assert list(read_rows(file, max_line_bytes=64, delimiter=summary.delimiter)) == [(2, {"a": "1", "b": "2"})]
+    assert list(read_rows(file, limits=limits(64), delimiter=summary.delimiter)) == [(2, {"a": "1", "b": "2"})]
+
+
+def record(fields: int, size: int) -> str:
+    """A record of `fields` quoted fields of `size` characters, each over two lines."""
+    half = "y" * (size // 2 - 1)
+    return ",".join(f'"{half}\n{half}"' for _ in range(fields)) + "\n"
+
+
+RECORD_TOO_LONG = ("the record that starts on this line (a row, with the line breaks inside its quoted fields) is "
+                   "longer than MAX_RECORD_BYTES ({} bytes); is a closing quote missing? If not, split the row, or "
+                   "raise MAX_RECORD_BYTES")
+
+
+def test_a_record_of_exactly_max_record_bytes_is_read_and_one_byte_more_is_refused_where_it_starts() -> None:
+    row = record(6, 800)  # every line and field under MAX_LINE_BYTES (1024); 4,804 bytes in all
+    data = f"{','.join('abcdef')}\n1,2,3,4,5,6\n{row}".encode()
+    assert count(data, record_bytes=len(row)) == Summary(2, ",", list("abcdef"))
+    with pytest.raises(CsvError) as caught:
+        count(data, record_bytes=len(row) - 1)
+    assert (caught.value.message, caught.value.line) == (RECORD_TOO_LONG.format(len(row) - 1), 3)
+
+
+def test_a_record_is_counted_in_utf8_bytes() -> None:
+    row = record(1, 400).replace("y", "é")  # 400 characters, 798 bytes
+    with pytest.raises(CsvError) as caught:
+        count(f"a\n{row}".encode(), record_bytes=700)
+    assert (caught.value.message, caught.value.line) == (RECORD_TOO_LONG.format(700), 2)
+
+
+def test_blank_lines_before_the_header_are_no_part_of_its_record() -> None:
+    assert count(b"\n" * 5000 + b"a\n1\n", record_bytes=100) == Summary(1, ",", ["a"])
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (",".join(f"c{n}" for n in range(51)),
+         "the header has 51 columns, more than MAX_COLUMNS (50); split the columns over several files, or raise "
+         "MAX_COLUMNS"),
+        ("a" + "," * 50, "the header has 51 columns, more than MAX_COLUMNS (50); split the columns over several files, "
+                         "or raise MAX_COLUMNS"),
+        ("id,x" + "n" * 256, "the name of column 2 is longer than MAX_COLUMN_NAME_BYTES (256 bytes); shorten it, or "
+                             "raise MAX_COLUMN_NAME_BYTES"),
+        ("id," + "é" * 129, "the name of column 2 is longer than MAX_COLUMN_NAME_BYTES (256 bytes); shorten it, or "
+                            "raise MAX_COLUMN_NAME_BYTES"),
+        ("id,_row,_error", "the header names _row, _error, which the failed-rows download (GET /uploads/{id}/failed) "
+                           "adds to every row; rename the column"),
+        (" _attempts ,b", "the header names _attempts, which the failed-rows download (GET /uploads/{id}/failed) adds "
+                          "to every row; rename the column"),
+    ],
+)
+def test_a_header_over_the_limits_or_with_a_reserved_name_is_refused(header: str, message: str) -> None:
+    with pytest.raises(CsvError) as caught:
+        count(f"{header}\n1\n".encode())
+    assert (caught.value.message, caught.value.line) == (message, 1)
+
+
+def test_a_header_at_the_limits_is_read() -> None:
+    names = [f"c{n}" for n in range(49)] + ["é" * 128]
+    assert count(f"{','.join(names)}\n{',' * 49}1\n".encode()) == Summary(1, ",", names)
+    assert count(b"id,_Row,row\n1,2,3\n").columns == ["id", "_Row", "row"]

@@ -6,9 +6,13 @@ from pathlib import Path
 import yaml
 from kubernetes.utils.quantity import parse_quantity
 
+from kubejob import message
 from kubejob.message import dead_letter_queue, declarations, limit_queue
-from producer.settings import Settings
+from producer.settings import Settings as ProducerSettings
+from scaler import job_template
 from tests.helpers.broker import SHIPPED_DEFINITIONS, dead_letter_policy
+from tests.helpers.worker import IN_HAND_BODIES, PREFETCHED_BODIES, RESIDENT_BYTES
+from worker.settings import Settings as WorkerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +70,8 @@ def test_the_dead_letter_queues_keep_a_row_as_long_as_the_ledger_keeps_its_uploa
     policy = dead_letter_policy()
     day_ms = 24 * 3600 * 1000
     assert policy["definition"]["message-ttl"] == float(shipped["LEDGER_RETENTION_DAYS"]) * day_ms
-    assert policy["definition"]["message-ttl"] == Settings.model_fields["ledger_retention_days"].default * day_ms
+    retention = ProducerSettings.model_fields["ledger_retention_days"].default
+    assert policy["definition"]["message-ttl"] == retention * day_ms
     assert policy["vhost"] == shipped["RABBITMQ_VHOST"] and policy["apply-to"] == "queues"
     queue = shipped["QUEUE_NAME"]
     bounded = [dead_letter_queue(queue), limit_queue(queue)]
@@ -83,3 +88,18 @@ def test_the_dead_letter_queues_fill_at_most_half_of_rabbitmq_s_volume() -> None
     # Two queues, each dropping its oldest rows past the bound; the rest of the volume is for `<queue>`.
     assert definition["overflow"] == "drop-head"
     assert 2 * definition["max-length-bytes"] <= volume / 2
+
+
+def test_a_worker_holding_a_full_prefetch_of_the_largest_bodies_fits_its_jobs_memory_limit() -> None:
+    config = {name.lower(): value for name, value in manifest("config.yaml", "ConfigMap", "kube-job-config")["data"]
+              .items()}
+    worker, producer = WorkerSettings(**config), ProducerSettings(**config)
+    # What one row's body can be: no more than MAX_MESSAGE_BYTES, nor than a record of MAX_RECORD_BYTES makes.
+    body = min(worker.max_message_bytes, message.largest_body(
+        columns=producer.max_columns, name_chars=producer.max_record_bytes, value_chars=producer.max_record_bytes))
+    held = RESIDENT_BYTES + body * (PREFETCHED_BODIES * worker.prefetch + IN_HAND_BODIES * worker.worker_concurrency
+                                    + worker.batch_rows)
+    container = yaml.safe_load(job_template.PACKAGED.read_text())["spec"]["template"]["spec"]["containers"][0]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi")
+    assert held <= int(limit.removesuffix("Mi")) * 1024**2, (held / 1024**2, limit)

@@ -29,6 +29,19 @@ def test_any_row_is_a_compact_utf8_json_object_any_reader_takes(row: dict[str, s
     assert message.decode(body, properties).data == row
 
 
+@given(st.dictionaries(st.text(), st.text(), min_size=1))  # a header names one column at least
+def test_no_body_is_larger_than_largest_body_says(row: dict[str, str]) -> None:
+    body, _ = message.encode(row, upload_id="u1", row_number=1, line=2)
+    assert len(body) <= message.largest_body(columns=len(row), name_chars=sum(map(len, row)),
+                                             value_chars=sum(map(len, row.values())))
+
+
+def test_a_row_of_control_characters_is_exactly_as_large_as_largest_body_says() -> None:
+    row = {"\x01" * 3: "\x1f" * 1000, "\x02": ""}
+    body, _ = message.encode(row, upload_id="u1", row_number=1, line=2)
+    assert len(body) == message.largest_body(columns=2, name_chars=4, value_chars=1000) == 6 * 1004 + 13
+
+
 def test_a_retry_keeps_identity_counts_the_attempt_and_waits_its_delay() -> None:
     body, properties = message.encode({"id": "1"}, upload_id="u1", row_number=1, line=2)
     properties.headers["x-delivery-count"] = 2  # the broker's, about the old message

@@ -2,7 +2,8 @@
 
 import pytest
 
-from kubejob.settings import SettingsError, load
+from kubejob.errors import SettingsError
+from kubejob.settings import load
 from scaler.settings import Settings
 
 SCALER_VARS = [name.upper() for name in Settings.model_fields]

@@ -42,6 +42,7 @@ def test_the_process_exits_at_start_naming_the_variable(service: str, name: str,
 @pytest.mark.parametrize(("service", "low", "high"), [
     ("worker", "WORKER_RETRY_DELAY_SECONDS", "WORKER_RETRY_MAX_DELAY_SECONDS"),
     ("scaler", "SCALER_JOB_BACKOFF_SECONDS", "SCALER_JOB_BACKOFF_MAX_SECONDS"),
+    ("producer", "MAX_LINE_BYTES", "MAX_RECORD_BYTES"),
 ])
 def test_two_settings_that_contradict_each_other_stop_the_process_naming_both(service: str, low: str,
                                                                               high: str) -> None:
