@@ -1,4 +1,4 @@
-"""The message contract between producer and worker (documented in the README).
+"""The message contract between producer and worker (documented in docs/message.md).
 
 One message per CSV row:
 - body: the row as a JSON object, header name -> string value (UTF-8);
