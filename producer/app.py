@@ -23,6 +23,7 @@ from producer.cache import ShortCache
 from producer.csv_stream import CsvError
 from producer.ledger import DownloadsBusy, KeyReused, Ledger, UploadBusy
 from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
+from producer.oidc import IssuerUnavailable
 from producer.publisher import UploadRefused
 from producer.routes import UploadInterrupted
 from producer.settings import Settings
@@ -94,6 +95,11 @@ async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
 async def auth_refused(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Unauthenticated | Forbidden)
     return refusal_of(exc)
+
+
+async def issuer_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("OIDC issuer unavailable", extra={"reason": str(exc)})
+    return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def http_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -200,6 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(UploadBusy, key_conflict)
     app.add_exception_handler(Unauthenticated, auth_refused)
     app.add_exception_handler(Forbidden, auth_refused)
+    app.add_exception_handler(IssuerUnavailable, issuer_unavailable)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
     return app

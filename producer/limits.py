@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kubejob.errors import LedgerUnavailable
 from producer.auth import Forbidden, Principal, Unauthenticated, refusal_of
+from producer.oidc import IssuerUnavailable
 
 log = logging.getLogger(__name__)
 # What a client refused for too many uploads at once is told to wait, in seconds.
@@ -139,6 +140,9 @@ class UploadGate:
             return refusal_of(exc)
         except LedgerUnavailable as exc:
             return JSONResponse({"error": f"PostgreSQL unavailable, nothing published: {exc}"}, status_code=503)
+        except IssuerUnavailable as exc:
+            return JSONResponse({"error": f"{exc}; nothing was read or published"}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if blocked := self.broker_blocked():
             # Publishing would wait for the alarm to clear, up to CONFIRM_TIMEOUT_SECONDS, then fail.
             return JSONResponse(

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import jwt
 
-from kubejob.errors import Permanent
+from kubejob.errors import Permanent, Temporary
 from producer.settings import Settings
 
 # Asymmetric only: with HS256 the JWKS, which is public, would be the secret that signs.
@@ -16,6 +16,10 @@ JWKS_KEEP_SECONDS = 300
 
 class InvalidToken(Permanent):
     """The token is not one of the issuer's, or not for us, or expired, or names no tenant."""
+
+
+class IssuerUnavailable(Temporary):
+    """The issuer's keys could not be fetched: the token may well be valid, so the answer is 503, not 401."""
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ class OidcVerifier:
             claims = jwt.decode(token, key.key, algorithms=ALGORITHMS, issuer=self._issuer, audience=self._audience,
                                 options={"require": ["exp", "iss", "aud"]})
         except jwt.PyJWKClientConnectionError as exc:
-            raise InvalidToken("the OIDC issuer's keys (OIDC_JWKS_URL) could not be fetched") from exc
+            raise IssuerUnavailable("the OIDC issuer's keys (OIDC_JWKS_URL) could not be fetched; try again "
+                                    "shortly") from exc
         except jwt.PyJWTError as exc:
             raise InvalidToken(f"the OIDC token is not valid: {exc}") from exc
         tenant, scopes = claims.get(self._tenant_claim), claims.get(self._scope_claim, "")

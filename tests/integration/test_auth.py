@@ -224,6 +224,19 @@ def test_an_oidc_token_from_another_issuer_expired_or_for_another_audience_is_re
     assert answer.status_code == 401 and reason in answer.json()["error"], answer.text
 
 
+def test_an_oidc_token_while_the_issuer_s_keys_cannot_be_fetched_is_a_503_to_retry_not_a_401(
+        made: dict[str, str], queue_name: str) -> None:
+    issuer = Issuer()
+    with serving(issuer):
+        jwks_url = issuer.jwks_url  # served, then gone: the address now refuses connections
+    settings = Settings(queue_name=queue_name, oidc_issuer=ISSUER, oidc_jwks_url=jwks_url, oidc_audience=AUDIENCE)
+    with TestClient(create_app(settings)) as client:
+        for answer in (client.get("/uploads", headers=bearer(issuer.token())), send(client, issuer.token())):
+            assert (answer.status_code, answer.headers.get("retry-after")) == (503, "5"), answer.text
+            assert "OIDC_JWKS_URL" in answer.json()["error"]
+        assert client.get("/uploads", headers=bearer(made["alpha"])).status_code == 200  # keys still work
+
+
 def test_an_oidc_token_not_signed_by_the_issuer_s_key_is_refused(oidc_client: TestClient, issuer: Issuer) -> None:
     forged = Issuer(kid=issuer.kid).token()  # the issuer's key id, another key
     symmetric = jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "exp": int(time.time()) + 60, "tenant": "gamma",
