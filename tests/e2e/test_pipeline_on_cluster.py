@@ -46,14 +46,15 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
         assert response.status_code == 401, response.text
         assert [curl_upload(url, path, token="not-the-token") for path in (large, larger)] == ["401", "401"]
         assert queue_depths(kube_node, ns).get("rows", 0) == 0  # nothing published
+        auth = {"Authorization": f"Bearer {token}"}
         with data.open("rb") as f:
-            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")},
-                                  headers={"Authorization": f"Bearer {token}"}, timeout=120)
+            response = httpx.post(url + "/upload", files={"file": ("rows.csv", f, "text/csv")}, headers=auth,
+                                  timeout=120)
         assert response.status_code < 300 and response.json()["rows"] == ROWS, response.text
         status_url = url + response.json()["status_url"]
 
         def done() -> dict | None:
-            status = httpx.get(status_url, timeout=10).json()
+            status = httpx.get(status_url, headers=auth, timeout=10).json()
             return status if status["state"] == "done" else None
         status = wait_for(done, what="the upload's state to be done", timeout=DRAIN_TIMEOUT, interval=2)
     assert (status["done"], status["failed"], status["rows"]) == (ROWS, 0, ROWS)
