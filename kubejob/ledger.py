@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import psycopg
 
@@ -102,7 +102,47 @@ MIGRATIONS = [
         last_used_at timestamptz
     );
     """,
+    """
+    -- A fair share of the workers (worker.share), and cancel and pause: each upload has a queue of its
+    -- own (its `queue`), deleted once the upload is finished or cancelled (`queue_deleted_at`). A tenant
+    -- with no row here weighs 1.
+    ALTER TABLE uploads ADD COLUMN paused_at timestamptz, ADD COLUMN cancelled_at timestamptz,
+        ADD COLUMN queue_deleted_at timestamptz;
+    ALTER TABLE tenants ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);
+    CREATE INDEX uploads_open ON uploads (created_at, id) WHERE queue_deleted_at IS NULL;
+    """,
 ]
+
+
+class OpenUpload(NamedTuple):
+    """An upload whose queue still exists, as workers and the scaler read it to know what to serve."""
+
+    id: str
+    tenant: str
+    weight: int  # its tenant's
+    queue: str
+    paused: bool
+    cancelled: bool
+    finished: bool  # every row has an outcome; its queue may still hold copies of some
+
+    @property
+    def served(self) -> bool:
+        """Its rows are to be handled now."""
+        return not (self.paused or self.cancelled or self.finished)
+
+
+_OPEN_UPLOADS = """
+SELECT u.id, u.tenant, coalesce(t.weight, 1), u.queue, u.paused_at IS NOT NULL, u.cancelled_at IS NOT NULL,
+       u.done + u.failed >= u.rows
+FROM uploads u LEFT JOIN tenants t ON t.name = u.tenant
+WHERE u.queue_deleted_at IS NULL ORDER BY u.created_at, u.id
+"""
+
+
+def open_uploads(conn: psycopg.Connection) -> list[OpenUpload]:
+    """Every upload whose queue has not been deleted, oldest first; raises LedgerUnavailable."""
+    with map_psycopg_errors():
+        return [OpenUpload(*row) for row in conn.execute(_OPEN_UPLOADS).fetchall()]
 
 
 def reason(exc: psycopg.Error) -> str:

@@ -8,10 +8,13 @@ The worker adds `attempt` (int, absent means 1) when it retries a row, and `erro
 it gives up on one and puts it in "<queue>.dead"; a row whose body was larger than
 MAX_MESSAGE_BYTES goes there with an empty body and `body_bytes` (int), the size it had.
 
-The queue is a quorum queue. Around it: "<queue>.retry" holds a row waiting to be retried
-(its expiration is the delay) and dead-letters it back into the queue; "<queue>.limit"
-receives what the broker itself dead-letters at the delivery limit, which the worker records
-in the ledger and moves on to "<queue>.dead".
+Each upload's rows go to a queue of their own, "<queue>.upload.<upload_id>" (a quorum queue),
+so that workers can share themselves fairly between uploads and tenants, and pause or cancel
+one upload without touching another. Shared by every upload: "<queue>.retry" holds a row waiting
+to be retried (its expiration is the delay); it is fed by the fanout exchange of the same name,
+with the routing key of the queue the row came from, and dead-letters the row back there when it
+expires. "<queue>.limit" receives what the broker itself dead-letters at the delivery limit,
+which the worker records in the ledger and moves on to "<queue>.dead".
 """
 
 from typing import Any, NamedTuple, TypeAlias
@@ -79,8 +82,19 @@ def limit_queue(queue: str) -> str:
     return f"{queue}.limit"
 
 
+def upload_queue(queue: str, upload_id: str) -> str:
+    """The queue that holds one upload's rows."""
+    return f"{queue}.upload.{upload_id}"
+
+
+def retry_exchange(queue: str) -> str:
+    """The fanout exchange a worker publishes a row to retry into: it routes to "<queue>.retry" whatever the key,
+    and the row keeps its routing key, the queue it came from, which "<queue>.retry" dead-letters it back to."""
+    return retry_queue(queue)
+
+
 def queue_arguments(queue: str) -> dict[str, str | int]:
-    """Arguments the queue is declared with, by whichever service declares it first.
+    """Arguments every upload's queue is declared with, by whichever service declares it first.
 
     A quorum queue counts the deliveries of each message (`x-delivery-count`), replicates it,
     and is RabbitMQ's recommended durable queue type. What reaches its delivery limit goes to
@@ -95,25 +109,23 @@ def queue_arguments(queue: str) -> dict[str, str | int]:
 
 
 def declarations(queue: str) -> list[tuple[str, dict[str, str | int]]]:
-    """Every queue (name, arguments) of the contract, in the order to declare them.
+    """The queues (name, arguments) every upload shares, in the order to declare them, before any upload's queue.
 
-    A dead-letter target must exist before anything is dead-lettered into it, so the queue
-    itself comes last.
+    A dead-letter target must exist before anything is dead-lettered into it. "<queue>.retry" has no
+    dead-letter routing key: an expired row goes back with its own, the queue it came from.
     """
     return [
         (dead_letter_queue(queue), {}),
         (limit_queue(queue), {}),
-        (retry_queue(queue), {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": queue}),
-        (queue, queue_arguments(queue)),
+        (retry_queue(queue), {"x-dead-letter-exchange": ""}),
     ]
 
 
 def migration_hint(queue: str, reason: str) -> str:
-    """What to do when the queue exists with other arguments (a classic queue from before)."""
-    return (f"queue {queue!r} exists with other arguments than this version declares ({reason}); it is now a "
-            f"quorum queue: stop the producer, let the workers drain {queue!r} (or move its messages with a "
-            f"shovel), delete it (rabbitmqctl delete_queue {queue}) and start again: see docs/operations.md, "
-            "'Upgrading to quorum queues'")
+    """What to do when the queue exists with other arguments (declared by an earlier version)."""
+    return (f"queue {queue!r} exists with other arguments than this version declares ({reason}): stop the "
+            f"producer, let the workers drain {queue!r} (or move its messages with a shovel), delete it "
+            f"(rabbitmqctl delete_queue {queue}) and start again: see docs/operations.md, 'Upgrading'")
 
 
 # The most bytes the body spends on one character of a name or value: JSON escapes a control character
