@@ -59,7 +59,7 @@ def fill(queue: str, messages: list) -> None:
         depth, grew_at = 0, time.monotonic()
         while depth < len(messages) and time.monotonic() - grew_at < FILL_STALL_S:
             time.sleep(0.1)
-            if (now_in := support.broker.depth(queue)) > depth:
+            if (now_in := support.broker.backlog(queue)) > depth:
                 depth, grew_at = now_in, time.monotonic()
         if depth == len(messages):
             return

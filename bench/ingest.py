@@ -48,7 +48,7 @@ def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, object]:
 
         def producer_rate() -> float:
             seconds, result = upload(url, path)
-            assert result["rows"] == rows and support.broker.depth(queue) == rows, "the upload lost rows"
+            assert result["rows"] == rows and support.broker.backlog(queue) == rows, "the upload lost rows"
             support.broker.delete_queue(queue)
             return rows / seconds
 
@@ -56,7 +56,7 @@ def run(rows: int = 200_000, naive_rows: int = 20_000) -> dict[str, object]:
             rows, size=perftest.message_size(), window=Settings().publish_window))
     with producer(queue, KUBEJOB_PIKA_FAST="false") as (url, _pid):  # pika's public calls alone
         seconds, result = upload(url, path)
-        assert result["rows"] == rows and support.broker.depth(queue) == rows, "the upload lost rows"
+        assert result["rows"] == rows and support.broker.backlog(queue) == rows, "the upload lost rows"
         support.broker.delete_queue(queue)
         plain = rows / seconds
     naive = _bare_publish(messages[:naive_rows], queue, confirm=True)

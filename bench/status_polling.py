@@ -77,7 +77,7 @@ def _timed_upload(url: str, path: Path, pid: int, queue: str) -> tuple[float, fl
     cpu = process.cpu_times()
     seconds, result = upload(url, path)
     spent = process.cpu_times()
-    assert result["rows"] == ROWS and support.broker.depth(queue) == ROWS, "the upload lost rows"
+    assert result["rows"] == ROWS and support.broker.backlog(queue) == ROWS, "the upload lost rows"
     support.broker.delete_queue(queue)  # so that the queue does not grow from round to round
     return ROWS / seconds, (spent.user + spent.system) - (cpu.user + cpu.system), result["upload_id"]
 

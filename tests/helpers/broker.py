@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pika
 import pika.exceptions
 
 from kubejob import message
+from tests.helpers.ledger import record_upload
 
 # The policy that bounds the dead-letter queues, as scripts/rabbitmq.sh and infra/k8s/rabbitmq.yaml import it.
 SHIPPED_DEFINITIONS = Path(__file__).resolve().parents[2] / "infra" / "rabbitmq" / "definitions.json"
@@ -52,27 +54,35 @@ class Broker:
         self.connection().close()
 
     @staticmethod
-    def declare(channel, queue: str) -> None:
-        """Declare `queue` and the queues around it exactly as the producer and the worker do."""
+    def declare(channel, queue: str, upload_id: str | None = None) -> str:
+        """Declare the queues every upload of `queue` shares, and `upload_id`'s own, as the producer does; return
+        the name of the upload's queue (of a new upload id when none is given)."""
         for name, arguments in message.declarations(queue):
             channel.queue_declare(name, durable=True, arguments=arguments)
+        target = message.upload_queue(queue, upload_id or uuid.uuid4().hex)
+        channel.queue_declare(target, durable=True, arguments=message.queue_arguments(queue))
+        return target
 
-    def publish_rows(self, queue: str, rows: list[dict[str, str]], *, confirm: bool = True) -> str:
-        """Declare `queue` as the producer does and publish one producer-shaped message per row.
+    def publish_rows(self, queue: str, rows: list[dict[str, str]], *, confirm: bool = True,
+                     tenant: str = "default") -> str:
+        """Record an upload of `rows` in the ledger (DATABASE_URL) as published, declare its queue as the producer
+        does, and publish one producer-shaped message per row into it.
 
         With `confirm` each message is confirmed by the broker before the next; without it
         (much faster for 100k rows) the caller must count them in before relying on them.
-        Returns the upload id the messages carry, new for each call: the ledger keys rows by it.
+        Returns the upload id the messages carry, new for each call.
         """
         upload_id = uuid.uuid4().hex
+        target = message.upload_queue(queue, upload_id)
+        record_upload(upload_id, queue=target, rows=len(rows), tenant=tenant)
         with self.connection() as conn:
             channel = conn.channel()
-            self.declare(channel, queue)
+            self.declare(channel, queue, upload_id)
             if confirm:
                 channel.confirm_delivery()
             for number, row in enumerate(rows, start=1):
                 body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
-                channel.basic_publish("", queue, body, properties)
+                channel.basic_publish("", target, body, properties)
         return upload_id
 
     def import_definitions(self, path: Path) -> None:
@@ -94,6 +104,29 @@ class Broker:
         """Messages ready in `queue` right now (passive declare, not the lagging stats)."""
         with self.connection() as conn:
             return conn.channel().queue_declare(queue, passive=True).method.message_count
+
+    def upload_queues(self, queue: str) -> list[str]:
+        """The names of the uploads' queues of `queue` that exist now."""
+        pattern = "^" + re.escape(message.upload_queue(queue, ""))
+        response = httpx.get(f"{self.management_url}/api/queues/%2F", auth=(self.user, self.password), timeout=10,
+                             params={"page": 1, "page_size": 500, "name": pattern, "use_regex": "true",
+                                     "columns": "name"})
+        response.raise_for_status()
+        return [item["name"] for item in response.json()["items"]]
+
+    def backlog(self, queue: str) -> int:
+        """Messages ready right now in all the uploads' queues of `queue` together."""
+        with self.connection() as conn:
+            channel = conn.channel()
+            total = 0
+            for name in self.upload_queues(queue):
+                try:
+                    total += channel.queue_declare(name, passive=True).method.message_count
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    if exc.reply_code != 404:  # deleted since it was listed: it holds nothing
+                        raise
+                    channel = conn.channel()
+            return total
 
     def counts(self, queue: str) -> dict:
         """The queue as the management API reports it (as fresh as its statistics interval); {} if unknown."""
@@ -127,8 +160,9 @@ class Broker:
                 taken.append((props, body))
 
     def delete_queue(self, queue: str) -> None:
-        """Delete `queue` and the queues around it, if they exist."""
+        """Delete the queues of `queue`, the uploads' and those they share, if they exist."""
         with self.connection() as conn:
             channel = conn.channel()
-            for name, _ in message.declarations(queue):
+            for name in [*self.upload_queues(queue), *(name for name, _ in message.declarations(queue))]:
                 channel.queue_delete(name)
+            channel.exchange_delete(message.retry_exchange(queue))

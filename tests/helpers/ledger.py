@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from kubejob import ledger as schema
+
 LEDGER_ADMIN_URL = os.environ.get("LEDGER_ADMIN_URL", "postgresql://kubejob:kubejob@localhost:5432/kubejob")
 
 
@@ -33,3 +35,14 @@ def as_database_url(url: str) -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DATABASE_URL", url)
         yield url
+
+
+def record_upload(upload_id: str, *, queue: str, rows: int, tenant: str = "default") -> None:
+    """Record in the ledger that DATABASE_URL names an upload whose `rows` are all published into `queue`, as
+    the producer does before a worker serves it."""
+    url = os.environ["DATABASE_URL"]
+    schema.migrate(url)
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute("""INSERT INTO uploads (id, tenant, file_name, columns, queue, rows, confirmed, published_at)
+                        VALUES (%s, %s, 'published by a test', '{id}', %s, %s, %s, now())""",
+                     (upload_id, tenant, queue, rows, rows))

@@ -78,7 +78,7 @@ def test_every_route_but_the_probes_and_the_page_refuses_a_request_without_a_val
         for path in READS:
             answer = client.get(path.format(id=upload_id), headers=headers)
             assert (answer.status_code, answer.headers["www-authenticate"]) == (401, "Bearer"), (path, credential)
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
     for path in ("/healthz", "/readyz", "/"):
         assert wait_for(lambda path=path: client.get(path).status_code == 200, what=path, timeout=10, interval=0.1)
 

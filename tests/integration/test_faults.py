@@ -39,7 +39,7 @@ def test_workers_killed_at_random_lose_no_row(broker: Broker, queue_name: str, t
     assert set(counts) == {str(i) for i in range(count)}
     assert kills >= 3
     assert twice <= kills * prefetch, "a kill can only return the rows that worker held"
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def rabbitmqctl(*args: str) -> None:

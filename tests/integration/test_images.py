@@ -67,7 +67,7 @@ def test_the_producer_image_takes_an_upload(images, broker: Broker, queue_name: 
         response = httpx.post(url + "/upload", files={"file": ("a.csv", b"id,name\n1,a\n2,b\n", "text/csv")},
                               timeout=30)
         assert (response.status_code, response.json()["rows"]) == (200, 2), response.text
-        assert broker.depth(queue_name) == 2
+        assert broker.backlog(queue_name) == 2
     finally:
         container.stop()
 
@@ -77,7 +77,7 @@ def test_the_worker_image_drains_the_queue_and_exits_0(images, broker: Broker, q
     container = Container("worker:latest", QUEUE_NAME=queue_name, WORKER_IDLE_SECONDS="1")
     try:
         assert container.wait(timeout=60) == 0, container.logs()
-        assert broker.depth(queue_name) == 0
+        assert broker.backlog(queue_name) == 0
         assert '"handled": 50' in container.logs()
     finally:
         container.stop()

@@ -71,7 +71,7 @@ def test_a_message_over_max_message_bytes_is_dead_lettered_without_being_held(
     assert body == b"" and properties.message_id == f"{upload_id}:11"
     assert properties.headers["error"] == error and properties.headers["body_bytes"] == size
     assert properties.headers["upload_id"] == upload_id and properties.headers["row"] == 11
-    assert broker.depth(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
+    assert broker.backlog(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
 
 
 def test_a_large_message_under_the_limit_is_handled_in_about_three_times_its_size(

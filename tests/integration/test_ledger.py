@@ -122,7 +122,7 @@ def test_an_unreachable_ledger_means_503_and_nothing_published(queue_name: str, 
         # /readyz answers from the ledger's watch, which pings every PROBE_SECONDS.
         wait_for(lambda: client.get("/readyz").status_code == 503, what="/readyz to see PostgreSQL gone", timeout=10,
                  interval=0.2)
-    assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
+    assert not broker.exists(queue_name) or broker.backlog(queue_name) == 0
 
 
 def test_a_producer_started_before_postgresql_waits_for_it_and_serves(queue_name: str, ledger_database: str) -> None:
@@ -156,10 +156,10 @@ def test_the_same_key_returns_the_same_upload_and_publishes_nothing_again(client
     again = upload(client, csv_file(20), **key)
     assert (first.status_code, again.status_code) == (200, 200)
     assert again.json()["upload_id"] == first.json()["upload_id"]
-    assert broker.depth(queue_name) == 20
+    assert broker.backlog(queue_name) == 20
     other = upload(client, csv_file(21), **key)
     assert other.status_code == 409 and "another file" in other.json()["error"]
-    assert broker.depth(queue_name) == 20
+    assert broker.backlog(queue_name) == 20
 
 
 def test_uploads_are_listed_newest_first_a_page_at_a_time(client: TestClient) -> None:

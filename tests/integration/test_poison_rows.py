@@ -83,7 +83,7 @@ def test_a_poison_row_is_dead_lettered_after_max_attempts_and_the_rest_are_handl
     assert (status["state"], status["done"], status["failed"]) == ("done", ROWS - 1, 1)
     failed_rows = client.get(status["failed_url"]).text
     assert error.split(":")[0] in failed_rows
-    assert broker.depth(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
+    assert broker.backlog(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
 
 
 def test_a_row_failing_twice_is_handled_on_its_third_attempt_after_the_delays(

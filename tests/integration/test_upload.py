@@ -86,7 +86,7 @@ def test_a_large_upload_is_published_in_full_in_few_socket_writes(broker: Broker
         response = upload(client, data)
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == rows
-    assert broker.depth(queue_name) == rows
+    assert broker.backlog(queue_name) == rows
     if pika_path == "fast":
         assert len(sends) < rows / 10, f"{len(sends)} sends for {rows} rows"
     else:  # pika alone sends each of a message's three frames on its own (kubejob.pika_fast.join_writes)
@@ -142,7 +142,7 @@ def test_bad_files_are_rejected_and_nothing_is_published(
     assert response.status_code == status, response.text
     assert error in response.json()["error"]
     assert response.json().get("line") == line
-    assert broker.depth(queue_name) == 3
+    assert broker.backlog(queue_name) == 3
     assert client.get("/healthz").status_code == 200
 
 
@@ -173,7 +173,7 @@ def test_upload_token_is_required_when_set(broker: Broker, queue_name: str) -> N
         assert upload(client, GOOD, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert not broker.exists(queue_name)
         assert upload(client, GOOD, headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert broker.depth(queue_name) == 3
+    assert broker.backlog(queue_name) == 3
 
 
 def test_readyz_reports_a_reachable_broker_from_a_connection_it_keeps(client: TestClient) -> None:
@@ -296,9 +296,9 @@ def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(bro
                                    "(1000); split the row, or raise MAX_MESSAGE_BYTES together with the worker Job's "
                                    "memory limit (a worker holds WORKER_PREFETCH such rows) and the broker's "
                                    "max_message_size"}
-        assert not broker.exists(queue_name) or broker.depth(queue_name) == 0
+        assert not broker.exists(queue_name) or broker.backlog(queue_name) == 0
         good = httpx.post(f"{url}/upload", files={"file": ("rows.csv", GOOD, "text/csv")}, timeout=30)
         assert good.status_code == 200, good.text
         recorded = httpx.get(f"{url}/uploads", timeout=30).json()["uploads"]
     assert [upload["upload_id"] for upload in recorded if upload["queue"] == queue_name] == [good.json()["upload_id"]]
-    assert broker.depth(queue_name) == 3
+    assert broker.backlog(queue_name) == 3

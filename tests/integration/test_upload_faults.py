@@ -129,7 +129,7 @@ def test_a_keyed_retry_with_another_delimiter_is_refused_naming_it(client: TestC
     assert other.json()["upload_id"] == first.json()["upload_id"]
     same = client.post("/upload", files={"file": ("a.csv", data)}, data={"delimiter": "comma"}, headers=key)
     assert (same.status_code, same.json()["upload_id"]) == (200, first.json()["upload_id"])
-    assert broker.depth(queue_name) == 2
+    assert broker.backlog(queue_name) == 2
 
 
 def test_an_unkeyed_503_says_how_to_retry_without_naming_a_key_it_never_had(queue_name: str) -> None:
@@ -159,7 +159,7 @@ def test_a_row_over_the_broker_s_limit_is_a_413_naming_it_and_the_upload_fails(
         again = client.post("/upload", files={"file": ("a.csv", data)}, headers=key)
         assert (again.status_code, again.json()["error"]) == (413, refused.json()["error"])
         assert client.get("/healthz").status_code == 200
-    assert rabbitmq_4.depth(queue_name) == 2, "the rows before it are queued, and nothing after it"
+    assert rabbitmq_4.backlog(queue_name) == 2, "the rows before it are queued, and nothing after it"
 
 
 def test_status_during_an_upload_and_its_drain_never_contradicts_itself(queue_name: str, tmp_path: Path) -> None:

@@ -126,4 +126,4 @@ def test_a_memory_alarm_makes_readyz_503_and_uploads_fail_at_once_until_it_clear
     assert "RabbitMQ blocks publishers: low on memory" in upload.json()["error"], upload.json()
     assert upload.headers["retry-after"] == "5"
     assert recovered < 3.0
-    assert after.status_code == 200 and rabbitmq_4.depth(queue_name) == 3, after.text
+    assert after.status_code == 200 and rabbitmq_4.backlog(queue_name) == 3, after.text

@@ -32,7 +32,7 @@ def test_worker_drains_the_queue_and_exits_0(broker: Broker, queue_name: str, tm
     worker = start_worker(queue_name, tmp_path / "handled")
     assert worker.wait(timeout=60) == 0
     assert handled(tmp_path / "handled") == collections.Counter(str(i) for i in range(500))
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def test_a_drain_with_half_its_rows_failing_puts_each_failure_in_dead_once_and_every_outcome_in_the_ledger(
@@ -40,7 +40,7 @@ def test_a_drain_with_half_its_rows_failing_puts_each_failure_in_dead_once_and_e
     count = 20_000
     upload_id = broker.publish_rows(queue_name, [{"id": str(n), "poison": "yes" if n % 2 else "no"}
                                                  for n in range(count)], confirm=False)
-    wait_for(lambda: broker.depth(queue_name) == count, what=f"{count} rows queued", timeout=60, interval=0.2)
+    wait_for(lambda: broker.backlog(queue_name) == count, what=f"{count} rows queued", timeout=60, interval=0.2)
     worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="1")
     assert worker.wait(timeout=180) == 0
     dead = broker.drain(message.dead_letter_queue(queue_name))
@@ -50,7 +50,7 @@ def test_a_drain_with_half_its_rows_failing_puts_each_failure_in_dead_once_and_e
         outcomes = conn.execute("SELECT failed, count(*) FROM row_outcomes WHERE upload_id = %s GROUP BY failed",
                                 (upload_id,)).fetchall()
     assert sorted(outcomes) == [(False, count // 2), (True, count // 2)]
-    assert broker.depth(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
+    assert broker.backlog(queue_name) == 0 and broker.depth(message.retry_queue(queue_name)) == 0
 
 
 def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_name: str, tmp_path: Path) -> None:
@@ -60,11 +60,11 @@ def test_a_killed_workers_rows_are_handled_by_the_next(broker: Broker, queue_nam
     wait_for(lambda: sum(handled(record).values()) >= 30, what="30 rows handled", timeout=30, interval=0.05)
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    assert broker.depth(queue_name) > 0
+    assert broker.backlog(queue_name) > 0
     second = start_worker(queue_name, record)
     assert second.wait(timeout=60) == 0
     assert set(handled(record)) == {str(i) for i in range(200)}
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue_name: str, tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_a_failing_row_is_dead_lettered_after_max_attempts(broker: Broker, queue
     properties, body = dead[0]
     assert body == b'{"id":"5","poison":"yes"}'
     assert properties.headers["attempt"] == 4 and properties.message_id == f"{upload_id}:6"
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, queue_name: str, tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_sigterm_finishes_the_row_in_hand_and_returns_the_rest(broker: Broker, q
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 0
     assert sum(handled(record).values()) == 2, "the first row, and the one in hand when SIGTERM came"
-    assert broker.depth(queue_name) == 8
+    assert broker.backlog(queue_name) == 8
 
 
 def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_a_long_handler_keeps_its_connection(broker: Broker, queue_name: str, tm
     worker = start_worker(queue_name, record, "slow", SLOW_SECONDS="6", WORKER_HEARTBEAT_SECONDS="1")
     assert worker.wait(timeout=30) == 0
     assert handled(record) == collections.Counter({"1": 1})
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def test_an_unreachable_broker_is_one_line_that_says_why(queue_name: str, tmp_path: Path) -> None:
@@ -160,7 +160,7 @@ def test_rows_are_handled_worker_concurrency_at_a_time_each_once(
     assert handled(record) == collections.Counter(str(i) for i in range(300))
     # The prefetch was raised to keep 8 busy; none of the rows came back unacked.
     assert max(int(n) for n in peaks.read_text().split()) == 8
-    assert broker.depth(queue_name) == 0
+    assert broker.backlog(queue_name) == 0
 
 
 def test_sigterm_lets_the_rows_in_hand_finish_at_any_concurrency(broker: Broker, queue_name: str,
@@ -170,9 +170,9 @@ def test_sigterm_lets_the_rows_in_hand_finish_at_any_concurrency(broker: Broker,
     worker = start_worker(queue_name, record, "overlapping", SLOW_SECONDS="2", PEAK_FILE=str(peaks),
                           WORKER_CONCURRENCY="4", WORKER_PREFETCH="1")
     # It holds twice its concurrency (and the first row, taken before it widened its prefetch to that).
-    wait_for(lambda: broker.depth(queue_name) <= 2, what="the worker to take its rows", timeout=30, interval=0.1)
+    wait_for(lambda: broker.backlog(queue_name) <= 2, what="the worker to take its rows", timeout=30, interval=0.1)
     time.sleep(0.5)
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=10) == 0
     assert sum(handled(record).values()) == 4
-    assert broker.depth(queue_name) == 6
+    assert broker.backlog(queue_name) == 6
