@@ -15,6 +15,7 @@ from typing import NamedTuple, TypeVar
 
 import psycopg
 
+from kubejob import message
 from kubejob.backoff import doubling
 from kubejob.errors import LedgerUnavailable
 
@@ -135,14 +136,15 @@ _OPEN_UPLOADS = """
 SELECT u.id, u.tenant, coalesce(t.weight, 1), u.queue, u.paused_at IS NOT NULL, u.cancelled_at IS NOT NULL,
        u.done + u.failed >= u.rows
 FROM uploads u LEFT JOIN tenants t ON t.name = u.tenant
-WHERE u.queue_deleted_at IS NULL ORDER BY u.created_at, u.id
+WHERE u.queue_deleted_at IS NULL AND starts_with(u.queue, %s) ORDER BY u.created_at, u.id
 """
 
 
-def open_uploads(conn: psycopg.Connection) -> list[OpenUpload]:
-    """Every upload whose queue has not been deleted, oldest first; raises LedgerUnavailable."""
+def open_uploads(conn: psycopg.Connection, queue: str) -> list[OpenUpload]:
+    """Every upload into `queue` (QUEUE_NAME) whose own queue has not been deleted, oldest first; raises
+    LedgerUnavailable. Deployments with other queue names may share the ledger."""
     with map_psycopg_errors():
-        return [OpenUpload(*row) for row in conn.execute(_OPEN_UPLOADS).fetchall()]
+        return [OpenUpload(*row) for row in conn.execute(_OPEN_UPLOADS, (message.upload_queue(queue, ""),))]
 
 
 def reason(exc: psycopg.Error) -> str:

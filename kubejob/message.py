@@ -166,12 +166,17 @@ def decode(body: bytes, properties: AnyProperties) -> Row:
     return named_row(properties, data)
 
 
+def upload_of(properties: AnyProperties) -> str:
+    """The upload a message's headers say it is a row of ("" if none): the upload whose queue it is in."""
+    return str((properties.headers or {}).get("upload_id", ""))
+
+
 def named_row(properties: AnyProperties, data: dict[str, str] | None = None) -> Row:
     """The row a message's headers name, with `data`: none for a message whose body was not read."""
     headers = properties.headers or {}
     return Row(
         data={} if data is None else data,
-        upload_id=str(headers.get("upload_id", "")),
+        upload_id=upload_of(properties),
         row=int(headers.get("row", 0)),
         attempt=int(headers.get("attempt", 1)),
     )

@@ -11,8 +11,16 @@ A few rows arriving on their own, and rows finishing while other handlers still 
 waited on for up to WORKER_LINGER_SECONDS, so that they are handled, recorded and acked in a
 batch (worker.linger).
 
-A worker starts with a prefetch of 1 and widens it at the first row that is not a
-redelivery, so that after a death the redelivered rows come back one at a time.
+It consumes the queue of every upload the ledger has open and not paused or cancelled (read
+every SERVE_EVERY_S on a thread of its own), each with its share of the prefetch
+(worker.share.allocate); the rows held are started in the fair share's turns (worker.rows). An
+upload's consumer gets a new prefetch only once none of its rows are held, so the worker never
+holds more than its prefetch. Once an upload is paused, its rows held and not started go back to
+its queue (nacked, requeued); once it is cancelled, they are acked unhandled: its queue is
+deleted by the producer soon after.
+
+A worker starts with a prefetch of 1 for each upload and widens it at the first row that is not
+a redelivery, so that after a death the redelivered rows come back one at a time.
 
 A message whose body is over MAX_MESSAGE_BYTES is dropped as it arrives (worker.deliveries):
 its row is recorded as failed and copied to "<queue>.dead" with an empty body, so that body
@@ -33,8 +41,8 @@ import pika.exceptions
 
 from kubejob import message, pika_fast
 from kubejob.errors import BrokerUnavailable, LedgerUnavailable, Permanent
-from kubejob.ledger import Retry
-from kubejob.message import Delivery
+from kubejob.ledger import OpenUpload, Retry
+from kubejob.message import Delivery, upload_of
 from worker import dead_letters
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
 from worker.deliveries import Deliveries, PlainDeliveries, kept
@@ -44,10 +52,17 @@ from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings
 from worker.settle import Outcome, Settler
+from worker.share import allocate
 
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
+# How often the uploads open are read: no row of an upload is started more than a second after it was paused
+# or cancelled.
+SERVE_EVERY_S = 0.5
+# Lingering asks the broker whether rows are ready behind those that came; past this many queues consumed that
+# costs more round trips than a batch saves, and a worker serving so many uploads is seldom short of rows.
+LINGER_MAX_QUEUES = 8
 
 
 class QueueMismatch(Permanent):
@@ -55,7 +70,7 @@ class QueueMismatch(Permanent):
 
 
 class Consumer:
-    """Drains one queue until it has been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
+    """Drains the queues of the uploads served until they have been empty for WORKER_IDLE_SECONDS, or SIGTERM."""
 
     def __init__(self, settings: Settings, handler: Handler, ledger: Ledger) -> None:
         self.settings, self.ledger = settings, ledger
@@ -68,6 +83,15 @@ class Consumer:
         self._in_flight = 0
         self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
+        self._stopped: set[str] = set()  # uploads paused or cancelled: their rows are not started
+        self._cancelled: set[str] = set()
+        self._queues: dict[str, str] = {}  # upload id -> its queue, of the uploads served
+        self._served: list[OpenUpload] = []
+        self._wanted: dict[str, int] = {}  # upload id -> the prefetch its consumer is to have
+        self._consumers: dict[str, tuple[str, int]] = {}  # upload id -> (consumer tag, prefetch)
+        self._consumers_due = False  # _wanted and _consumers may differ
+        self._replacing: dict[str, int] = {}  # upload id -> the prefetch of its consumer cancelled for a new one
+        self._ended = threading.Event()
         self._linger = Linger(settings.worker_linger_seconds, settings.prefetch)
         self._finished_since: float | None = None  # when the I/O thread first saw the rows that wait to be taken
         self.handled = 0
@@ -83,6 +107,7 @@ class Consumer:
                 heartbeat=self.settings.worker_heartbeat_seconds, connection_attempts=3, retry_delay=2,
             ))
             self._channel = self._connection.channel()
+            self._probe = self._connection.channel()  # for passive declares: a 404 closes it, not the consumers'
             self._declare()
             fast = pika_fast.active(self.settings.kubejob_pika_fast)
             self._copies = ConfirmedCopies(self._channel, on_confirm=self._wake) if fast else PlainCopies(self._channel)
@@ -91,6 +116,7 @@ class Consumer:
             self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
                                           max_body_bytes=self.settings.max_message_bytes) if fast else \
                 PlainDeliveries(self._channel)
+            self._serve(self.ledger.open_uploads(self.queue))
             self._consume()
         except pika.exceptions.AMQPError as exc:
             # pika's repr carries the reason (its str is often empty).
@@ -102,18 +128,24 @@ class Consumer:
                 self._connection.close()
             raise BrokerUnavailable(f"copies of failed rows not confirmed: {exc}") from exc
         finally:
+            self._ended.set()
             self._rows.close()
             self._batches.put(None)
 
     def _declare(self) -> None:
         for name, arguments in message.declarations(self.queue):
-            try:
-                self._channel.queue_declare(name, durable=True, arguments=arguments)
-            except pika.exceptions.ChannelClosedByBroker as exc:
-                if exc.reply_code == 406:  # PRECONDITION_FAILED: declared before with other arguments
-                    raise QueueMismatch(message.migration_hint(name, exc.reply_text)) from exc
-                raise
-        self._channel.basic_qos(prefetch_count=1)  # widened at the first row that is not a redelivery
+            self._declare_queue(name, arguments)
+        retry = message.retry_exchange(self.queue)
+        self._channel.exchange_declare(retry, exchange_type="fanout", durable=True)
+        self._channel.queue_bind(message.retry_queue(self.queue), retry)
+
+    def _declare_queue(self, name: str, arguments: dict[str, str | int]) -> None:
+        try:
+            self._channel.queue_declare(name, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 406:  # PRECONDITION_FAILED: declared before with other arguments
+                raise QueueMismatch(message.migration_hint(name, exc.reply_text)) from exc
+            raise
 
     def _move_limit_queue(self) -> None:
         try:
@@ -125,21 +157,24 @@ class Consumer:
             log.info("rows the broker dead-lettered recorded as failed", extra={"queue": self.queue, "rows": moved})
 
     def _consume(self) -> None:
-        consumer_tag = self._deliveries.consume(self.queue, self._on_message)
         self._rows.start()
         threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
+        threading.Thread(target=self._watch_uploads, name="uploads", daemon=True).start()
+        self._adjust_consumers()
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=self._record_in(time.monotonic()))
             self._in_flight -= self._settler.settle_confirmed()
-            if not self._narrow and self._linger.due(time.monotonic(), len(self._arrived), self._ready):
+            if not self._narrow and self._linger.due(time.monotonic(), len(self._arrived), self._ready_consumed):
                 time.sleep(self._linger.seconds)
                 self._connection.process_data_events(time_limit=0)
             if self._arrived:
                 self._rows.submit(self._arrived)
                 self._arrived = []
             if self._widen_due:
-                consumer_tag = self._widen(consumer_tag)
+                self._widen()
+            if self._consumers_due:
+                self._adjust_consumers()
             if self._rows.overdue(time.monotonic()):
                 break
             now = time.monotonic()
@@ -152,9 +187,11 @@ class Consumer:
                     last_activity = time.monotonic()  # they come back into the queue after their delay
                     continue
                 self._move_limit_queue()
-                log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled})
+                log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled,
+                                                        "uploads_paused": len(self._stopped - self._cancelled)})
                 break
-        self._deliveries.cancel(consumer_tag)
+        for consumer_tag, _ in self._consumers.values():
+            self._deliveries.cancel(consumer_tag)
         if self._rows.timed_out is not None:
             self._settle_what_finished()
         elif self.stopping.is_set():
@@ -163,20 +200,107 @@ class Consumer:
         if self._rows.timed_out is not None:
             raise self._rows.timed_out
 
-    def _ready(self, name: str | None = None) -> int:
-        """Rows ready in queue `name` (ours by default), not counting those delivered and not yet acked."""
-        return self._channel.queue_declare(name or self.queue, passive=True).method.message_count
+    def _ready(self, name: str) -> int:
+        """Rows ready in queue `name`, not counting those delivered and not yet acked; 0 if it is gone."""
+        try:
+            return self._probe.queue_declare(name, passive=True).method.message_count
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            self._probe = self._connection.channel()
+            if exc.reply_code == 404:
+                return 0
+            raise
+
+    def _ready_consumed(self) -> int:
+        """Rows ready in the queues consumed (for lingering): many queues count as not empty."""
+        queues = [self._queues[upload_id] for upload_id in self._consumers]
+        return 1 if len(queues) > LINGER_MAX_QUEUES else sum(self._ready(name) for name in queues)
 
     def _retries_waiting(self) -> bool:
-        """Rows wait in the retry queue, or have just come back from it and not reached us yet."""
-        return any(self._ready(name) for name in (message.retry_queue(self.queue), self.queue))
+        """Rows wait in the retry queue, or in a queue served (come back from it, or beyond the prefetch)."""
+        return any(self._ready(name) for name in (message.retry_queue(self.queue), *self._queues.values()))
 
-    def _widen(self, consumer_tag: str) -> str:
-        """Take the full prefetch: a new consumer, since the broker applies a prefetch to consumers made after it."""
+    def _watch_uploads(self) -> None:
+        """The uploads thread: read the uploads open, and have the I/O thread serve them."""
+        failing = False
+        while not self._ended.wait(SERVE_EVERY_S):
+            try:
+                uploads = self.ledger.open_uploads(self.queue)
+            except LedgerUnavailable as exc:
+                if not failing:
+                    log.warning("ledger unavailable, serving the uploads as last read", extra={"error": str(exc)})
+                failing = True
+                continue
+            failing = False
+            try:
+                self._connection.add_callback_threadsafe(functools.partial(self._serve, uploads))
+            except pika.exceptions.ConnectionWrongStateError:
+                return
+
+    def _serve(self, uploads: list[OpenUpload]) -> None:
+        """On the I/O thread: consume the queues of the uploads served, with their shares; take back the rows held
+        of those paused (back to their queue) and cancelled (dropped)."""
+        self._rows.know(uploads)
+        self._stopped = {u.id for u in uploads if u.paused or u.cancelled}
+        self._cancelled = {u.id for u in uploads if u.cancelled}
+        if self._stopped:
+            held = self._rows.withdraw(self._stopped)
+            arrived = [d for d in self._arrived if upload_of(d.properties) in self._stopped]
+            if arrived:
+                self._arrived = [d for d in self._arrived if upload_of(d.properties) not in self._stopped]
+            self._withdraw(held + arrived)
+        served = [u for u in uploads if u.served]
+        if served != self._served:
+            self._served, self._queues = served, {u.id: u.queue for u in served}
+            self._share()
+
+    def _share(self) -> None:
+        shares = allocate(self._served, self.settings.prefetch)
+        self._wanted = dict.fromkeys(shares, 1) if self._narrow else shares
+        self._consumers_due = True
+
+    def _withdraw(self, deliveries: list[Delivery]) -> None:
+        """Give back the rows of paused uploads, and drop those of cancelled ones; none of them was started."""
+        if not deliveries:
+            return
+        dropped = [d for d in deliveries if upload_of(d.properties) in self._cancelled]
+        back = [d for d in deliveries if upload_of(d.properties) not in self._cancelled]
+        self._settler.withdraw(back=back, dropped=dropped)
+        self._in_flight -= len(deliveries)
+        log.info("rows of uploads paused or cancelled taken back unstarted",
+                 extra={"queue": self.queue, "given_back": len(back), "dropped": len(dropped),
+                        "uploads": sorted({upload_of(d.properties) for d in deliveries})[:5]})
+
+    def _adjust_consumers(self) -> None:
+        """Cancel each consumer whose prefetch is no longer wanted, and consume each queue wanted with the prefetch
+        wanted (the broker applies a prefetch to the consumers made after it).
+
+        An upload whose consumer had a larger prefetch gets its new one once none of its rows are held, so that
+        it does not hold both; one that had a prefetch of 1 (before widening) at once, as a new upload does.
+        """
+        self._consumers_due = False
+        for upload_id, (tag, prefetch) in list(self._consumers.items()):
+            if self._wanted.get(upload_id) != prefetch:
+                self._deliveries.cancel(tag)
+                del self._consumers[upload_id]
+                self._replacing[upload_id] = prefetch
+        for upload_id in [u for u in self._replacing if u not in self._wanted]:
+            del self._replacing[upload_id]
+        for upload_id, prefetch in self._wanted.items():
+            if upload_id in self._consumers:
+                continue
+            if self._replacing.get(upload_id, 1) > 1 and self._settler.acks.held(upload_id):
+                self._consumers_due = True  # once they are settled
+                continue
+            self._replacing.pop(upload_id, None)
+            queue = self._queues[upload_id]
+            self._declare_queue(queue, message.queue_arguments(self.queue))  # in case its producer has not yet
+            self._channel.basic_qos(prefetch_count=prefetch)
+            self._consumers[upload_id] = (self._deliveries.consume(queue, self._on_message), prefetch)
+
+    def _widen(self) -> None:
+        """Take the full prefetch, now that a row is not a redelivery."""
         self._widen_due = False
-        self._deliveries.cancel(consumer_tag)
-        self._channel.basic_qos(prefetch_count=self.settings.prefetch)
-        return self._deliveries.consume(self.queue, self._on_message)
+        self._share()
 
     def _settle_what_finished(self) -> None:
         """Record and settle every finished row, the timed-out one included; the rest go back on close."""
@@ -209,7 +333,11 @@ class Consumer:
         self._in_flight += len(deliveries)
         if self._narrow and not all(delivery.redelivered for delivery in deliveries):
             self._narrow, self._widen_due = False, True
-        self._settler.acks.delivered([delivery.tag for delivery in deliveries])
+        uploads = [upload_of(delivery.properties) for delivery in deliveries]
+        self._settler.acks.delivered([delivery.tag for delivery in deliveries], uploads)
+        if self._stopped and not self._stopped.isdisjoint(uploads):  # delivered before its consumer was cancelled
+            self._withdraw([d for d, u in zip(deliveries, uploads, strict=True) if u in self._stopped])
+            deliveries = [d for d, u in zip(deliveries, uploads, strict=True) if u not in self._stopped]
         self._arrived += deliveries
 
     def _wake(self) -> None:

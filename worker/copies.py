@@ -40,22 +40,25 @@ class ConfirmedCopies:
         self._sent = 0  # the broker numbers the messages of a channel in confirm mode from 1
         self._unconfirmed: set[int] = set()
         self._refused = 0  # nacked or returned since the last `confirm` or `check`
-        self._publish: dict[str, frames.Publish] = {}  # by queue
+        self._publish: dict[tuple[str, str], frames.Publish] = {}  # by exchange and routing key
         self._pending: list[bytes] = []  # frames not yet handed to pika
         selected: list[object] = []
         self._async.confirm_delivery(self._on_confirm, callback=selected.append)
         pika_fast.wait(channel, lambda: bool(selected))
         self._async.add_on_return_callback(self._on_return)
 
-    def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> int:
-        """Send a message to `queue` (mandatory: one it cannot route comes back, and counts as refused).
+    def publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties, *, exchange: str = "") -> int:
+        """Send a message to `exchange`, by default straight to the queue `routing_key` (mandatory: one it cannot
+        route comes back, and counts as refused).
 
         Returns its number, for `is_confirmed`.
         """
-        if queue not in self._publish:
-            self._publish[queue] = frames.Publish(self._channel.channel_number, exchange="", routing_key=queue,
-                                                  mandatory=True, frame_max=self._async.connection.params.frame_max)
-        self._pending.append(self._publish[queue].message(body, properties))
+        route = (exchange, routing_key)
+        if route not in self._publish:
+            self._publish[route] = frames.Publish(self._channel.channel_number, exchange=exchange,
+                                                  routing_key=routing_key, mandatory=True,
+                                                  frame_max=self._async.connection.params.frame_max)
+        self._pending.append(self._publish[route].message(body, properties))
         self._sent += 1
         self._unconfirmed.add(self._sent)
         return self._sent
@@ -108,11 +111,11 @@ class PlainCopies:
         self._channel = channel
         channel.confirm_delivery()
 
-    def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> int:
+    def publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties, *, exchange: str = "") -> int:
         try:
-            self._channel.basic_publish("", queue, body, properties, mandatory=True)
+            self._channel.basic_publish(exchange, routing_key, body, properties, mandatory=True)
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
-            raise CopiesNotConfirmed(f"RabbitMQ refused a message to {queue!r}: {exc!r}") from exc
+            raise CopiesNotConfirmed(f"RabbitMQ refused a message to {exchange!r} {routing_key!r}: {exc!r}") from exc
         return 0
 
     def flush(self) -> None:

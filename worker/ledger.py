@@ -77,8 +77,9 @@ class Ledger:
 
     def __init__(self, conninfo: str, *, timeout_s: float) -> None:
         self._conninfo, self._timeout_s = conninfo, timeout_s
-        # Redelivered rows are checked one at a time (see worker.rows), so two connections serve.
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=2, timeout=timeout_s, open=False,
+        # Redelivered rows are checked one at a time (see worker.rows), so two connections serve, and one for the
+        # read of the uploads open.
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=3, timeout=timeout_s, open=False,
                                     kwargs={"connect_timeout": int(max(1, timeout_s)), "autocommit": True})
 
     def open(self) -> None:
@@ -105,6 +106,11 @@ class Ledger:
               contextlib.nullcontext() if alone else conn.transaction()):
             for query, parameters in statements:
                 conn.execute(query, parameters)
+
+    def open_uploads(self, queue: str) -> list[schema.OpenUpload]:
+        """The uploads into `queue` whose own queues exist, oldest first; raises LedgerUnavailable."""
+        with schema.map_psycopg_errors(), self._pool.connection() as conn:
+            return schema.open_uploads(conn, queue)
 
     def start_redelivered(self, upload_id: str, row: int) -> int:
         """Count one more start of a redelivered row; return how many came before (0 if the ledger cannot say)."""

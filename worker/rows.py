@@ -2,7 +2,9 @@
 
 An ordinary function runs on a pool of threads, an `async def` one as tasks on an event loop
 of its own; either way off the I/O thread, which keeps the connection going however long a
-row takes. A dispatcher hands rows out in delivery order. A redelivered row the ledger has no
+row takes. A dispatcher starts the rows held in the turns of the fair share (worker.share), one
+as a handler comes free, so that a row held is never promised to a handler before its turn and
+the rows of a paused or cancelled upload can still be taken back unstarted. A redelivered row the ledger has no
 outcome for is started alone, once every row before it is recorded, and each such start is
 counted in the ledger: if it kills this worker too, no other row is handled again or blamed,
 and the row that keeps killing workers is given up on.
@@ -19,17 +21,22 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import cast
 
 from kubejob import message
 from kubejob.errors import Temporary
+from kubejob.ledger import OpenUpload
 from kubejob.message import Delivery
 from worker import metrics
 from worker.handlers import Handler
 from worker.ledger import Ledger
 from worker.settings import Settings
 from worker.settle import GaveUp, MessageTooLarge, Outcome
+from worker.share import Turns
+
+# How often a dispatcher waiting for a row looks at `stopping`, which is set from a signal handler.
+STOPPING_CHECK_S = 0.2
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +53,18 @@ class Rows:
         self._settings, self._handler, self._ledger = settings, handler, ledger
         self._wake, self._stopping = wake, stopping
         self._concurrency, self._batch_rows = settings.worker_concurrency, settings.batch_rows
-        self._lock = threading.Lock()  # guards _finished, _recording, _active, _running and timed_out
+        self._lock = threading.Lock()  # guards _turns, _closed, _finished, _recording, _active, _running, timed_out
+        self._more = threading.Condition(self._lock)  # a row is held, a handler came free, or no more are taken
+        self._turns = Turns()  # held, not started
+        self._closed = False
         self._finished: collections.deque[Outcome] = collections.deque()  # not yet taken, oldest first
         self._recording = False  # the rows taken last are neither recorded nor put back yet
         self._active = 0  # handed to a handler and not finished
         self._running: dict[int, tuple[Delivery, message.Row, float]] = {}  # by tag: in the handler since
         self.timed_out: RowTimedOut | None = None
-        # Rows arrive a list at a time: what one pass of the I/O loop received.
-        self._todo: queue.Queue[list[Delivery] | None] = queue.Queue()
-        # An `async def` handler's rows go to its event loop's queue instead.
+        # An `async def` handler's dispatcher runs on its event loop, and is woken there.
         self._loop = asyncio.new_event_loop() if inspect.iscoroutinefunction(handler) else None
-        self._todo_async: asyncio.Queue[list[Delivery] | None] = asyncio.Queue()
+        self._more_async = asyncio.Event()
 
     def start(self) -> None:
         if self._loop is None:
@@ -65,17 +73,35 @@ class Rows:
             threading.Thread(target=self._loop.run_until_complete, args=(self._dispatch_on_loop(),),
                              name="event-loop", daemon=True).start()
 
-    def submit(self, deliveries: list[Delivery] | None) -> None:
-        """Hand rows on (None: start no more), from the I/O thread."""
-        if self._loop is None:
-            self._todo.put(deliveries)
-        else:
-            self._loop.call_soon_threadsafe(self._todo_async.put_nowait, deliveries)
+    def submit(self, deliveries: list[Delivery]) -> None:
+        """Hold rows to be started in their turns, from the I/O thread."""
+        with self._lock:
+            for delivery in deliveries:
+                self._turns.add(delivery)
+            self._more.notify()
+        self._wake_loop()
+
+    def know(self, uploads: Iterable[OpenUpload]) -> None:
+        """The uploads open now, whose tenants and weights decide the turns."""
+        with self._lock:
+            self._turns.know(uploads)
+
+    def withdraw(self, uploads: set[str]) -> list[Delivery]:
+        """Take back every held row of `uploads` that has not started; return them."""
+        with self._lock:
+            return self._turns.withdraw(uploads)
 
     def close(self) -> None:
         """Start no more rows; those not started stay unacked and go back to the queue."""
-        with contextlib.suppress(RuntimeError):  # an event loop that has ended already
-            self.submit(None)
+        with self._lock:
+            self._closed = True
+            self._more.notify_all()
+        self._wake_loop()
+
+    def _wake_loop(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):  # an event loop that has ended already
+                self._loop.call_soon_threadsafe(self._more_async.set)
 
     def idle(self) -> bool:
         with self._lock:
@@ -131,27 +157,34 @@ class Rows:
                          "attempt": row.attempt, "timeout_s": limit, "still_running": others})
         return True
 
+    def _take(self) -> Delivery | None:
+        """The next row to start, once a handler is free; None once no more are to start (those held stay
+        unacked: the broker requeues them)."""
+        with self._more:
+            while not (self._closed or self._stopping.is_set()):
+                if self._active < self._concurrency and (delivery := self._turns.take()) is not None:
+                    self._active += 1
+                    return delivery
+                self._more.wait(STOPPING_CHECK_S)
+        return None
+
     def _dispatch(self) -> None:
         """Hand rows to the handler threads, started as they are first needed."""
         ready: queue.Queue[Delivery] = queue.Queue()
         threads = 0
-        while (deliveries := self._todo.get()) is not None:
-            for delivery in deliveries:
-                if self._stopping.is_set():
-                    break  # not started, so not acked: the broker requeues them
-                if delivery.redelivered:
-                    self._wait_until_all_recorded()
-                if delivery.redelivered or self._concurrency == 1:
-                    self._handle(delivery)  # on this thread: alone, or one at a time anyway
-                    continue
-                with self._lock:
-                    self._active += 1
-                    busy = self._active
-                if busy > threads and threads < self._concurrency:
-                    threading.Thread(target=self._handle_from, args=(ready,), name=f"handler-{threads}",
-                                     daemon=True).start()
-                    threads += 1
-                ready.put(delivery)
+        while (delivery := self._take()) is not None:
+            if delivery.redelivered:
+                self._wait_until_all_recorded()
+            if delivery.redelivered or self._concurrency == 1:
+                self._handle(delivery)  # on this thread: alone, or one at a time anyway
+                continue
+            with self._lock:
+                busy = self._active
+            if busy > threads and threads < self._concurrency:
+                threading.Thread(target=self._handle_from, args=(ready,), name=f"handler-{threads}",
+                                 daemon=True).start()
+                threads += 1
+            ready.put(delivery)
 
     def _handle_from(self, ready: "queue.Queue[Delivery]") -> None:
         while True:
@@ -160,10 +193,10 @@ class Rows:
                 with self._lock:
                     self._active -= 1
                 continue  # not started, so not acked: the broker requeues it
-            self._handle(delivery, counted=True)
+            self._handle(delivery)
 
-    def _handle(self, delivery: Delivery, *, counted: bool = False) -> None:
-        row = self._begin(delivery, counted=counted)
+    def _handle(self, delivery: Delivery) -> None:
+        row = self._begin(delivery)
         if row is not None:
             with self._handling(delivery, row):
                 self._handler(row.data)
@@ -175,20 +208,34 @@ class Rows:
             tasks.discard(task)
             slots.release()
 
-        while (deliveries := await self._todo_async.get()) is not None:
-            for delivery in deliveries:
-                if self._stopping.is_set():
-                    break
-                if delivery.redelivered:
-                    await asyncio.to_thread(self._wait_until_all_recorded)
-                    await self._handle_async(delivery)
-                    continue
-                await slots.acquire()
-                task = asyncio.create_task(self._handle_async(delivery))
-                tasks.add(task)
-                task.add_done_callback(finished)
+        while True:
+            await slots.acquire()
+            if (delivery := await self._take_async()) is None:
+                break
+            if delivery.redelivered:
+                await asyncio.to_thread(self._wait_until_all_recorded)
+                await self._handle_async(delivery)
+                slots.release()
+                continue
+            task = asyncio.create_task(self._handle_async(delivery))
+            tasks.add(task)
+            task.add_done_callback(finished)
         # Returning would cancel the rows in hand; on SIGTERM they get their time to finish.
         await asyncio.gather(*tasks)
+
+    async def _take_async(self) -> Delivery | None:
+        """The next row to start (a slot is free), on the event loop; None once no more are to start."""
+        while True:
+            self._more_async.clear()
+            with self._lock:
+                if self._closed or self._stopping.is_set():
+                    return None
+                delivery = self._turns.take()
+                if delivery is not None:
+                    self._active += 1
+                    return delivery
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._more_async.wait(), STOPPING_CHECK_S)
 
     async def _handle_async(self, delivery: Delivery) -> None:
         if delivery.redelivered:  # it asks the ledger before it starts: not on the loop
@@ -199,11 +246,8 @@ class Rows:
             with self._handling(delivery, row):
                 await cast(Awaitable[None], self._handler(row.data))
 
-    def _begin(self, delivery: Delivery, *, counted: bool = False) -> message.Row | None:
+    def _begin(self, delivery: Delivery) -> message.Row | None:
         """The row to hand to the handler; None when it is not to be handled, its outcome finished already."""
-        if not counted:
-            with self._lock:
-                self._active += 1
         row, outcome = self._read(delivery)
         if outcome is not None:
             self._finish(outcome)
@@ -251,6 +295,7 @@ class Rows:
                 return  # the process is ending; the broker requeues this row
             self._running.pop(outcome.delivery.tag, None)
             self._finished.append(outcome)
+            self._more.notify()
             # Rows already waiting have woken the I/O thread, which takes them all at once when a batch has
             # finished, or at the end of its wait (worker.linger.gather_for). Waking it for each row that leaves
             # no handler running would cost a wake-up per row at WORKER_CONCURRENCY 1.
@@ -259,10 +304,10 @@ class Rows:
             self._wake()
 
     def _wait_until_all_recorded(self) -> None:
-        """Let every row handed out before this one finish and be recorded."""
+        """Let every row handed out before this one (which counts among the active) finish and be recorded."""
         while not self._stopping.is_set():
             with self._lock:
-                if self._active == 0 and not self._finished and not self._recording:
+                if self._active == 1 and not self._finished and not self._recording:
                     return
             time.sleep(0.005)
 

@@ -75,7 +75,9 @@ class Acks:
     multiple ack. Only a row still in its handler makes the successes behind it go alone.
 
     Delivery tags grow in delivery order on a channel, so comparing two says which came first;
-    each tag passes through each deque below once, however many rows are open.
+    each tag passes through each deque below once, however many rows are open. It also counts
+    the rows held of each upload (`held`): the consumer gives an upload's consumer a new prefetch
+    only once none of its rows are held, so that the worker never holds more than its prefetch.
     """
 
     def __init__(self) -> None:
@@ -83,11 +85,28 @@ class Acks:
         self._open: dict[int, int] = {}  # tag -> HANDLING, SUCCEEDED (awaiting its ack) or COPYING
         # Tags as delivered, dropped from the head once out of their handler: the head is the first row in one.
         self._handling: collections.deque[int] = collections.deque()
+        self._upload: dict[int, str] = {}  # tag -> the upload the row is of
+        self._held: collections.Counter[str] = collections.Counter()
 
-    def delivered(self, tags: list[int]) -> None:
+    def delivered(self, tags: list[int], uploads: list[str]) -> None:
         self._order.extend(tags)
         self._handling.extend(tags)
         self._open.update(dict.fromkeys(tags, HANDLING))
+        self._upload.update(zip(tags, uploads, strict=True))
+        self._held.update(uploads)
+
+    def held(self, upload: str) -> int:
+        """Rows of `upload` delivered and not settled."""
+        return self._held[upload]
+
+    def returned(self, tags: list[int]) -> None:
+        """The rows were given back to the broker (nacked): nothing acks them now."""
+        for tag in tags:
+            del self._open[tag]
+            self._let_go(tag)
+
+    def _let_go(self, tag: int) -> None:
+        self._held[self._upload.pop(tag)] -= 1
 
     def copying(self, tag: int) -> None:
         """The row failed and its copy is published: it is acked with `succeeded` once the copy is confirmed."""
@@ -102,6 +121,7 @@ class Acks:
             tag = self._order.popleft()
             if self._open.pop(tag, None) is not None:
                 multiple = tag
+                self._let_go(tag)
         while self._handling and self._open.get(self._handling[0]) != HANDLING:
             self._handling.popleft()
         # A success that waited behind copies alone can never get a row in its handler ahead of it: only these
@@ -110,6 +130,7 @@ class Acks:
         alone = [tag for tag in tags if first is not None and tag > first and self._open.get(tag) == SUCCEEDED]
         for tag in alone:
             del self._open[tag]
+            self._let_go(tag)
         return multiple, alone
 
 
@@ -146,6 +167,16 @@ class Settler:
         metrics.DONE.inc(done)
         metrics.ALREADY_DONE.inc(already_done)
         return len(successes)
+
+    def withdraw(self, *, back: list[Delivery], dropped: list[Delivery]) -> None:
+        """Give rows that were never started `back` to the queue (their upload is paused), and ack those
+        `dropped` unhandled (their upload is cancelled)."""
+        for delivery in back:
+            self._channel.basic_nack(delivery.tag, requeue=True)
+        self.acks.returned([delivery.tag for delivery in back])
+        self._ack([delivery.tag for delivery in dropped])
+        metrics.PAUSED.inc(len(back))
+        metrics.CANCELLED.inc(len(dropped))
 
     def settle_confirmed(self) -> int:
         """Ack the failed rows whose copies the broker has confirmed; return how many.
@@ -184,8 +215,11 @@ class Settler:
             return number, delivery.tag, metrics.DEAD_LETTERED
         assert row is not None
         delay = self._settings.retry_delay(row.attempt)
-        number = self._copies.publish(message.retry_queue(self.queue), delivery.body, message.retry_properties(
-            delivery.properties, attempt=row.attempt + 1, delay_s=delay))
+        # Back, after the delay, to the queue of the row's upload (the retry queue dead-letters it with this key).
+        number = self._copies.publish(message.upload_queue(self.queue, row.upload_id), delivery.body,
+                                      message.retry_properties(delivery.properties, attempt=row.attempt + 1,
+                                                               delay_s=delay),
+                                      exchange=message.retry_exchange(self.queue))
         self.retries_back_at = max(self.retries_back_at, time.monotonic() + delay)
         return number, delivery.tag, metrics.RETRIED
 
