@@ -111,8 +111,20 @@ MIGRATIONS = [
         ADD COLUMN queue_deleted_at timestamptz;
     ALTER TABLE tenants ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);
     CREATE INDEX uploads_open ON uploads (created_at, id) WHERE queue_deleted_at IS NULL;
+    -- Workers listen, so that they serve a new upload, and stop on a paused or cancelled one, at once.
+    CREATE FUNCTION kubejob_upload_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('kubejob_uploads', NEW.queue);
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER upload_changed AFTER INSERT OR UPDATE OF paused_at, cancelled_at ON uploads
+        FOR EACH ROW EXECUTE FUNCTION kubejob_upload_changed();
     """,
 ]
+
+# What the trigger of migration 5 notifies on, with the upload's queue, when an upload is added, paused,
+# resumed or cancelled.
+UPLOADS_CHANNEL = "kubejob_uploads"
 
 
 class OpenUpload(NamedTuple):

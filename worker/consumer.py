@@ -57,8 +57,8 @@ from worker.share import allocate
 log = logging.getLogger(__name__)
 
 POLL_S = 0.5  # the longest the I/O loop waits for the broker before it checks on the rows
-# How often the uploads open are read: no row of an upload is started more than a second after it was paused
-# or cancelled.
+# How often the uploads open are read besides when PostgreSQL notifies a change: no row of an upload is started
+# more than a second after it was paused or cancelled, even if a notification is lost.
 SERVE_EVERY_S = 0.5
 # Lingering asks the broker whether rows are ready behind those that came; past this many queues consumed that
 # costs more round trips than a batch saves, and a worker serving so many uploads is seldom short of rows.
@@ -220,21 +220,24 @@ class Consumer:
         return any(self._ready(name) for name in (message.retry_queue(self.queue), *self._queues.values()))
 
     def _watch_uploads(self) -> None:
-        """The uploads thread: read the uploads open, and have the I/O thread serve them."""
+        """The uploads thread: read the uploads open as they change, and have the I/O thread serve them."""
         failing = False
-        while not self._ended.wait(SERVE_EVERY_S):
+        while not self._ended.is_set():
             try:
-                uploads = self.ledger.open_uploads(self.queue)
+                for uploads in self.ledger.open_uploads_as_they_change(self.queue, every_s=SERVE_EVERY_S):
+                    if failing:
+                        log.info("ledger back, serving the uploads open", extra={"uploads": len(uploads)})
+                    failing = False
+                    if self._ended.is_set():
+                        return
+                    self._connection.add_callback_threadsafe(functools.partial(self._serve, uploads))
             except LedgerUnavailable as exc:
                 if not failing:
                     log.warning("ledger unavailable, serving the uploads as last read", extra={"error": str(exc)})
                 failing = True
-                continue
-            failing = False
-            try:
-                self._connection.add_callback_threadsafe(functools.partial(self._serve, uploads))
             except pika.exceptions.ConnectionWrongStateError:
                 return
+            self._ended.wait(SERVE_EVERY_S)
 
     def _serve(self, uploads: list[OpenUpload]) -> None:
         """On the I/O thread: consume the queues of the uploads served, with their shares; take back the rows held

@@ -9,8 +9,10 @@ import collections
 import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from typing import NamedTuple
 
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from kubejob import ledger as schema
@@ -77,9 +79,8 @@ class Ledger:
 
     def __init__(self, conninfo: str, *, timeout_s: float) -> None:
         self._conninfo, self._timeout_s = conninfo, timeout_s
-        # Redelivered rows are checked one at a time (see worker.rows), so two connections serve, and one for the
-        # read of the uploads open.
-        self._pool = ConnectionPool(conninfo, min_size=1, max_size=3, timeout=timeout_s, open=False,
+        # Redelivered rows are checked one at a time (see worker.rows), so two connections serve.
+        self._pool = ConnectionPool(conninfo, min_size=1, max_size=2, timeout=timeout_s, open=False,
                                     kwargs={"connect_timeout": int(max(1, timeout_s)), "autocommit": True})
 
     def open(self) -> None:
@@ -111,6 +112,20 @@ class Ledger:
         """The uploads into `queue` whose own queues exist, oldest first; raises LedgerUnavailable."""
         with schema.map_psycopg_errors(), self._pool.connection() as conn:
             return schema.open_uploads(conn, queue)
+
+    def open_uploads_as_they_change(self, queue: str, *, every_s: float) -> Iterator[list[schema.OpenUpload]]:
+        """`open_uploads` now, then again each time an upload is added, paused, resumed or cancelled (PostgreSQL
+        notifies it), and at least every `every_s` (an upload also ends as its last row is recorded).
+
+        On a connection of its own, which LISTEN holds; raises LedgerUnavailable.
+        """
+        with (schema.map_psycopg_errors(),
+              psycopg.connect(self._conninfo, autocommit=True, connect_timeout=int(max(1, self._timeout_s))) as conn):
+            conn.execute(f"LISTEN {schema.UPLOADS_CHANNEL}")
+            while True:
+                yield schema.open_uploads(conn, queue)
+                for _ in conn.notifies(timeout=every_s, stop_after=1):
+                    pass
 
     def start_redelivered(self, upload_id: str, row: int) -> int:
         """Count one more start of a redelivered row; return how many came before (0 if the ledger cannot say)."""

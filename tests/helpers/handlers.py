@@ -118,3 +118,10 @@ def fail_poison_twice(row: dict[str, str]) -> None:
             _poisoned(row)
             raise RuntimeError(f"poison row {row['id']}, attempt {attempts + 1}")
     _record(row)
+
+
+def timed(row: dict[str, str]) -> None:
+    """Notes in STARTED_FILE the time (time.time()) and id of each row as it starts, takes SLOW_SECONDS, records it."""
+    with open(os.environ["STARTED_FILE"], "a") as out:
+        out.write(f"{time.time():.6f} {row['id']}\n")
+    slow(row)

@@ -46,3 +46,19 @@ def record_upload(upload_id: str, *, queue: str, rows: int, tenant: str = "defau
         conn.execute("""INSERT INTO uploads (id, tenant, file_name, columns, queue, rows, confirmed, published_at)
                         VALUES (%s, %s, 'published by a test', '{id}', %s, %s, %s, now())""",
                      (upload_id, tenant, queue, rows, rows))
+
+
+def upload_counts(upload_id: str) -> tuple[int, int]:
+    """The upload's `done` and `failed` in the ledger DATABASE_URL names."""
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, connect_timeout=5) as conn:
+        found = conn.execute("SELECT done, failed FROM uploads WHERE id = %s", (upload_id,)).fetchone()
+    assert found is not None, f"no upload {upload_id} in the ledger"
+    return found[0], found[1]
+
+
+def mark_upload(upload_id: str, *, paused: bool | None = None, cancelled: bool = False) -> None:
+    """Pause, resume or cancel an upload in the ledger directly, as the producer's routes do."""
+    sets = [f"paused_at = {'now()' if paused else 'NULL'}"] if paused is not None else []
+    sets += ["cancelled_at = now()"] if cancelled else []
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f"UPDATE uploads SET {', '.join(sets)} WHERE id = %s", (upload_id,))

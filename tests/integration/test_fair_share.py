@@ -1,0 +1,119 @@
+"""The fair share between tenants, and pause and cancel, as a real worker on a real RabbitMQ and PostgreSQL does them.
+
+Rows are named `<upload>-<n>`, and the `timed` handler notes when each one starts, so that a
+test can say which upload's rows started when.
+"""
+
+import collections
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from kubejob import message
+from tests.helpers import wait_for
+from tests.helpers.broker import Broker
+from tests.helpers.ledger import mark_upload, upload_counts
+from tests.helpers.worker import handled, start_worker
+
+
+def named_rows(name: str, count: int) -> list[dict[str, str]]:
+    return [{"id": f"{name}-{n}"} for n in range(count)]
+
+
+def starts(started: Path) -> list[tuple[float, str]]:
+    """(when, upload name) of each row started so far, in order."""
+    lines = started.read_text().split("\n") if started.exists() else []
+    return [(float(at), row.rsplit("-", 1)[0]) for at, row in (line.split() for line in lines if line)]
+
+
+def finished(upload_id: str) -> int:
+    done, failed = upload_counts(upload_id)
+    return done + failed
+
+
+def time_to_done(broker: Broker, queue: str, name: str, rows: int, tenant: str) -> float:
+    """Seconds from the moment an upload's rows are all in its queue until the ledger has every one done."""
+    upload_id = broker.publish_rows(queue, named_rows(name, rows), tenant=tenant)
+    published = time.monotonic()
+    wait_for(lambda: finished(upload_id) == rows, what=f"{name} to be done", timeout=60, interval=0.005)
+    return time.monotonic() - published
+
+
+def stop(worker: subprocess.Popen) -> None:
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+
+def test_a_small_upload_behind_a_large_one_is_done_in_about_its_own_time(broker: Broker, queue_name: str,
+                                                                         tmp_path: Path) -> None:
+    record, started = tmp_path / "handled", tmp_path / "started"
+    worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.001", STARTED_FILE=str(started),
+                          WORKER_IDLE_SECONDS="120")
+    try:
+        alone = time_to_done(broker, queue_name, "small-alone", 100, tenant="B")
+        large = broker.publish_rows(queue_name, named_rows("large", 200_000), confirm=False, tenant="A")
+        wait_for(lambda: finished(large) >= 1000, what="the large upload to drain", timeout=120, interval=0.1)
+        behind = time_to_done(broker, queue_name, "small-behind", 100, tenant="B")
+        still_queued = broker.depth(message.upload_queue(queue_name, large))
+    finally:
+        stop(worker)
+    assert still_queued > 100_000
+    assert behind <= 3 * alone, f"100 rows took {behind:.2f} s behind 200,000 of another tenant, {alone:.2f} s alone"
+
+
+def test_three_tenants_each_get_a_third_of_the_rows_while_all_have_work(broker: Broker, queue_name: str,
+                                                                        tmp_path: Path) -> None:
+    record, started = tmp_path / "handled", tmp_path / "started"
+    for tenant in "ABC":
+        broker.publish_rows(queue_name, named_rows(tenant, 3000), confirm=False, tenant=tenant)
+    wait_for(lambda: broker.backlog(queue_name) == 9000, what="the rows to be queued")
+    worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0", STARTED_FILE=str(started))
+    assert worker.wait(timeout=120) == 0
+    order = [name for _, name in starts(started)]
+    first_to_finish = min(max(i for i, name in enumerate(order) if name == tenant) for tenant in "ABC")
+    shares = collections.Counter(order[:first_to_finish + 1])
+    for tenant in "ABC":
+        assert abs(shares[tenant] / (first_to_finish + 1) - 1 / 3) <= 0.2 / 3, shares
+    assert sum(handled(record).values()) == 9000
+
+
+def test_no_row_of_a_cancelled_upload_starts_a_second_after_and_the_others_are_untouched(
+        broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record, started = tmp_path / "handled", tmp_path / "started"
+    doomed = broker.publish_rows(queue_name, named_rows("doomed", 3000), tenant="A")
+    kept = broker.publish_rows(queue_name, named_rows("kept", 3000), tenant="B")
+    worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started))
+    wait_for(lambda: sum(name == "doomed" for _, name in starts(started)) >= 200, what="the doomed upload to start",
+             interval=0.05)
+    mark_upload(doomed, cancelled=True)
+    cancelled_at = time.time()
+    assert worker.wait(timeout=120) == 0
+    late = [at - cancelled_at for at, name in starts(started) if name == "doomed" and at > cancelled_at + 1]
+    assert not late, f"{len(late)} rows of the cancelled upload started after it, the last {max(late):.2f} s after"
+    assert finished(kept) == 3000
+    counts = handled(record)
+    assert sum(n for row, n in counts.items() if row.startswith("kept-")) == 3000
+    assert finished(doomed) == sum(n for row, n in counts.items() if row.startswith("doomed-")) < 3000
+
+
+def test_a_paused_upload_keeps_its_rows_the_worker_exits_and_after_resume_it_is_done(
+        broker: Broker, queue_name: str, tmp_path: Path) -> None:
+    record, started = tmp_path / "handled", tmp_path / "started"
+    upload = broker.publish_rows(queue_name, named_rows("paused", 3000), tenant="A")
+    worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started),
+                          WORKER_IDLE_SECONDS="2")
+    wait_for(lambda: len(starts(started)) >= 200, what="the upload to start", interval=0.05)
+    mark_upload(upload, paused=True)
+    paused_at = time.time()
+    assert worker.wait(timeout=30) == 0, "a worker with nothing but a paused upload left exits as when idle"
+    late = [at - paused_at for at, _ in starts(started) if at > paused_at + 1]
+    assert not late, f"{len(late)} rows started after the pause, the last {max(late):.2f} s after"
+    left = 3000 - finished(upload)
+    assert left > 0 and broker.depth(message.upload_queue(queue_name, upload)) == left, "its rows stay queued"
+
+    mark_upload(upload, paused=False)
+    resumed = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started))
+    assert resumed.wait(timeout=60) == 0
+    assert finished(upload) == 3000
+    assert sorted(handled(record).values()) == [1] * 3000
