@@ -64,9 +64,9 @@ class Broker:
         return target
 
     def publish_rows(self, queue: str, rows: list[dict[str, str]], *, confirm: bool = True,
-                     tenant: str = "default") -> str:
-        """Record an upload of `rows` in the ledger (DATABASE_URL) as published, declare its queue as the producer
-        does, and publish one producer-shaped message per row into it.
+                     tenant: str = "default", more: int = 0) -> str:
+        """Record an upload of `rows` (and `more` the caller publishes itself) in the ledger (DATABASE_URL) as
+        published, declare its queue as the producer does, and publish one producer-shaped message per row into it.
 
         With `confirm` each message is confirmed by the broker before the next; without it
         (much faster for 100k rows) the caller must count them in before relying on them.
@@ -74,7 +74,7 @@ class Broker:
         """
         upload_id = uuid.uuid4().hex
         target = message.upload_queue(queue, upload_id)
-        record_upload(upload_id, queue=target, rows=len(rows), tenant=tenant)
+        record_upload(upload_id, queue=target, rows=len(rows) + more, tenant=tenant)
         with self.connection() as conn:
             channel = conn.channel()
             self.declare(channel, queue, upload_id)

@@ -26,13 +26,14 @@ def run_worker(queue: str, record: Path, handler: str = "record", **env: str) ->
 
 
 def publish_big(broker: Broker, queue: str, *, upload_id: str, row: int, size: int) -> int:
-    """One row of about `size` bytes published by hand (the producer refuses such rows); its body's size."""
+    """One row of about `size` bytes published by hand into the upload's queue (the producer refuses such rows); its
+    body's size."""
     body, properties = message.encode({"id": str(row), "blob": "x" * size}, upload_id=upload_id, row_number=row,
                                       line=row + 1)
     with broker.connection() as conn:
         channel = conn.channel()
         channel.confirm_delivery()
-        channel.basic_publish("", queue, body, properties)
+        channel.basic_publish("", message.upload_queue(queue, upload_id), body, properties)
     return len(body)
 
 
@@ -52,7 +53,7 @@ def baseline_rss(broker: Broker, tmp_path: Path) -> int:
 def test_a_message_over_max_message_bytes_is_dead_lettered_without_being_held(
         broker: Broker, queue_name: str, tmp_path: Path, baseline_rss: int) -> None:
     record = tmp_path / "handled"
-    upload_id = broker.publish_rows(queue_name, rows(10))
+    upload_id = broker.publish_rows(queue_name, rows(10), more=1)
     size = publish_big(broker, queue_name, upload_id=upload_id, row=11, size=40 * MB)
     broker.publish_rows(queue_name, [{"id": str(n)} for n in range(12, 22)])
 
@@ -77,7 +78,7 @@ def test_a_message_over_max_message_bytes_is_dead_lettered_without_being_held(
 def test_a_large_message_under_the_limit_is_handled_in_about_three_times_its_size(
         broker: Broker, queue_name: str, tmp_path: Path, baseline_rss: int) -> None:
     record = tmp_path / "handled"
-    upload_id = broker.publish_rows(queue_name, rows(5))
+    upload_id = broker.publish_rows(queue_name, rows(5), more=1)
     size = publish_big(broker, queue_name, upload_id=upload_id, row=6, size=30 * MB)
 
     code, peak, seconds = run_worker(queue_name, record, MAX_MESSAGE_BYTES=str(64 * MB))
@@ -95,8 +96,8 @@ def test_a_large_message_under_the_limit_is_handled_in_about_three_times_its_siz
 def test_a_full_prefetch_of_the_largest_bodies_costs_what_the_worker_job_is_sized_for(
         broker: Broker, queue_name: str, tmp_path: Path, baseline_rss: int) -> None:
     record = tmp_path / "handled"
-    upload_id = broker.publish_rows(queue_name, rows(1))
     messages = 60  # fewer than WORKER_PREFETCH, so that all are held while the slow handler takes the first
+    upload_id = broker.publish_rows(queue_name, rows(1), more=messages)
     body = max(publish_big(broker, queue_name, upload_id=upload_id, row=row, size=MB - 100)
                for row in range(2, messages + 2))
     assert body <= MB  # MAX_MESSAGE_BYTES's default

@@ -105,11 +105,12 @@ def test_a_row_failing_twice_is_handled_on_its_third_attempt_after_the_delays(
 
 def test_a_row_the_broker_dead_letters_at_its_delivery_limit_is_recorded_as_failed(
         client: TestClient, broker: Broker, queue_name: str, tmp_path: Path) -> None:
-    upload_id = client.post("/upload", files={"file": ("rows.csv", csv_file(5), "text/csv")}).json()["upload_id"]
+    answer = client.post("/upload", files={"file": ("rows.csv", csv_file(5), "text/csv")}).json()
+    upload_id = answer["upload_id"]
     # Consumers that die holding the first row, one more time than the queue's delivery limit allows.
     for _ in range(message.DELIVERY_LIMIT + 1):
         with broker.connection() as conn:
-            method, _, _ = conn.channel().basic_get(queue_name)
+            method, _, _ = conn.channel().basic_get(answer["queue"])
             assert method.delivery_tag
     assert broker.depth(message.limit_queue(queue_name)) == 1
     assert start_worker(queue_name, tmp_path / "handled").wait(timeout=60) == 0
@@ -122,12 +123,14 @@ def test_a_row_the_broker_dead_letters_at_its_delivery_limit_is_recorded_as_fail
     assert broker.depth(message.limit_queue(queue_name)) == 0
 
 
-def test_a_classic_queue_from_before_stops_the_worker_with_exit_2_saying_how_to_migrate(
+def test_a_retry_queue_from_before_stops_the_worker_with_exit_2_saying_how_to_upgrade(
         broker: Broker, queue_name: str) -> None:
-    with broker.connection() as conn:
-        conn.channel().queue_declare(queue_name, durable=True)
+    retry = message.retry_queue(queue_name)
+    with broker.connection() as conn:  # as versions with one queue for every upload declared it
+        conn.channel().queue_declare(retry, durable=True, arguments={"x-dead-letter-exchange": "",
+                                                                     "x-dead-letter-routing-key": queue_name})
     result = subprocess.run([sys.executable, "-m", "worker"], cwd=REPO_ROOT,
                             env=os.environ | {"QUEUE_NAME": queue_name}, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     (line,) = [json.loads(text) for text in result.stdout.splitlines()]
-    assert "quorum queue" in line["error"] and f"delete_queue {queue_name}" in line["error"], line
+    assert "x-dead-letter-routing-key" in line["error"] and f"delete_queue {retry}" in line["error"], line

@@ -73,8 +73,18 @@ def test_the_queue_is_a_quorum_queue_whose_broker_dead_letters_the_worker_record
     assert (arguments["x-dead-letter-exchange"], arguments["x-dead-letter-routing-key"]) == ("", "rows.limit")
 
 
-def test_a_retry_waits_in_the_retry_queue_and_then_returns_to_the_queue() -> None:
+def test_a_retry_waits_in_the_shared_retry_queue_and_then_returns_to_its_uploads_queue() -> None:
     declared = dict(message.declarations("rows"))
-    assert declared["rows.retry"] == {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "rows"}
-    # Dead-letter targets first: what is dead-lettered into a queue that does not exist is lost.
-    assert list(declared) == ["rows.dead", "rows.limit", "rows.retry", "rows"]
+    # No routing key of its own: an expired row is dead-lettered with the one it was published with, its queue's.
+    assert declared["rows.retry"] == {"x-dead-letter-exchange": ""}
+    assert message.retry_exchange("rows") == "rows.retry"
+    # Dead-letter targets first: what is dead-lettered into a queue that does not exist is lost. The uploads'
+    # queues come after, each declared as its upload begins.
+    assert list(declared) == ["rows.dead", "rows.limit", "rows.retry"]
+    assert message.upload_queue("rows", "u1") == "rows.upload.u1"
+
+
+def test_a_row_names_its_upload_whose_queue_it_is_in() -> None:
+    _, properties = message.encode({"id": "1"}, upload_id="u1", row_number=1, line=2)
+    assert message.upload_of(properties) == "u1"
+    assert message.upload_of(pika.BasicProperties()) == ""

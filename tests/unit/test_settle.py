@@ -9,8 +9,19 @@ from worker.settle import Acks
 
 def delivered(*tags: int) -> Acks:
     acks = Acks()
-    acks.delivered(list(tags))
+    acks.delivered(list(tags), ["u1"] * len(tags))
     return acks
+
+
+def test_rows_held_are_counted_by_upload_until_acked_or_given_back() -> None:
+    acks = Acks()
+    acks.delivered([1, 2, 3, 4], ["a", "b", "a", "a"])
+    assert (acks.held("a"), acks.held("b")) == (3, 1)
+    acks.returned([3])  # given back: its upload was paused
+    assert acks.succeeded([1, 2]) == (2, [])
+    assert (acks.held("a"), acks.held("b")) == (1, 0)
+    assert acks.succeeded([4]) == (4, []), "a multiple ack may cover a tag given back: the broker has it already"
+    assert acks.held("a") == 0
 
 
 def test_rows_finishing_in_order_take_one_multiple_ack() -> None:
