@@ -44,6 +44,7 @@ from kubejob.errors import BrokerUnavailable, LedgerUnavailable, Permanent
 from kubejob.ledger import OpenUpload, Retry
 from kubejob.message import Delivery, upload_of
 from worker import dead_letters
+from worker.consumers import Consumers
 from worker.copies import ConfirmedCopies, CopiesNotConfirmed, PlainCopies
 from worker.deliveries import Deliveries, PlainDeliveries, kept
 from worker.handlers import Handler
@@ -52,7 +53,6 @@ from worker.linger import Linger, gather_for
 from worker.rows import Rows
 from worker.settings import Settings
 from worker.settle import Outcome, Settler
-from worker.share import allocate
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,7 @@ class Consumer:
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
         self._stopped: set[str] = set()  # uploads paused or cancelled: their rows are not started
         self._cancelled: set[str] = set()
-        self._queues: dict[str, str] = {}  # upload id -> its queue, of the uploads served
         self._served: list[OpenUpload] = []
-        self._wanted: dict[str, int] = {}  # upload id -> the prefetch its consumer is to have
-        self._consumers: dict[str, tuple[str, int]] = {}  # upload id -> (consumer tag, prefetch)
-        self._consumers_due = False  # _wanted and _consumers may differ
-        self._replacing: dict[str, int] = {}  # upload id -> the prefetch of its consumer cancelled for a new one
         self._ended = threading.Event()
         self._linger = Linger(settings.worker_linger_seconds, settings.prefetch)
         self._finished_since: float | None = None  # when the I/O thread first saw the rows that wait to be taken
@@ -116,6 +111,11 @@ class Consumer:
             self._deliveries = Deliveries(self._connection, self._channel, self._on_deliveries,
                                           max_body_bytes=self.settings.max_message_bytes) if fast else \
                 PlainDeliveries(self._channel)
+            self._consumers = Consumers(
+                self._deliveries, prefetch=self.settings.prefetch,
+                qos=lambda prefetch: self._channel.basic_qos(prefetch_count=prefetch),
+                declare=lambda queue: self._declare_queue(queue, message.queue_arguments(self.queue)),
+                on_message=self._on_message)
             self._serve(self.ledger.open_uploads(self.queue))
             self._consume()
         except pika.exceptions.AMQPError as exc:
@@ -160,7 +160,7 @@ class Consumer:
         self._rows.start()
         threading.Thread(target=self._write_batches, name="ledger", daemon=True).start()
         threading.Thread(target=self._watch_uploads, name="uploads", daemon=True).start()
-        self._adjust_consumers()
+        self._consumers.adjust(self._settler.acks.held)
         last_activity = time.monotonic()
         while not self.stopping.is_set():
             self._connection.process_data_events(time_limit=self._record_in(time.monotonic()))
@@ -172,9 +172,10 @@ class Consumer:
                 self._rows.submit(self._arrived)
                 self._arrived = []
             if self._widen_due:
-                self._widen()
-            if self._consumers_due:
-                self._adjust_consumers()
+                self._widen_due = False
+                self._consumers.serve(self._served, narrow=False)
+            if self._consumers.due:
+                self._consumers.adjust(self._settler.acks.held)
             if self._rows.overdue(time.monotonic()):
                 break
             now = time.monotonic()
@@ -190,8 +191,7 @@ class Consumer:
                 log.info("queue empty, exiting", extra={"queue": self.queue, "handled": self.handled,
                                                         "uploads_paused": len(self._stopped - self._cancelled)})
                 break
-        for consumer_tag, _ in self._consumers.values():
-            self._deliveries.cancel(consumer_tag)
+        self._consumers.cancel_all()
         if self._rows.timed_out is not None:
             self._settle_what_finished()
         elif self.stopping.is_set():
@@ -212,12 +212,12 @@ class Consumer:
 
     def _ready_consumed(self) -> int:
         """Rows ready in the queues consumed (for lingering): many queues count as not empty."""
-        queues = [self._queues[upload_id] for upload_id in self._consumers]
+        queues = self._consumers.consumed()
         return 1 if len(queues) > LINGER_MAX_QUEUES else sum(self._ready(name) for name in queues)
 
     def _retries_waiting(self) -> bool:
         """Rows wait in the retry queue, or in a queue served (come back from it, or beyond the prefetch)."""
-        return any(self._ready(name) for name in (message.retry_queue(self.queue), *self._queues.values()))
+        return any(self._ready(name) for name in (message.retry_queue(self.queue), *self._consumers.queues.values()))
 
     def _watch_uploads(self) -> None:
         """The uploads thread: read the uploads open as they change, and have the I/O thread serve them."""
@@ -251,15 +251,8 @@ class Consumer:
             if arrived:
                 self._arrived = [d for d in self._arrived if upload_of(d.properties) not in self._stopped]
             self._withdraw(held + arrived)
-        served = [u for u in uploads if u.served]
-        if served != self._served:
-            self._served, self._queues = served, {u.id: u.queue for u in served}
-            self._share()
-
-    def _share(self) -> None:
-        shares = allocate(self._served, self.settings.prefetch)
-        self._wanted = dict.fromkeys(shares, 1) if self._narrow else shares
-        self._consumers_due = True
+        self._served = [u for u in uploads if u.served]
+        self._consumers.serve(self._served, narrow=self._narrow)
 
     def _withdraw(self, deliveries: list[Delivery]) -> None:
         """Give back the rows of paused uploads, and drop those of cancelled ones; none of them was started."""
@@ -272,38 +265,6 @@ class Consumer:
         log.info("rows of uploads paused or cancelled taken back unstarted",
                  extra={"queue": self.queue, "given_back": len(back), "dropped": len(dropped),
                         "uploads": sorted({upload_of(d.properties) for d in deliveries})[:5]})
-
-    def _adjust_consumers(self) -> None:
-        """Cancel each consumer whose prefetch is no longer wanted, and consume each queue wanted with the prefetch
-        wanted (the broker applies a prefetch to the consumers made after it).
-
-        An upload whose consumer had a larger prefetch gets its new one once none of its rows are held, so that
-        it does not hold both; one that had a prefetch of 1 (before widening) at once, as a new upload does.
-        """
-        self._consumers_due = False
-        for upload_id, (tag, prefetch) in list(self._consumers.items()):
-            if self._wanted.get(upload_id) != prefetch:
-                self._deliveries.cancel(tag)
-                del self._consumers[upload_id]
-                self._replacing[upload_id] = prefetch
-        for upload_id in [u for u in self._replacing if u not in self._wanted]:
-            del self._replacing[upload_id]
-        for upload_id, prefetch in self._wanted.items():
-            if upload_id in self._consumers:
-                continue
-            if self._replacing.get(upload_id, 1) > 1 and self._settler.acks.held(upload_id):
-                self._consumers_due = True  # once they are settled
-                continue
-            self._replacing.pop(upload_id, None)
-            queue = self._queues[upload_id]
-            self._declare_queue(queue, message.queue_arguments(self.queue))  # in case its producer has not yet
-            self._channel.basic_qos(prefetch_count=prefetch)
-            self._consumers[upload_id] = (self._deliveries.consume(queue, self._on_message), prefetch)
-
-    def _widen(self) -> None:
-        """Take the full prefetch, now that a row is not a redelivery."""
-        self._widen_due = False
-        self._share()
 
     def _settle_what_finished(self) -> None:
         """Record and settle every finished row, the timed-out one included; the rest go back on close."""
