@@ -54,12 +54,16 @@ class Broker:
         self.connection().close()
 
     @staticmethod
-    def declare(channel, queue: str, upload_id: str | None = None) -> str:
-        """Declare the queues every upload of `queue` shares, and `upload_id`'s own, as the producer does; return
-        the name of the upload's queue (of a new upload id when none is given)."""
+    def declare(channel, queue: str) -> None:
+        """Declare the queues every upload of `queue` shares, as the producer and the worker do."""
         for name, arguments in message.declarations(queue):
             channel.queue_declare(name, durable=True, arguments=arguments)
-        target = message.upload_queue(queue, upload_id or uuid.uuid4().hex)
+
+    @classmethod
+    def declare_upload(cls, channel, queue: str, upload_id: str) -> str:
+        """Declare the queues of `queue` and the upload's own, as the producer does; return the upload's."""
+        cls.declare(channel, queue)
+        target = message.upload_queue(queue, upload_id)
         channel.queue_declare(target, durable=True, arguments=message.queue_arguments(queue))
         return target
 
@@ -77,7 +81,7 @@ class Broker:
         record_upload(upload_id, queue=target, rows=len(rows) + more, tenant=tenant)
         with self.connection() as conn:
             channel = conn.channel()
-            self.declare(channel, queue, upload_id)
+            self.declare_upload(channel, queue, upload_id)
             if confirm:
                 channel.confirm_delivery()
             for number, row in enumerate(rows, start=1):
