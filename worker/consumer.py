@@ -11,13 +11,12 @@ A few rows arriving on their own, and rows finishing while other handlers still 
 waited on for up to WORKER_LINGER_SECONDS, so that they are handled, recorded and acked in a
 batch (worker.linger).
 
-It consumes the queue of every upload the ledger has open and not paused or cancelled (read
-every SERVE_EVERY_S on a thread of its own), each with its share of the prefetch
-(worker.share.allocate); the rows held are started in the fair share's turns (worker.rows). An
-upload's consumer gets a new prefetch only once none of its rows are held, so the worker never
-holds more than its prefetch. Once an upload is paused, its rows held and not started go back to
-its queue (nacked, requeued); once it is cancelled, they are acked unhandled: its queue is
-deleted by the producer soon after.
+It consumes the queue of every upload the ledger has open and not paused or cancelled (read on
+a thread of its own as PostgreSQL notifies a change, and every SERVE_EVERY_S), each with its
+share of the prefetch (worker.consumers); the rows held are started in the fair share's turns
+(worker.rows). Once an upload is paused, its rows held and not started go back to its queue
+(nacked, requeued); once it is cancelled, they are acked unhandled: the producer deletes its
+queue soon after.
 
 A worker starts with a prefetch of 1 for each upload and widens it at the first row that is not
 a redelivery, so that after a death the redelivered rows come back one at a time.
