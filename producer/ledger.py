@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kubejob import ledger as schema
+from kubejob import message
 from kubejob.errors import LedgerUnavailable, Permanent, Temporary
 
 
@@ -124,6 +125,12 @@ class Claim:
     def __init__(self, conn: psycopg.AsyncConnection, upload_id: str) -> None:
         self._conn, self.upload_id = conn, upload_id
 
+    async def opened(self) -> None:
+        """The upload's queue exists: workers may serve it (kubejob.ledger.open_uploads). A new upload is recorded
+        as having none, so that no worker consumes a queue not declared yet, which would close its channel."""
+        await self._execute("UPDATE uploads SET queue_deleted_at = NULL WHERE id = %s AND queue_deleted_at IS NOT NULL",
+                            (self.upload_id,))
+
     async def progress(self, confirmed: int) -> None:
         """The broker has confirmed the first `confirmed` rows: a retry starts after them."""
         await self._execute("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s",
@@ -187,7 +194,8 @@ class Ledger:
     async def start(self, *, tenant: str, key: str | None, file_name: str, sha256: str | None,
                     parameters: dict[str, str], columns: list[str], rows: int,
                     queue: str) -> tuple[Upload, Claim | None]:
-        """Record a new upload of `tenant`, or find its earlier one of a known `key`, and claim it to publish what
+        """Record a new upload of `tenant`, its rows to go into a queue of its own in the family of `queue`
+        (kubejob.message.upload_queue), or find its earlier one of a known `key`, and claim it to publish what
         is left.
 
         The claim is None for an upload with nothing left to publish (published, or refused for good).
@@ -218,10 +226,13 @@ class Ledger:
             earlier = (await self._earlier(conn, tenant=tenant, key=key, sha256=sha256, parameters=parameters)
                        if key else None)
             if earlier is None:
+                # Recorded without a queue (queue_deleted_at set) until its publisher has declared it: Claim.opened.
                 await conn.execute(
                     """INSERT INTO uploads (id, tenant, idempotency_key, file_name, file_sha256, parameters, columns,
-                                            queue, rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                    (new_id, tenant, key, file_name, sha256, Jsonb(parameters), columns, queue, rows))
+                                            queue, rows, queue_deleted_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())""",
+                    (new_id, tenant, key, file_name, sha256, Jsonb(parameters), columns,
+                     message.upload_queue(queue, new_id), rows))
         if earlier is None:
             return await self._read(conn, new_id)
         await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))

@@ -155,7 +155,8 @@ async def upload(
 
 async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: str, settings: Settings,
                    key_sent: bool) -> None:
-    """Publish the rows the broker has not confirmed yet; raise UploadInterrupted saying how far it got.
+    """Publish the rows the broker has not confirmed yet into the upload's queue; raise UploadInterrupted saying how
+    far it got.
 
     A row is published only while the ledger's `confirmed` is at most PUBLISH_WINDOW rows behind
     it, so that a retry after any interruption, the producer's own death included, queues at
@@ -163,9 +164,10 @@ async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: s
     """
     skip = recorded = upload.confirmed
     window = settings.publish_window
-    broker = ConfirmingPublisher(settings)
+    broker = ConfirmingPublisher(settings, queue=upload.queue)
     try:
-        async with broker:
+        async with broker:  # the queues declared
+            await claim.opened()
             saved = time.monotonic()
             records = csv_stream.read_rows(file, limits=settings.csv_limits, delimiter=delimiter)
             for number, (line, row) in enumerate(records, start=1):
