@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from kubejob import ledger as schema
 from kubejob.errors import BrokerUnavailable, LedgerUnavailable
 from kubejob.settings import load
-from producer import metrics, routes, status
+from producer import controls, metrics, routes, status
 from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
@@ -102,9 +103,20 @@ async def issuer_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route of the path only; GET and DELETE /uploads/{id} are two.
+        headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method the request's path is served for."""
+    return sorted({method for route in request.app.router.routes
+                   if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE
+                   for method in getattr(route, "methods", None) or ()})
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -188,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)
     app.include_router(status.router)
+    app.include_router(controls.router)
     settings = app.state.settings
     drop = BodyDrop(max_bytes=settings.max_upload_bytes, seconds=settings.refused_upload_drop_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, drop=drop)

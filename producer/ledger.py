@@ -3,7 +3,7 @@
 Errors: a PostgreSQL that cannot be reached or fails a statement becomes `LedgerUnavailable`
 (the upload gets 503 and nothing is published); the refusals of an idempotent retry are
 `KeyReused` and `UploadBusy`; a download that found no free download connection in time is
-`DownloadsBusy`.
+`DownloadsBusy`. A cancelled upload is no error here: it has nothing left to publish.
 """
 
 import asyncio
@@ -58,6 +58,8 @@ class UploadSummary:
     created_at: datetime
     published_at: datetime | None
     finished_at: datetime | None
+    paused_at: datetime | None
+    cancelled_at: datetime | None
     error: str | None
 
 
@@ -73,11 +75,21 @@ class Upload(UploadSummary):
     tenant: str = "default"
 
     @property
+    def finished(self) -> bool:
+        """Every row has an outcome."""
+        return self.done + self.failed >= self.rows
+
+    @property
     def state(self) -> str:
         """`publishing` (or `interrupted` with no publisher left) until the broker confirmed every row, then
-        `processing`, `done` once every row has an outcome; `failed` when publishing was refused for good."""
-        if self.done + self.failed >= self.rows:
+        `processing`, `done` once every row has an outcome; `failed` when publishing was refused for good;
+        `paused` while paused and not done; `cancelled` once cancelled, whatever else holds."""
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if self.finished:
             return "done"
+        if self.paused_at is not None:
+            return "paused"
         if self.published_at:
             return "processing"
         if self.error is not None:
@@ -105,14 +117,22 @@ class FailedRow:
     data: dict[str, str] | None
 
 
+# Whether a live publisher holds the upload (Claim).
+_HELD = f"""EXISTS (
+    SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+    AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 _UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
-                     created_at, published_at, finished_at, file_sha256, parameters, error, tenant,
-                     published_at IS NULL AND EXISTS (
-                         SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                         AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
-                         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                     ) AS publishing
+                     created_at, published_at, finished_at, paused_at, cancelled_at, file_sha256, parameters,
+                     error, tenant, published_at IS NULL AND {_HELD} AS publishing
               FROM uploads"""
+# Each leaves the upload as it was when it cannot apply: cancelling a finished upload, pausing one that is finished
+# or cancelled, resuming a cancelled one. Done again, each changes nothing.
+_CANCEL = """UPDATE uploads SET cancelled_at = coalesce(cancelled_at, now())
+             WHERE id = %s AND (cancelled_at IS NOT NULL OR done + failed < rows)"""
+_PAUSE = """UPDATE uploads SET paused_at = coalesce(paused_at, now())
+            WHERE id = %s AND cancelled_at IS NULL AND done + failed < rows"""
+_RESUME = "UPDATE uploads SET paused_at = NULL WHERE id = %s AND cancelled_at IS NULL"
 
 
 class Claim:
@@ -131,15 +151,16 @@ class Claim:
         await self._execute("UPDATE uploads SET queue_deleted_at = NULL WHERE id = %s AND queue_deleted_at IS NOT NULL",
                             (self.upload_id,))
 
-    async def progress(self, confirmed: int) -> None:
-        """The broker has confirmed the first `confirmed` rows: a retry starts after them."""
-        await self._execute("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s",
-                            (confirmed, self.upload_id))
+    async def progress(self, confirmed: int) -> bool:
+        """The broker has confirmed the first `confirmed` rows: a retry starts after them. Whether the upload was
+        cancelled meanwhile."""
+        return await self._cancelled("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s "
+                                     "RETURNING cancelled_at IS NOT NULL", (confirmed, self.upload_id))
 
-    async def published(self) -> None:
-        """Every row is confirmed: the upload moves on to `processing`."""
-        await self._execute("UPDATE uploads SET confirmed = rows, published_at = now() WHERE id = %s",
-                            (self.upload_id,))
+    async def published(self) -> bool:
+        """Every row is confirmed: the upload moves on to `processing`. Whether it was cancelled meanwhile."""
+        return await self._cancelled("UPDATE uploads SET confirmed = rows, published_at = now() WHERE id = %s "
+                                     "RETURNING cancelled_at IS NOT NULL", (self.upload_id,))
 
     async def refused(self, error: str, *, confirmed: int) -> None:
         """Publishing cannot succeed for this file as it is: the upload ends in `failed`."""
@@ -156,6 +177,11 @@ class Claim:
     async def _execute(self, statement: str, params: tuple) -> None:
         with schema.map_psycopg_errors():
             await self._conn.execute(statement, params)
+
+    async def _cancelled(self, statement: str, params: tuple) -> bool:
+        with schema.map_psycopg_errors():
+            row = await (await self._conn.execute(statement, params)).fetchone()
+        return bool(row and row[0])
 
 
 class FailedRows:
@@ -198,8 +224,8 @@ class Ledger:
         (kubejob.message.upload_queue), or find its earlier one of a known `key`, and claim it to publish what
         is left.
 
-        The claim is None for an upload with nothing left to publish (published, or refused for good).
-        Raises KeyReused, UploadBusy, LedgerUnavailable.
+        The claim is None for an upload with nothing left to publish: published, refused for good, or
+        cancelled, which is never taken up again. Raises KeyReused, UploadBusy, LedgerUnavailable.
         """
         with schema.map_psycopg_errors():
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
@@ -211,7 +237,7 @@ class Ledger:
         except BaseException:
             await conn.close()
             raise
-        if upload.published_at is not None or upload.error is not None:
+        if upload.published_at is not None or upload.error is not None or upload.cancelled_at is not None:
             await conn.close()
             return upload, None
         return upload, Claim(conn, upload.id)
@@ -236,6 +262,8 @@ class Ledger:
         if earlier is None:
             return await self._read(conn, new_id)
         await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
+        if earlier.cancelled_at is not None:  # never taken up again, even while its publisher is still stopping
+            return earlier
         if earlier.published_at is None and earlier.error is None:
             locked = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (PUBLISHING_LOCK, earlier.id))
             if not (await locked.fetchone() or (False,))[0]:
@@ -279,8 +307,29 @@ class Ledger:
                                    (tenant, limit, offset))
 
     async def unfinished(self, *, limit: int) -> list[Upload]:
-        """Uploads not done yet, newest first."""
-        return await self._uploads(" WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s", (limit,))
+        """Uploads not done yet nor cancelled, newest first."""
+        return await self._uploads(" WHERE done + failed < rows AND cancelled_at IS NULL "
+                                   "ORDER BY created_at DESC, id LIMIT %s", (limit,))
+
+    async def cancel(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Cancel the upload unless every row has an outcome: whether it is cancelled now, and the upload."""
+        return await self._control(_CANCEL, upload_id)
+
+    async def pause(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Pause the upload unless it is finished or cancelled: whether it is paused now, and the upload."""
+        return await self._control(_PAUSE, upload_id)
+
+    async def resume(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Resume the upload unless it is cancelled: whether it is unpaused now, and the upload."""
+        return await self._control(_RESUME, upload_id)
+
+    async def _control(self, statement: str, upload_id: str) -> tuple[bool, Upload | None]:
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn, conn.transaction():
+                changed = await conn.execute(statement, (upload_id,))
+                cursor = conn.cursor(row_factory=class_row(Upload))
+                await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
+                return changed.rowcount == 1, await cursor.fetchone()
 
     async def failed_rows(self, upload_id: str) -> FailedRows:
         """The upload's dead-lettered rows in row order, on a download connection; raises DownloadsBusy when

@@ -1,8 +1,9 @@
 """The producer's Prometheus metrics, served at GET /metrics by an app of their own on PRODUCER_METRICS_PORT.
 
-Counters and histograms live in the process; the progress of uploads not done yet is read from
-the ledger on each scrape (the newest IN_PROGRESS_LIMIT), so it is the ledger's truth whichever
-producer published them. No series names a file or holds a row's data: the port needs no key.
+Counters and histograms live in the process; the progress of uploads not done yet nor cancelled
+(paused ones included) is read from the ledger on each scrape (the newest IN_PROGRESS_LIMIT), so
+it is the ledger's truth whichever producer published them. No series names a file or holds a
+row's data: the port needs no key.
 """
 
 import time
@@ -88,10 +89,14 @@ class UploadProgress(Collector):
             "done": GaugeMetricFamily("kubejob_upload_done_rows", "Its rows handled successfully.", labels=labels),
             "failed": GaugeMetricFamily("kubejob_upload_failed_rows", "Its rows dead-lettered.", labels=labels),
         }
+        paused = GaugeMetricFamily("kubejob_upload_paused", "1 while the upload is paused: its rows wait.",
+                                   labels=labels)
         for upload in self._uploads:
             for field, family in families.items():
                 family.add_metric([upload.id, upload.queue], getattr(upload, field))
+            paused.add_metric([upload.id, upload.queue], int(upload.paused_at is not None))
         yield from families.values()
+        yield paused
         yield GaugeMetricFamily("kubejob_producer_ledger_up", "1 if this scrape could read the ledger.",
                                 value=int(self._ledger_up))
 

@@ -87,3 +87,16 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
     wait_for(lambda: upload not in Scrape(metrics_url).labelled("kubejob_upload_rows"),
              what="the finished upload to leave the metrics", timeout=10)
 
+
+def test_a_paused_upload_says_so_and_a_cancelled_one_leaves_the_uploads_in_progress(
+        running_producer: tuple[str, str]) -> None:
+    url, metrics_url = running_producer
+    response = httpx.post(f"{url}/upload", files={"file": ("a.csv", csv_file(ROWS), "text/csv")}, timeout=60)
+    assert response.status_code == 200, response.text
+    upload = {"upload_id": response.json()["upload_id"], "queue": response.json()["queue"]}
+    assert Scrape(metrics_url).value("kubejob_upload_paused", **upload) == 0
+    assert httpx.post(f"{url}/uploads/{upload['upload_id']}/pause", timeout=10).status_code == 200
+    paused = Scrape(metrics_url)
+    assert (paused.value("kubejob_upload_paused", **upload), paused.value("kubejob_upload_rows", **upload)) == (1, ROWS)
+    assert httpx.delete(f"{url}/uploads/{upload['upload_id']}", timeout=10).status_code == 200
+    assert upload not in Scrape(metrics_url).labelled("kubejob_upload_rows"), "it will never finish"
