@@ -26,6 +26,7 @@ from producer.ledger import DownloadsBusy, KeyReused, Ledger, UploadBusy
 from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
 from producer.oidc import IssuerUnavailable
 from producer.publisher import UploadRefused
+from producer.queue_sweep import keep_sweeping, sweep_all
 from producer.routes import UploadInterrupted
 from producer.settings import Settings
 
@@ -134,7 +135,8 @@ TASKS_END_S = 5  # the most the background tasks get to end at shutdown
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bring the ledger's schema up to date, open its pool, and forget old uploads while running."""
+    """Bring the ledger's schema up to date, open its pool, and forget old uploads and delete the queues no longer
+    needed while running."""
     settings: Settings = app.state.settings
     url, timeout = settings.database_url.get_secret_value(), settings.database_timeout_seconds
     version = await run_in_threadpool(schema.migrate, url, connect_timeout=timeout)
@@ -161,30 +163,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("the API is open, every request is tenant `default` with every scope: neither UPLOAD_TOKEN nor "
                     "OIDC_ISSUER is set and the ledger holds no API key (python -m producer.keys create)")
     app.state.broker_watch.start()
-    retention = timedelta(days=settings.ledger_retention_days)
-    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
+    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, settings))
     watching = asyncio.create_task(app.state.ledger.watch(PROBE_SECONDS))
+    sweeping = asyncio.create_task(keep_sweeping(app.state.ledger, settings))
     try:
         yield
     finally:
         # Ended before the pool closes: closing it fails a task waiting for a connection with PoolClosed, which
         # the task takes for an outage and sleeps on, and on Python 3.11 a cancel that meets that wake-up can be
         # lost (asyncio.wait_for). A CI run hung on it in a test's teardown.
-        for task in (forgetting, watching):
+        for task in (forgetting, watching, sweeping):
             task.cancel()
         await app.state.broker_watch.stop()
-        await asyncio.wait((forgetting, watching), timeout=TASKS_END_S)
+        await asyncio.wait((forgetting, watching, sweeping), timeout=TASKS_END_S)
         await downloads.close()
         await pool.close()
 
 
-async def _forget_old_uploads(ledger: Ledger, age: timedelta) -> None:
+async def _forget_old_uploads(ledger: Ledger, settings: Settings) -> None:
+    age = timedelta(days=settings.ledger_retention_days)
     while True:
         try:
+            await sweep_all(ledger, settings)  # their queues first: once forgotten, nothing would delete them
             deleted = await ledger.forget_older_than(age)
             if deleted:
                 log.info("old uploads deleted", extra={"uploads": deleted, "older_than_days": age.days})
-        except LedgerUnavailable as exc:
+        except (LedgerUnavailable, BrokerUnavailable) as exc:
             log.warning("deleting old uploads failed", extra={"reason": str(exc)})
         await asyncio.sleep(3600)
 

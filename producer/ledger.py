@@ -133,6 +133,15 @@ _CANCEL = """UPDATE uploads SET cancelled_at = coalesce(cancelled_at, now())
 _PAUSE = """UPDATE uploads SET paused_at = coalesce(paused_at, now())
             WHERE id = %s AND cancelled_at IS NULL AND done + failed < rows"""
 _RESUME = "UPDATE uploads SET paused_at = NULL WHERE id = %s AND cancelled_at IS NULL"
+# The uploads whose own queue is no longer needed: finished or cancelled more than a grace period ago, or about to
+# be forgotten (older than the retention) whatever their state. One that a publisher holds is left for a later
+# sweep: a keyed retry may be publishing into its queue again.
+_UNNEEDED_QUEUES = f"""SELECT id, queue FROM uploads
+    WHERE queue_deleted_at IS NULL AND queue = %(prefix)s || id
+      AND (cancelled_at < now() - %(grace)s OR (done + failed >= rows AND finished_at < now() - %(grace)s)
+           OR created_at < now() - %(retention)s)
+      AND NOT {_HELD}
+    ORDER BY created_at, id LIMIT %(limit)s"""
 
 
 class Claim:
@@ -330,6 +339,24 @@ class Ledger:
                 cursor = conn.cursor(row_factory=class_row(Upload))
                 await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
                 return changed.rowcount == 1, await cursor.fetchone()
+
+    async def unneeded_queues(self, *, queue: str, grace: timedelta, retention: timedelta,
+                              limit: int) -> list[tuple[str, str]]:
+        """(upload id, queue) of the uploads of the family of `queue` whose own queue is still there and no longer
+        needed: finished or cancelled more than `grace` ago, or made more than `retention` ago; none being
+        published."""
+        params = {"prefix": message.upload_queue(queue, ""), "grace": grace, "retention": retention, "limit": limit}
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn:
+                return [(row[0], row[1]) for row in await (await conn.execute(_UNNEEDED_QUEUES, params)).fetchall()]
+
+    async def queues_deleted(self, upload_ids: list[str]) -> int:
+        """Record that the uploads' queues are deleted; return how many were not recorded so yet."""
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn:
+                noted = await conn.execute("UPDATE uploads SET queue_deleted_at = now() "
+                                           "WHERE id = ANY(%s) AND queue_deleted_at IS NULL", (upload_ids,))
+                return noted.rowcount
 
     async def failed_rows(self, upload_id: str) -> FailedRows:
         """The upload's dead-lettered rows in row order, on a download connection; raises DownloadsBusy when

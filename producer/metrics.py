@@ -43,6 +43,10 @@ CONFIRM_WAIT_SECONDS = Histogram(
     "Each wait for the broker's confirms: when PUBLISH_WINDOW messages are in flight, and for an upload's last rows.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+UPLOAD_QUEUES_DELETED = Counter(
+    "kubejob_producer_upload_queues_deleted_total",
+    "Queues of finished or cancelled uploads this producer deleted, past UPLOAD_QUEUE_GRACE_SECONDS.",
+)
 # Bounds the series a scrape adds: uploads in progress beyond it are the oldest, and rare.
 IN_PROGRESS_LIMIT = 100
 

@@ -1,11 +1,13 @@
 """Cancel, pause and resume one upload, against a real producer, RabbitMQ and PostgreSQL: who may, what each state
-allows, and a cancel stopping the request still publishing.
+allows, a cancel stopping the request still publishing, and the queues of finished and cancelled uploads deleted
+once their grace is over.
 
 The module's keys live in a database of its own: a key in the run's shared one would end the open mode the
 other tests upload in.
 """
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -273,3 +275,31 @@ def test_publishing_goes_on_while_the_upload_is_paused(made: dict[str, str], bro
     assert broker.depth(upload["queue"]) == PUBLISHING_ROWS, "every row waits in its queue"
     assert (after["state"], after["confirmed"]) == ("paused", PUBLISHING_ROWS) and after["published_at"] is not None
 
+
+GRACE_SECONDS = 3
+
+
+def test_the_queues_of_a_finished_and_of_a_cancelled_upload_are_deleted_after_the_grace_and_not_before(
+        made: dict[str, str], broker: Broker, queue_name: str, keys_ledger: str, tmp_path: Path) -> None:
+    alpha, logs = made["alpha"], [tmp_path / "first.log", tmp_path / "second.log"]
+    # Two replicas, sweeping at once.
+    settings = {"LOG_LEVEL": "INFO", "UPLOAD_QUEUE_GRACE_SECONDS": str(GRACE_SECONDS)}
+    with producer(queue_name, log=logs[0], **settings) as (url, _), producer(queue_name, log=logs[1], **settings):
+        api = httpx.Client(base_url=url, timeout=10)
+        finished, cancelled, going_on = (uploaded(api, alpha) for _ in range(3))
+        queues = [upload_queue(queue_name, upload_id) for upload_id in (finished, cancelled, going_on)]
+        began = time.monotonic()
+        finish(keys_ledger, finished, rows=2)
+        assert control(api, "cancel", cancelled, alpha).status_code == 200
+        time.sleep(max(0.0, began + GRACE_SECONDS - 0.5 - time.monotonic()))
+        assert all(broker.exists(queue) for queue in queues), "deleted before the grace was over"
+        gone_at = wait_for(lambda: not (broker.exists(queues[0]) or broker.exists(queues[1])) and time.monotonic(),
+                           what="both queues deleted", timeout=GRACE_SECONDS + 5, interval=0.1)
+        assert broker.exists(queues[2]) and broker.depth(queues[2]) == 2, "an upload going on keeps its queue"
+        states = [status(api, upload_id, alpha)["state"] for upload_id in (finished, cancelled, going_on)]
+    assert gone_at - began >= GRACE_SECONDS
+    assert states == ["done", "cancelled", "processing"], "deleting its queue changes no upload's state"
+    assert open_ids(keys_ledger) & {finished, cancelled, going_on} == {going_on}
+    sweeps = [line for log in logs for line in map(json.loads, log.read_text().splitlines())
+              if line["message"] == "upload queues deleted"]
+    assert sum(line["queues"] for line in sweeps) == 2 and all(line["queues"] > 0 for line in sweeps), sweeps
