@@ -12,11 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from kubejob import ledger as schema
 from kubejob.errors import BrokerUnavailable, LedgerUnavailable
 from kubejob.settings import load
-from producer import metrics, routes, status
+from producer import controls, metrics, routes, status
 from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
@@ -25,6 +26,7 @@ from producer.ledger import DownloadsBusy, KeyReused, Ledger, UploadBusy
 from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
 from producer.oidc import IssuerUnavailable
 from producer.publisher import UploadRefused
+from producer.queue_sweep import keep_sweeping, sweep_all
 from producer.routes import UploadInterrupted
 from producer.settings import Settings
 
@@ -102,9 +104,20 @@ async def issuer_unavailable(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
-async def http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route of the path only; GET and DELETE /uploads/{id} are two.
+        headers = {**(headers or {}), "Allow": ", ".join(_methods_of(request))}
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+def _methods_of(request: Request) -> list[str]:
+    """Every method the request's path is served for."""
+    return sorted({method for route in request.app.router.routes
+                   if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE
+                   for method in getattr(route, "methods", None) or ()})
 
 
 async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
@@ -122,7 +135,8 @@ TASKS_END_S = 5  # the most the background tasks get to end at shutdown
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Bring the ledger's schema up to date, open its pool, and forget old uploads while running."""
+    """Bring the ledger's schema up to date, open its pool, and forget old uploads and delete the queues no longer
+    needed while running."""
     settings: Settings = app.state.settings
     url, timeout = settings.database_url.get_secret_value(), settings.database_timeout_seconds
     version = await run_in_threadpool(schema.migrate, url, connect_timeout=timeout)
@@ -149,30 +163,32 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("the API is open, every request is tenant `default` with every scope: neither UPLOAD_TOKEN nor "
                     "OIDC_ISSUER is set and the ledger holds no API key (python -m producer.keys create)")
     app.state.broker_watch.start()
-    retention = timedelta(days=settings.ledger_retention_days)
-    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, retention))
+    forgetting = asyncio.create_task(_forget_old_uploads(app.state.ledger, settings))
     watching = asyncio.create_task(app.state.ledger.watch(PROBE_SECONDS))
+    sweeping = asyncio.create_task(keep_sweeping(app.state.ledger, settings))
     try:
         yield
     finally:
         # Ended before the pool closes: closing it fails a task waiting for a connection with PoolClosed, which
         # the task takes for an outage and sleeps on, and on Python 3.11 a cancel that meets that wake-up can be
         # lost (asyncio.wait_for). A CI run hung on it in a test's teardown.
-        for task in (forgetting, watching):
+        for task in (forgetting, watching, sweeping):
             task.cancel()
         await app.state.broker_watch.stop()
-        await asyncio.wait((forgetting, watching), timeout=TASKS_END_S)
+        await asyncio.wait((forgetting, watching, sweeping), timeout=TASKS_END_S)
         await downloads.close()
         await pool.close()
 
 
-async def _forget_old_uploads(ledger: Ledger, age: timedelta) -> None:
+async def _forget_old_uploads(ledger: Ledger, settings: Settings) -> None:
+    age = timedelta(days=settings.ledger_retention_days)
     while True:
         try:
+            await sweep_all(ledger, settings)  # their queues first: once forgotten, nothing would delete them
             deleted = await ledger.forget_older_than(age)
             if deleted:
                 log.info("old uploads deleted", extra={"uploads": deleted, "older_than_days": age.days})
-        except LedgerUnavailable as exc:
+        except (LedgerUnavailable, BrokerUnavailable) as exc:
             log.warning("deleting old uploads failed", extra={"reason": str(exc)})
         await asyncio.sleep(3600)
 
@@ -188,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.statuses = ShortCache(seconds=status.STATUS_SECONDS, size=status.STATUSES_KEPT)
     app.include_router(routes.router)
     app.include_router(status.router)
+    app.include_router(controls.router)
     settings = app.state.settings
     drop = BodyDrop(max_bytes=settings.max_upload_bytes, seconds=settings.refused_upload_drop_seconds)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes, drop=drop)

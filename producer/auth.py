@@ -8,6 +8,7 @@ With none of the three configured (no UPLOAD_TOKEN, no OIDC, no API key in the l
 open and every request is tenant `default` with every scope: the single-user mode of local work.
 
 Errors: `Unauthenticated` (401) and `Forbidden` (403); another tenant's upload is a 404 of the route.
+Cancelling, pausing and resuming an upload take the `upload` scope, and only its own tenant's.
 """
 
 import hashlib
@@ -180,6 +181,12 @@ async def _reader(request: Request, _: Annotated[HTTPAuthorizationCredentials | 
     return principal.allowed("read")
 
 
+async def _controller(request: Request,
+                      _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
+    principal = await _authenticator(request).principal(request.headers.get("authorization"))
+    return principal.allowed("upload")
+
+
 def _uploader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Principal:
     # Authenticated by limits.UploadGate, before the body was read; `bearer` only documents it.
     principal: Principal = request.state.principal
@@ -188,3 +195,5 @@ def _uploader(request: Request, _: Annotated[HTTPAuthorizationCredentials | None
 
 ReaderDep = Annotated[Principal, Depends(_reader)]
 UploaderDep = Annotated[Principal, Depends(_uploader)]
+# A caller with the `upload` scope, outside POST /upload: who may cancel, pause and resume its tenant's uploads.
+ControllerDep = Annotated[Principal, Depends(_controller)]

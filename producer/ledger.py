@@ -3,7 +3,7 @@
 Errors: a PostgreSQL that cannot be reached or fails a statement becomes `LedgerUnavailable`
 (the upload gets 503 and nothing is published); the refusals of an idempotent retry are
 `KeyReused` and `UploadBusy`; a download that found no free download connection in time is
-`DownloadsBusy`.
+`DownloadsBusy`. A cancelled upload is no error here: it has nothing left to publish.
 """
 
 import asyncio
@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kubejob import ledger as schema
+from kubejob import message
 from kubejob.errors import LedgerUnavailable, Permanent, Temporary
 
 
@@ -57,6 +58,8 @@ class UploadSummary:
     created_at: datetime
     published_at: datetime | None
     finished_at: datetime | None
+    paused_at: datetime | None
+    cancelled_at: datetime | None
     error: str | None
 
 
@@ -72,11 +75,21 @@ class Upload(UploadSummary):
     tenant: str = "default"
 
     @property
+    def finished(self) -> bool:
+        """Every row has an outcome."""
+        return self.done + self.failed >= self.rows
+
+    @property
     def state(self) -> str:
         """`publishing` (or `interrupted` with no publisher left) until the broker confirmed every row, then
-        `processing`, `done` once every row has an outcome; `failed` when publishing was refused for good."""
-        if self.done + self.failed >= self.rows:
+        `processing`, `done` once every row has an outcome; `failed` when publishing was refused for good;
+        `paused` while paused and not done; `cancelled` once cancelled, whatever else holds."""
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if self.finished:
             return "done"
+        if self.paused_at is not None:
+            return "paused"
         if self.published_at:
             return "processing"
         if self.error is not None:
@@ -104,14 +117,31 @@ class FailedRow:
     data: dict[str, str] | None
 
 
+# Whether a live publisher holds the upload (Claim).
+_HELD = f"""EXISTS (
+    SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+    AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))"""
 _UPLOAD = f"""SELECT id, file_name, columns, queue, rows, confirmed, done, failed, redelivered,
-                     created_at, published_at, finished_at, file_sha256, parameters, error, tenant,
-                     published_at IS NULL AND EXISTS (
-                         SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
-                         AND classid = {PUBLISHING_LOCK} AND objid = hashtext(uploads.id)::oid AND objsubid = 2
-                         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                     ) AS publishing
+                     created_at, published_at, finished_at, paused_at, cancelled_at, file_sha256, parameters,
+                     error, tenant, published_at IS NULL AND {_HELD} AS publishing
               FROM uploads"""
+# Each leaves the upload as it was when it cannot apply: cancelling a finished upload, pausing one that is finished
+# or cancelled, resuming a cancelled one. Done again, each changes nothing.
+_CANCEL = """UPDATE uploads SET cancelled_at = coalesce(cancelled_at, now())
+             WHERE id = %s AND (cancelled_at IS NOT NULL OR done + failed < rows)"""
+_PAUSE = """UPDATE uploads SET paused_at = coalesce(paused_at, now())
+            WHERE id = %s AND cancelled_at IS NULL AND done + failed < rows"""
+_RESUME = "UPDATE uploads SET paused_at = NULL WHERE id = %s AND cancelled_at IS NULL"
+# The uploads whose own queue is no longer needed: finished or cancelled more than a grace period ago, or about to
+# be forgotten (older than the retention) whatever their state. One that a publisher holds is left for a later
+# sweep: a keyed retry may be publishing into its queue again.
+_UNNEEDED_QUEUES = f"""SELECT id, queue FROM uploads
+    WHERE queue_deleted_at IS NULL AND queue = %(prefix)s || id
+      AND (cancelled_at < now() - %(grace)s OR (done + failed >= rows AND finished_at < now() - %(grace)s)
+           OR created_at < now() - %(retention)s)
+      AND NOT {_HELD}
+    ORDER BY created_at, id LIMIT %(limit)s"""
 
 
 class Claim:
@@ -124,15 +154,22 @@ class Claim:
     def __init__(self, conn: psycopg.AsyncConnection, upload_id: str) -> None:
         self._conn, self.upload_id = conn, upload_id
 
-    async def progress(self, confirmed: int) -> None:
-        """The broker has confirmed the first `confirmed` rows: a retry starts after them."""
-        await self._execute("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s",
-                            (confirmed, self.upload_id))
-
-    async def published(self) -> None:
-        """Every row is confirmed: the upload moves on to `processing`."""
-        await self._execute("UPDATE uploads SET confirmed = rows, published_at = now() WHERE id = %s",
+    async def opened(self) -> None:
+        """The upload's queue exists: workers may serve it (kubejob.ledger.open_uploads). A new upload is recorded
+        as having none, so that no worker consumes a queue not declared yet, which would close its channel."""
+        await self._execute("UPDATE uploads SET queue_deleted_at = NULL WHERE id = %s AND queue_deleted_at IS NOT NULL",
                             (self.upload_id,))
+
+    async def progress(self, confirmed: int) -> bool:
+        """The broker has confirmed the first `confirmed` rows: a retry starts after them. Whether the upload was
+        cancelled meanwhile."""
+        return await self._cancelled("UPDATE uploads SET confirmed = greatest(confirmed, %s) WHERE id = %s "
+                                     "RETURNING cancelled_at IS NOT NULL", (confirmed, self.upload_id))
+
+    async def published(self) -> bool:
+        """Every row is confirmed: the upload moves on to `processing`. Whether it was cancelled meanwhile."""
+        return await self._cancelled("UPDATE uploads SET confirmed = rows, published_at = now() WHERE id = %s "
+                                     "RETURNING cancelled_at IS NOT NULL", (self.upload_id,))
 
     async def refused(self, error: str, *, confirmed: int) -> None:
         """Publishing cannot succeed for this file as it is: the upload ends in `failed`."""
@@ -149,6 +186,11 @@ class Claim:
     async def _execute(self, statement: str, params: tuple) -> None:
         with schema.map_psycopg_errors():
             await self._conn.execute(statement, params)
+
+    async def _cancelled(self, statement: str, params: tuple) -> bool:
+        with schema.map_psycopg_errors():
+            row = await (await self._conn.execute(statement, params)).fetchone()
+        return bool(row and row[0])
 
 
 class FailedRows:
@@ -187,11 +229,12 @@ class Ledger:
     async def start(self, *, tenant: str, key: str | None, file_name: str, sha256: str | None,
                     parameters: dict[str, str], columns: list[str], rows: int,
                     queue: str) -> tuple[Upload, Claim | None]:
-        """Record a new upload of `tenant`, or find its earlier one of a known `key`, and claim it to publish what
+        """Record a new upload of `tenant`, its rows to go into a queue of its own in the family of `queue`
+        (kubejob.message.upload_queue), or find its earlier one of a known `key`, and claim it to publish what
         is left.
 
-        The claim is None for an upload with nothing left to publish (published, or refused for good).
-        Raises KeyReused, UploadBusy, LedgerUnavailable.
+        The claim is None for an upload with nothing left to publish: published, refused for good, or
+        cancelled, which is never taken up again. Raises KeyReused, UploadBusy, LedgerUnavailable.
         """
         with schema.map_psycopg_errors():
             conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True,
@@ -203,7 +246,7 @@ class Ledger:
         except BaseException:
             await conn.close()
             raise
-        if upload.published_at is not None or upload.error is not None:
+        if upload.published_at is not None or upload.error is not None or upload.cancelled_at is not None:
             await conn.close()
             return upload, None
         return upload, Claim(conn, upload.id)
@@ -218,13 +261,18 @@ class Ledger:
             earlier = (await self._earlier(conn, tenant=tenant, key=key, sha256=sha256, parameters=parameters)
                        if key else None)
             if earlier is None:
+                # Recorded without a queue (queue_deleted_at set) until its publisher has declared it: Claim.opened.
                 await conn.execute(
                     """INSERT INTO uploads (id, tenant, idempotency_key, file_name, file_sha256, parameters, columns,
-                                            queue, rows) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                    (new_id, tenant, key, file_name, sha256, Jsonb(parameters), columns, queue, rows))
+                                            queue, rows, queue_deleted_at)
+                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())""",
+                    (new_id, tenant, key, file_name, sha256, Jsonb(parameters), columns,
+                     message.upload_queue(queue, new_id), rows))
         if earlier is None:
             return await self._read(conn, new_id)
         await conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (PUBLISHING_LOCK, new_id))
+        if earlier.cancelled_at is not None:  # never taken up again, even while its publisher is still stopping
+            return earlier
         if earlier.published_at is None and earlier.error is None:
             locked = await conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (PUBLISHING_LOCK, earlier.id))
             if not (await locked.fetchone() or (False,))[0]:
@@ -268,8 +316,47 @@ class Ledger:
                                    (tenant, limit, offset))
 
     async def unfinished(self, *, limit: int) -> list[Upload]:
-        """Uploads not done yet, newest first."""
-        return await self._uploads(" WHERE done + failed < rows ORDER BY created_at DESC, id LIMIT %s", (limit,))
+        """Uploads not done yet nor cancelled, newest first."""
+        return await self._uploads(" WHERE done + failed < rows AND cancelled_at IS NULL "
+                                   "ORDER BY created_at DESC, id LIMIT %s", (limit,))
+
+    async def cancel(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Cancel the upload unless every row has an outcome: whether it is cancelled now, and the upload."""
+        return await self._control(_CANCEL, upload_id)
+
+    async def pause(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Pause the upload unless it is finished or cancelled: whether it is paused now, and the upload."""
+        return await self._control(_PAUSE, upload_id)
+
+    async def resume(self, upload_id: str) -> tuple[bool, Upload | None]:
+        """Resume the upload unless it is cancelled: whether it is unpaused now, and the upload."""
+        return await self._control(_RESUME, upload_id)
+
+    async def _control(self, statement: str, upload_id: str) -> tuple[bool, Upload | None]:
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn, conn.transaction():
+                changed = await conn.execute(statement, (upload_id,))
+                cursor = conn.cursor(row_factory=class_row(Upload))
+                await cursor.execute(_UPLOAD + " WHERE id = %s", (upload_id,))
+                return changed.rowcount == 1, await cursor.fetchone()
+
+    async def unneeded_queues(self, *, queue: str, grace: timedelta, retention: timedelta,
+                              limit: int) -> list[tuple[str, str]]:
+        """(upload id, queue) of the uploads of the family of `queue` whose own queue is still there and no longer
+        needed: finished or cancelled more than `grace` ago, or made more than `retention` ago; none being
+        published."""
+        params = {"prefix": message.upload_queue(queue, ""), "grace": grace, "retention": retention, "limit": limit}
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn:
+                return [(row[0], row[1]) for row in await (await conn.execute(_UNNEEDED_QUEUES, params)).fetchall()]
+
+    async def queues_deleted(self, upload_ids: list[str]) -> int:
+        """Record that the uploads' queues are deleted; return how many were not recorded so yet."""
+        with schema.map_psycopg_errors():
+            async with self._pool.connection() as conn:
+                noted = await conn.execute("UPDATE uploads SET queue_deleted_at = now() "
+                                           "WHERE id = ANY(%s) AND queue_deleted_at IS NULL", (upload_ids,))
+                return noted.rowcount
 
     async def failed_rows(self, upload_id: str) -> FailedRows:
         """The upload's dead-lettered rows in row order, on a download connection; raises DownloadsBusy when

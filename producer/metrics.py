@@ -1,8 +1,9 @@
 """The producer's Prometheus metrics, served at GET /metrics by an app of their own on PRODUCER_METRICS_PORT.
 
-Counters and histograms live in the process; the progress of uploads not done yet is read from
-the ledger on each scrape (the newest IN_PROGRESS_LIMIT), so it is the ledger's truth whichever
-producer published them. No series names a file or holds a row's data: the port needs no key.
+Counters and histograms live in the process; the progress of uploads not done yet nor cancelled
+(paused ones included) is read from the ledger on each scrape (the newest IN_PROGRESS_LIMIT), so
+it is the ledger's truth whichever producer published them. No series names a file or holds a
+row's data: the port needs no key.
 """
 
 import time
@@ -41,6 +42,10 @@ CONFIRM_WAIT_SECONDS = Histogram(
     "kubejob_producer_confirm_wait_seconds",
     "Each wait for the broker's confirms: when PUBLISH_WINDOW messages are in flight, and for an upload's last rows.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPLOAD_QUEUES_DELETED = Counter(
+    "kubejob_producer_upload_queues_deleted_total",
+    "Queues of finished or cancelled uploads this producer deleted, past UPLOAD_QUEUE_GRACE_SECONDS.",
 )
 # Bounds the series a scrape adds: uploads in progress beyond it are the oldest, and rare.
 IN_PROGRESS_LIMIT = 100
@@ -88,10 +93,14 @@ class UploadProgress(Collector):
             "done": GaugeMetricFamily("kubejob_upload_done_rows", "Its rows handled successfully.", labels=labels),
             "failed": GaugeMetricFamily("kubejob_upload_failed_rows", "Its rows dead-lettered.", labels=labels),
         }
+        paused = GaugeMetricFamily("kubejob_upload_paused", "1 while the upload is paused: its rows wait.",
+                                   labels=labels)
         for upload in self._uploads:
             for field, family in families.items():
                 family.add_metric([upload.id, upload.queue], getattr(upload, field))
+            paused.add_metric([upload.id, upload.queue], int(upload.paused_at is not None))
         yield from families.values()
+        yield paused
         yield GaugeMetricFamily("kubejob_producer_ledger_up", "1 if this scrape could read the ledger.",
                                 value=int(self._ledger_up))
 

@@ -21,7 +21,7 @@ from pika.spec import Basic
 
 from kubejob import frames, pika_fast
 from kubejob.errors import BrokerUnavailable, Permanent
-from kubejob.message import declarations, migration_hint
+from kubejob.message import declarations, migration_hint, queue_arguments
 from producer.metrics import CONFIRM_WAIT_SECONDS
 from producer.settings import Settings
 
@@ -56,11 +56,12 @@ class MessageTooLarge(Permanent):
 
 
 class ConfirmingPublisher:
-    """One connection and confirm-mode channel, opened per upload (`async with`)."""
+    """One connection and confirm-mode channel, opened per upload (`async with`), publishing into `queue`, the
+    upload's own, which it declares after the queues every upload of QUEUE_NAME shares."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, queue: str) -> None:
         self._settings = settings
-        self._queue = settings.queue_name
+        self._queue = queue
         self._loop = asyncio.get_running_loop()
         self._opened: asyncio.Future[None] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
@@ -154,7 +155,8 @@ class ConfirmingPublisher:
                                       frame_max=self._connection.params.frame_max)
         channel.add_on_close_callback(self._on_channel_closed)
         channel.add_on_return_callback(lambda *_: self._fail(f"RabbitMQ could not route to {self._queue!r}"))
-        pending = declarations(self._queue)
+        family = self._settings.queue_name
+        pending = [*declarations(family), (self._queue, queue_arguments(family))]
 
         def declare_next(_frame: object) -> None:
             if not pending:

@@ -4,10 +4,12 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, Depends, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from kubejob import message
@@ -21,9 +23,10 @@ from producer.settings import Settings
 
 log = logging.getLogger(__name__)
 router = APIRouter()
-# How often a long upload writes how far the broker has confirmed, for its status; the bound on
-# what a retry publishes twice is PUBLISH_WINDOW, kept by writing it more often where needed.
-PROGRESS_SECONDS = 1.0
+# How often a long upload writes how far the broker has confirmed, for its status, and learns whether it was
+# cancelled: it stops within that. The bound on what a retry publishes twice is PUBLISH_WINDOW, kept by writing it
+# more often where needed.
+PROGRESS_SECONDS = 0.5
 
 
 def get_settings(request: Request) -> Settings:
@@ -92,7 +95,8 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
     429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
                                          "Retry-After seconds"},
     409: {"model": Error, "description": "The Idempotency-Key was used with another file or other parameters, or "
-                                         "its upload is being published by a request still running"},
+                                         "its upload is being published by a request still running, or was "
+                                         "cancelled; or the upload was cancelled while it was being published"},
     413: {"model": Error, "description": "The upload is larger than MAX_UPLOAD_BYTES, or RabbitMQ refused one of its "
                                          "rows as larger than its max_message_size (the upload is `failed`)"},
     422: {"model": Error, "description": "The form has no `file` field, more than one, or one that is not a file"},
@@ -125,7 +129,7 @@ async def upload(
         min_length=1, max_length=200,
         description="A retry with the same key and file returns the same upload and publishes only the rows "
                     "the broker had not confirmed.")] = None,
-) -> UploadResult:
+) -> UploadResult | JSONResponse:
     """Validate the whole CSV, record it, then publish one message per row; 200 once all are confirmed."""
     started = time.monotonic()
     chosen = csv_stream.delimiter_named(delimiter) if delimiter else None
@@ -138,11 +142,15 @@ async def upload(
     if claim is not None:
         file.file.seek(0)
         try:
-            await _publish(upload, claim, file.file, delimiter=summary.delimiter, settings=settings,
-                           key_sent=idempotency_key is not None)
+            stopped_at = await _publish(upload, claim, file.file, delimiter=summary.delimiter, settings=settings,
+                                        key_sent=idempotency_key is not None)
         finally:
             await claim.close()
             statuses.forget(upload.id)  # a status read after this answer tells what the answer told
+        if stopped_at is not None:
+            return cancelled_while_publishing(upload, confirmed=stopped_at)
+    elif upload.cancelled_at is not None:
+        return cancelled_before(upload)
     elif upload.error is not None:
         raise UploadRefused(upload.error, upload_id=upload.id)
     elapsed = round(time.monotonic() - started, 3)
@@ -154,32 +162,20 @@ async def upload(
 
 
 async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: str, settings: Settings,
-                   key_sent: bool) -> None:
-    """Publish the rows the broker has not confirmed yet; raise UploadInterrupted saying how far it got.
-
-    A row is published only while the ledger's `confirmed` is at most PUBLISH_WINDOW rows behind
-    it, so that a retry after any interruption, the producer's own death included, queues at
-    most that many rows twice.
-    """
-    skip = recorded = upload.confirmed
-    window = settings.publish_window
-    broker = ConfirmingPublisher(settings)
+                   key_sent: bool) -> int | None:
+    """Publish the rows the broker has not confirmed yet into the upload's queue; raise UploadInterrupted saying how
+    far it got. None once every row is confirmed; if the upload was cancelled meanwhile (noticed within
+    PROGRESS_SECONDS), the rest is left unpublished and the answer is how many rows the broker had confirmed."""
+    skip = upload.confirmed
+    broker = ConfirmingPublisher(settings, queue=upload.queue)
     try:
-        async with broker:
-            saved = time.monotonic()
+        async with broker:  # the queues declared
+            await claim.opened()
             records = csv_stream.read_rows(file, limits=settings.csv_limits, delimiter=delimiter)
-            for number, (line, row) in enumerate(records, start=1):
-                if number <= skip:
-                    continue
-                if number - recorded > window:
-                    # Half the window confirmed before it is recorded: one write per half a window of rows.
-                    await broker.wait_until_confirmed(number - skip - (window + 1) // 2)
-                if number - recorded > window or time.monotonic() - saved >= PROGRESS_SECONDS:
-                    recorded = skip + broker.confirmed
-                    await claim.progress(recorded)
-                    saved = time.monotonic()
-                await broker.publish(*message.encode(row, upload_id=upload.id, row_number=number, line=line))
-            await broker.wait_for_confirms()
+            cancelled = await _send(broker, claim, records, upload_id=upload.id, skip=skip,
+                                    window=settings.publish_window)
+            if not cancelled:
+                await broker.wait_for_confirms()
     except MessageTooLarge as exc:
         metrics.ROWS_PUBLISHED.inc(broker.confirmed)
         error = (f"row {skip + exc.published} is {exc.size} bytes as a message, more than RabbitMQ's "
@@ -197,7 +193,55 @@ async def _publish(upload: Upload, claim: Claim, file: BinaryIO, *, delimiter: s
         raise UploadInterrupted(str(exc), upload_id=upload.id, rows=upload.rows, confirmed=confirmed,
                                 key_sent=key_sent) from exc
     metrics.ROWS_PUBLISHED.inc(broker.confirmed)
-    await claim.published()
+    confirmed = skip + broker.confirmed
+    if cancelled:
+        with contextlib.suppress(LedgerUnavailable):  # if so, its status shows the last progress recorded
+            await claim.progress(confirmed)
+        return confirmed
+    return confirmed if await claim.published() else None  # or cancelled as its last rows were confirmed
+
+
+def cancelled_while_publishing(upload: Upload, *, confirmed: int) -> JSONResponse:
+    """The 409 of a request whose upload was cancelled while it published it."""
+    log.info("upload cancelled while publishing", extra={"upload_id": upload.id, "rows": upload.rows,
+                                                         "confirmed": confirmed})
+    error = (f"upload {upload.id} was cancelled while it was being published, after the broker confirmed "
+             f"{confirmed} of its {upload.rows} rows: publishing stopped, and its rows will not be handled; to have "
+             "them handled, send the file again as a new upload (with a new Idempotency-Key, if you send one)")
+    return JSONResponse({"error": error, "upload_id": upload.id, "rows": upload.rows, "confirmed": confirmed},
+                        status_code=409)
+
+
+def cancelled_before(upload: Upload) -> JSONResponse:
+    """The 409 of a retry, by its Idempotency-Key, of an upload that was cancelled: it is never taken up again."""
+    error = (f"the upload of this Idempotency-Key, {upload.id}, was cancelled, and a cancelled upload is never "
+             "taken up again: to upload the file anew, send it with a new Idempotency-Key")
+    return JSONResponse({"error": error, "upload_id": upload.id, "rows": upload.rows, "confirmed": upload.confirmed},
+                        status_code=409)
+
+
+async def _send(broker: ConfirmingPublisher, claim: Claim, records: Iterator[tuple[int, dict[str, str]]], *,
+                upload_id: str, skip: int, window: int) -> bool:
+    """Publish the rows after the first `skip`; True if the upload was cancelled before the last one was sent.
+
+    A row is published only while the ledger's `confirmed` is at most `window` (PUBLISH_WINDOW)
+    rows behind it, so that a retry after any interruption, the producer's own death included,
+    queues at most that many rows twice.
+    """
+    recorded, saved = skip, time.monotonic()
+    for number, (line, row) in enumerate(records, start=1):
+        if number <= skip:
+            continue
+        if number - recorded > window:
+            # Half the window confirmed before it is recorded: one write per half a window of rows.
+            await broker.wait_until_confirmed(number - skip - (window + 1) // 2)
+        if number - recorded > window or time.monotonic() - saved >= PROGRESS_SECONDS:
+            recorded = skip + broker.confirmed
+            if await claim.progress(recorded):
+                return True
+            saved = time.monotonic()
+        await broker.publish(*message.encode(row, upload_id=upload_id, row_number=number, line=line))
+    return False
 
 
 def _sha256(file: BinaryIO) -> str:

@@ -74,6 +74,13 @@ class Settings(LedgerSettings):
     ledger_retention_days: float = Field(
         7.0, gt=0, description="Uploads and row outcomes older than this are deleted from the ledger."
     )
+    # Workers learn that an upload is finished or cancelled within half a second, and stop consuming its queue; a
+    # queue deleted while a worker is about to consume it closes that worker's channel.
+    upload_queue_grace_seconds: float = Field(
+        60.0, ge=1, le=86400,
+        description=("How long the queue of a finished or cancelled upload is kept before it is deleted, so that "
+                     "every worker has stopped consuming it."),
+    )
 
     @field_validator("upload_token")
     @classmethod

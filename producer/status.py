@@ -50,6 +50,7 @@ class UploadStatus(UploadSummary):
     upload_id: str
     tenant: str
     state: str
+    cancelled: int  # rows of a cancelled upload that will have no outcome: cancelled + done + failed == rows
     rows_per_second: float | None
     eta_seconds: float | None
     status_url: str
@@ -65,12 +66,15 @@ class UploadList(BaseModel):
 
 
 def pace(upload: Upload, now: datetime) -> tuple[float | None, float | None]:
-    """Rows finished per second since the upload began, and the seconds left at that pace."""
+    """Rows finished per second since the upload began (until it finished or was cancelled), and the seconds left
+    at that pace: none while it is paused or once it is cancelled."""
     finished = upload.done + upload.failed
-    elapsed = ((upload.finished_at or now) - upload.created_at).total_seconds()
+    elapsed = ((upload.finished_at or upload.cancelled_at or now) - upload.created_at).total_seconds()
     if finished == 0 or elapsed <= 0:
         return None, None
     rate = finished / elapsed
+    if upload.state in ("paused", "cancelled"):
+        return round(rate, 1), None
     return round(rate, 1), round((upload.rows - finished) / rate, 1)
 
 
@@ -80,9 +84,10 @@ def status_of(upload: Upload, now: datetime) -> UploadStatus:
     # second): so done + failed <= confirmed <= rows in every answer.
     confirmed = min(upload.rows, max(upload.confirmed, upload.done + upload.failed))
     summary = {field.name: getattr(upload, field.name) for field in dataclasses.fields(UploadSummary)}
+    cancelled = max(0, upload.rows - upload.done - upload.failed) if upload.cancelled_at else 0
     return UploadStatus(
         **summary | {"confirmed": confirmed}, upload_id=upload.id, tenant=upload.tenant, state=upload.state,
-        rows_per_second=rate,
+        cancelled=cancelled, rows_per_second=rate,
         eta_seconds=eta, status_url=f"/uploads/{upload.id}", failed_url=f"/uploads/{upload.id}/failed",
     )
 

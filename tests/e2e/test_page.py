@@ -184,3 +184,36 @@ def test_with_a_tenant_s_key_the_page_shows_that_tenant_s_uploads_only(browser: 
             time.sleep(1.5)  # a poll more (POLL_MS): whatever else the list would show is there by now
             shown_ids = [li.get_attribute("data-id") for li in browser.find_elements(By.CSS_SELECTOR, "li[data-id]")]
     assert shown_ids == [ids[alpha]]
+
+
+def test_the_owner_pauses_resumes_and_cancels_an_upload_from_the_page(browser: WebDriver, queue_name: str) -> None:
+    with producer(queue_name, UPLOAD_TOKEN=KEY) as (url, _pid):
+        upload_id = httpx.post(f"{url}/upload", files={"file": ("orders.csv", csv_file(ROWS), "text/csv")},
+                               headers=bearer(KEY), timeout=30).json()["upload_id"]
+        browser.get(f"{url}/")
+        waiting(browser).until(lambda b: shown(b, "key-problem", "The producer needs an API key"))
+        enter_key(browser, KEY)
+        item = waiting(browser).until(lambda b: b.find_element(By.CSS_SELECTOR, f'li[data-id="{upload_id}"]'))
+        wait = waiting(browser)
+
+        def buttons() -> list[str]:
+            return [b.text for b in item.find_elements(By.CSS_SELECTOR, ".controls button") if b.is_displayed()]
+
+        wait.until(lambda _: text(item, ".state") == "processing")
+        assert buttons() == ["Pause", "Cancel"]
+        item.find_element(By.CSS_SELECTOR, ".pause").click()
+        wait.until(lambda _: text(item, ".state") == "paused" and buttons() == ["Resume", "Cancel"])
+        assert httpx.get(f"{url}/uploads/{upload_id}", headers=bearer(KEY), timeout=10).json()["state"] == "paused"
+        item.find_element(By.CSS_SELECTOR, ".resume").click()
+        wait.until(lambda _: text(item, ".state") == "processing" and buttons() == ["Pause", "Cancel"])
+
+        item.find_element(By.CSS_SELECTOR, ".cancel").click()
+        browser.switch_to.alert.dismiss()  # asked first, and not cancelled when told no
+        time.sleep(1.5)  # a poll more (POLL_MS)
+        assert text(item, ".state") == "processing"
+        item.find_element(By.CSS_SELECTOR, ".cancel").click()
+        browser.switch_to.alert.accept()
+        wait.until(lambda _: text(item, ".state") == "cancelled" and buttons() == [])
+        assert text(item, ".n-cancelled") == str(ROWS) and text(item, ".time-label") == "Cancelled after"
+        status = httpx.get(f"{url}/uploads/{upload_id}", headers=bearer(KEY), timeout=10).json()
+    assert (status["state"], status["cancelled"]) == ("cancelled", ROWS)

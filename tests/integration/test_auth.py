@@ -68,7 +68,7 @@ def uploaded(client: TestClient, key: str, data: bytes = CSV) -> str:
 def test_every_route_but_the_probes_and_the_page_refuses_a_request_without_a_valid_key(
         client: TestClient, made: dict[str, str], broker: Broker, queue_name: str) -> None:
     upload_id = uploaded(client, made["alpha"])
-    broker.drain(queue_name)
+    broker.delete_queue(queue_name)
     unknown = "kj_000000000000_" + "A" * 43
     wrong_secret = made["alpha"][:-1] + ("B" if made["alpha"][-1] != "B" else "C")  # its id, another secret
     for credential in (None, "not-a-key", unknown, wrong_secret):
@@ -87,7 +87,7 @@ def test_a_key_without_the_scope_a_route_needs_is_forbidden(client: TestClient, 
                                                              broker: Broker, queue_name: str) -> None:
     refused = send(client, made["alpha_reader"])
     assert refused.status_code == 403 and refused.json() == {"error": "this credential lacks the `upload` scope"}
-    assert not broker.exists(queue_name)
+    assert broker.upload_queues(queue_name) == []
     upload_id = uploaded(client, made["alpha_uploader"])
     for path in READS:
         answer = client.get(path.format(id=upload_id), headers=bearer(made["alpha_uploader"]))

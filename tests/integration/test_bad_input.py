@@ -50,7 +50,8 @@ CASES = [
 
 
 def queued(broker: Broker, queue: str) -> set[str]:
-    return {properties.message_id for properties, _ in broker.drain(queue)}
+    """The ids of the messages in every upload's queue of `queue`."""
+    return {properties.message_id for name in broker.upload_queues(queue) for properties, _ in broker.drain(name)}
 
 
 @pytest.mark.parametrize(("data", "line", "error"), CASES)

@@ -172,14 +172,17 @@ def test_uploads_are_listed_newest_first_a_page_at_a_time(client: TestClient) ->
     assert missing.status_code == 404 and missing.json() == {"error": "no upload 'nope'"}
 
 
-def test_uploads_older_than_the_retention_are_deleted(queue_name: str, ledger_database: str) -> None:
+def test_uploads_older_than_the_retention_are_deleted_their_queues_first(queue_name: str, ledger_database: str,
+                                                                        broker: Broker) -> None:
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        old, new = (upload(client, csv_file(1)).json()["upload_id"] for _ in range(2))
+        (old, old_queue), (new, new_queue) = (
+            (answer["upload_id"], answer["queue"]) for answer in (upload(client, csv_file(1)).json() for _ in range(2)))
     with psycopg.connect(ledger_database) as conn:
         conn.execute("UPDATE uploads SET created_at = now() - interval '8 days' WHERE id = %s", (old,))
     with TestClient(create_app(Settings(queue_name=queue_name, ledger_retention_days=7))) as client:
         wait_for(lambda: client.get(f"/uploads/{old}").status_code == 404, what="the old upload to be deleted")
         assert client.get(f"/uploads/{new}").status_code == 200
+    assert (broker.exists(old_queue), broker.exists(new_queue)) == (False, True), "nothing left to delete it later"
 
 
 def test_outcomes_keep_quotes_backslashes_braces_and_unicode_exactly(client: TestClient, ledger_database: str) -> None:

@@ -56,7 +56,8 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
     response = httpx.post(f"{url}/upload", files={"file": ("secret-orders.csv", csv_file(ROWS, POISON), "text/csv")},
                           timeout=60)
     assert response.status_code == 200, response.text
-    upload = {"upload_id": response.json()["upload_id"], "queue": queue_name}
+    own_queue = response.json()["queue"]
+    upload = {"upload_id": response.json()["upload_id"], "queue": own_queue}
     published = Scrape(metrics_url)
     assert "secret-orders" not in published.text  # and `upload` is the whole label set of each series below
     assert published.value("kubejob_upload_rows", **upload) == ROWS
@@ -67,7 +68,7 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
     with broker.connection() as conn:
         channel = conn.channel()
         for _ in range(TAKEN):
-            assert channel.basic_get(queue_name, auto_ack=True)[0] is not None
+            assert channel.basic_get(own_queue, auto_ack=True)[0] is not None
     worker = start_worker(queue_name, tmp_path / "handled", "fail_poison", WORKER_MAX_ATTEMPTS="1")
     assert worker.wait(timeout=60) == 0
     drained = Scrape(metrics_url)
@@ -81,7 +82,21 @@ def test_an_upload_in_progress_shows_the_ledger_s_counts_until_it_is_done(
         channel = conn.channel()
         for number in range(1, TAKEN + 1):
             body, properties = message.encode(rows, upload_id=upload["upload_id"], row_number=number, line=number + 1)
-            channel.basic_publish("", queue_name, body, properties)
+            channel.basic_publish("", own_queue, body, properties)
     assert start_worker(queue_name, tmp_path / "handled", "fail_poison").wait(timeout=60) == 0
     wait_for(lambda: upload not in Scrape(metrics_url).labelled("kubejob_upload_rows"),
              what="the finished upload to leave the metrics", timeout=10)
+
+
+def test_a_paused_upload_says_so_and_a_cancelled_one_leaves_the_uploads_in_progress(
+        running_producer: tuple[str, str]) -> None:
+    url, metrics_url = running_producer
+    response = httpx.post(f"{url}/upload", files={"file": ("a.csv", csv_file(ROWS), "text/csv")}, timeout=60)
+    assert response.status_code == 200, response.text
+    upload = {"upload_id": response.json()["upload_id"], "queue": response.json()["queue"]}
+    assert Scrape(metrics_url).value("kubejob_upload_paused", **upload) == 0
+    assert httpx.post(f"{url}/uploads/{upload['upload_id']}/pause", timeout=10).status_code == 200
+    paused = Scrape(metrics_url)
+    assert (paused.value("kubejob_upload_paused", **upload), paused.value("kubejob_upload_rows", **upload)) == (1, ROWS)
+    assert httpx.delete(f"{url}/uploads/{upload['upload_id']}", timeout=10).status_code == 200
+    assert upload not in Scrape(metrics_url).labelled("kubejob_upload_rows"), "it will never finish"

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
+from kubejob.message import upload_queue
 from producer.ledger import Upload
 from producer.status import STATUS_SECONDS
 from tests.helpers import wait_for
@@ -71,7 +72,7 @@ def test_the_status_read_after_an_upload_s_answer_says_what_the_answer_said(clie
     uploading = threading.Thread(target=lambda: answer.update(upload_id=upload(client, rows)))
     uploading.start()
     upload_id = wait_for(lambda: next((u["upload_id"] for u in client.get("/uploads").json()["uploads"]
-                                       if u["queue"] == queue_name), None),
+                                       if u["queue"] == upload_queue(queue_name, u["upload_id"])), None),
                          what="the upload in the list", timeout=30, interval=0.01)
     states = []
     while uploading.is_alive():  # keeps a fresh answer in the cache until the upload's own answer

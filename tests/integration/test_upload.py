@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pika.adapters.utils import io_services_utils
 
-from kubejob.message import encode
+from kubejob.message import encode, upload_queue
 from producer.app import create_app
 from producer.settings import Settings
 from tests.helpers import free_port, wait_for
@@ -57,8 +57,10 @@ def test_each_row_becomes_one_persistent_message(client: TestClient, broker: Bro
     response = upload(client, GOOD)
     assert response.status_code == 200, response.text
     result = response.json()
-    assert result["rows"] == 3 and result["queue"] == queue_name and result["delimiter"] == ","
-    messages = broker.drain(queue_name)
+    assert result["rows"] == 3 and result["delimiter"] == ","
+    assert result["queue"] == upload_queue(queue_name, result["upload_id"]), "each upload has a queue of its own"
+    assert client.get(result["status_url"]).json()["queue"] == result["queue"]
+    messages = broker.drain(result["queue"])
     assert [json.loads(body) for _, body in messages] == [
         {"id": "1", "name": "Ada", "amount": "10.5"},
         {"id": "2", "name": "Grace, Admiral", "amount": "7"},
@@ -171,7 +173,7 @@ def test_upload_token_is_required_when_set(broker: Broker, queue_name: str) -> N
     with TestClient(create_app(settings)) as client:
         assert upload(client, GOOD).status_code == 401
         assert upload(client, GOOD, headers={"Authorization": "Bearer wrong"}).status_code == 401
-        assert not broker.exists(queue_name)
+        assert broker.upload_queues(queue_name) == []
         assert upload(client, GOOD, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert broker.backlog(queue_name) == 3
 
@@ -205,7 +207,7 @@ def test_a_body_that_is_not_a_form_gets_415(
     response = client.post("/upload", **kwargs)
     assert response.status_code == 415
     assert content_type in response.json()["error"]
-    assert not broker.exists(queue_name)
+    assert broker.upload_queues(queue_name) == []
 
 
 JOSE = {"name": "Jose", "city": "Paris", "amount": "150"}
@@ -252,7 +254,7 @@ def test_valid_variants_upload_exactly_their_rows(
     response = client.post("/upload", **request_)
     assert response.status_code == 200, response.text
     assert response.json()["delimiter"] == delimiter and response.json()["rows"] == len(rows)
-    assert [json.loads(body) for _, body in broker.drain(queue_name)] == rows
+    assert [json.loads(body) for _, body in broker.drain(response.json()["queue"])] == rows
 
 
 def test_a_field_longer_than_the_csv_modules_default_limit_is_published(broker: Broker, queue_name: str) -> None:
@@ -260,7 +262,7 @@ def test_a_field_longer_than_the_csv_modules_default_limit_is_published(broker: 
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
         response = upload(client, f"id,blob\n1,{blob}\n".encode())
     assert response.status_code == 200, response.text
-    assert [json.loads(body) for _, body in broker.drain(queue_name)] == [{"id": "1", "blob": blob}]
+    assert [json.loads(body) for _, body in broker.drain(response.json()["queue"])] == [{"id": "1", "blob": blob}]
 
 
 def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, queue_name: str) -> None:
@@ -269,7 +271,7 @@ def test_a_50_mb_single_line_is_refused_with_the_default_limits(broker: Broker, 
         assert response.status_code == 400
         assert response.json() == {"error": "line is longer than the limit of 1048576 bytes", "line": 2}
         assert client.get("/healthz").status_code == 200
-    assert not broker.exists(queue_name)
+    assert broker.upload_queues(queue_name) == []
 
 
 @pytest.mark.parametrize("codec", ["utf-8", "utf-16"])
@@ -282,7 +284,7 @@ def test_a_field_of_a_million_emoji_is_refused_in_bytes_with_the_default_limits(
         assert response.json() == {"error": "a quoted field opened on this line is longer than the limit of 1048576 "
                                             "bytes; is its closing quote missing?", "line": 3}
         assert client.get("/healthz").status_code == 200
-    assert not broker.exists(queue_name)
+    assert broker.upload_queues(queue_name) == []
 
 
 def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(broker: Broker, queue_name: str) -> None:
@@ -296,9 +298,10 @@ def test_a_row_over_max_message_bytes_is_refused_before_anything_is_recorded(bro
                                    "(1000); split the row, or raise MAX_MESSAGE_BYTES together with the worker Job's "
                                    "memory limit (a worker holds WORKER_PREFETCH such rows) and the broker's "
                                    "max_message_size"}
-        assert not broker.exists(queue_name) or broker.backlog(queue_name) == 0
+        assert broker.upload_queues(queue_name) == []
         good = httpx.post(f"{url}/upload", files={"file": ("rows.csv", GOOD, "text/csv")}, timeout=30)
         assert good.status_code == 200, good.text
         recorded = httpx.get(f"{url}/uploads", timeout=30).json()["uploads"]
-    assert [upload["upload_id"] for upload in recorded if upload["queue"] == queue_name] == [good.json()["upload_id"]]
+    ours = [u["upload_id"] for u in recorded if u["queue"] == upload_queue(queue_name, u["upload_id"])]
+    assert ours == [good.json()["upload_id"]]
     assert broker.backlog(queue_name) == 3

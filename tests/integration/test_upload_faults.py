@@ -18,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench import support
+from kubejob.message import upload_queue
 from producer.app import create_app
 from producer.settings import Settings
 from tests.helpers import wait_for
@@ -59,13 +60,16 @@ def publishing(url: str, queue: str, *, past: int) -> dict:
     """The upload to `queue`, once the ledger has it past `past` confirmed rows."""
     def found() -> dict | None:
         uploads = httpx.get(f"{url}/uploads", timeout=5).json()["uploads"]
-        return next((u for u in uploads if u["queue"] == queue and u["confirmed"] > past), None)
+        return next((u for u in uploads if u["queue"] == upload_queue(queue, u["upload_id"]) and u["confirmed"] > past),
+                    None)
 
     return wait_for(found, what=f"the upload past {past} confirmed rows", timeout=60, interval=0.02)
 
 
 def queued_rows(broker: Broker, queue: str) -> collections.Counter[int]:
-    return collections.Counter(properties.headers["row"] for properties, _ in broker.drain(queue))
+    """How often each row is in the uploads' queues of `queue`."""
+    return collections.Counter(properties.headers["row"] for name in broker.upload_queues(queue)
+                               for properties, _ in broker.drain(name))
 
 
 def test_postgresql_gone_mid_upload_queues_at_most_the_window_twice(broker: Broker, queue_name: str,

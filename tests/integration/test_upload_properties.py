@@ -42,7 +42,7 @@ def upload_table(broker: Broker, queue_name: str, data: bytes, **fields: str) ->
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
         response = client.post("/upload", files={"file": ("t.csv", data, "text/csv")}, data=fields)
     assert response.status_code == 200, response.text
-    return response.json()["delimiter"], [json.loads(body) for _, body in broker.drain(queue_name)]
+    return response.json()["delimiter"], [json.loads(body) for _, body in broker.drain(response.json()["queue"])]
 
 
 def written(header: list[str], rows: list[list[str]], delimiter: str, encoding: str) -> bytes:
