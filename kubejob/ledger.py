@@ -105,30 +105,34 @@ MIGRATIONS = [
     """,
     """
     -- A fair share of the workers (worker.share), and cancel and pause: each upload has a queue of its
-    -- own (its `queue`), deleted once the upload is finished or cancelled (`queue_deleted_at`). A tenant
-    -- with no row here weighs 1.
+    -- own (its `queue`). `queue_deleted_at` is NULL only while that queue exists: a new upload is
+    -- recorded with it set, cleared once its publisher has declared the queue, and set again when the
+    -- queue is deleted, past a grace after the upload is finished or cancelled. A tenant with no row
+    -- here weighs 1.
     ALTER TABLE uploads ADD COLUMN paused_at timestamptz, ADD COLUMN cancelled_at timestamptz,
         ADD COLUMN queue_deleted_at timestamptz;
     ALTER TABLE tenants ADD COLUMN weight integer NOT NULL DEFAULT 1 CHECK (weight BETWEEN 1 AND 1000);
     CREATE INDEX uploads_open ON uploads (created_at, id) WHERE queue_deleted_at IS NULL;
-    -- Workers listen, so that they serve a new upload, and stop on a paused or cancelled one, at once.
+    -- Workers listen, so that they serve a new upload (its queue declared), and stop on a paused or
+    -- cancelled one, at once.
     CREATE FUNCTION kubejob_upload_changed() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_notify('kubejob_uploads', NEW.queue);
         RETURN NULL;
     END $$;
-    CREATE TRIGGER upload_changed AFTER INSERT OR UPDATE OF paused_at, cancelled_at ON uploads
+    CREATE TRIGGER upload_changed AFTER INSERT OR UPDATE OF paused_at, cancelled_at, queue_deleted_at ON uploads
         FOR EACH ROW EXECUTE FUNCTION kubejob_upload_changed();
     """,
 ]
 
-# What the trigger of migration 5 notifies on, with the upload's queue, when an upload is added, paused,
-# resumed or cancelled.
+# What the trigger of migration 5 notifies on, with the upload's queue, when an upload is added, its queue
+# declared or deleted, or it is paused, resumed or cancelled.
 UPLOADS_CHANNEL = "kubejob_uploads"
 
 
 class OpenUpload(NamedTuple):
-    """An upload whose queue still exists, as workers and the scaler read it to know what to serve."""
+    """An upload whose queue exists (declared, not yet deleted), as workers and the scaler read it to know what
+    to serve."""
 
     id: str
     tenant: str

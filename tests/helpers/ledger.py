@@ -39,7 +39,7 @@ def as_database_url(url: str) -> Iterator[str]:
 
 def record_upload(upload_id: str, *, queue: str, rows: int, tenant: str = "default") -> None:
     """Record in the ledger that DATABASE_URL names an upload whose `rows` are all published into `queue`, as
-    the producer does before a worker serves it."""
+    the producer does before a worker serves it (its queue is declared right after: a worker declares it too)."""
     url = os.environ["DATABASE_URL"]
     schema.migrate(url)
     with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:

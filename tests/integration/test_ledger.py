@@ -87,7 +87,8 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
                                                                             ledger_database: str) -> None:
     rows, proxy = 400, TcpProxy(urlsplit(ledger_database).port or 5432)
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
-        upload_id = upload(client, csv_file(rows)).json()["upload_id"]
+        answer = upload(client, csv_file(rows)).json()
+        upload_id = answer["upload_id"]
         worker = start_worker(queue_name, tmp_path / "handled", "slow", SLOW_SECONDS="0.01",
                               DATABASE_URL=proxy.through(ledger_database), WORKER_PREFETCH="50")
         wait_for(lambda: client.get(f"/uploads/{upload_id}").json()["done"] > 0, what="rows recorded", interval=0.1)
@@ -101,7 +102,7 @@ def test_with_the_ledger_down_nothing_is_acked_and_the_drain_finishes_after(queu
         # be: a batch whose commit the cut hid from the worker is recorded but not acked yet. The
         # management API's counts lag by its statistics interval (1 s), well within the 4 s waited;
         # a new quorum queue's first counts take a few seconds more on RabbitMQ 3.10.
-        reported = wait_for(lambda: broker.reported_messages(queue_name), what="the queue's counts", timeout=15)
+        reported = wait_for(lambda: broker.reported_messages(answer["queue"]), what="the queue's counts", timeout=15)
         assert reported >= rows - done, "a row was acked that the ledger does not have"
         proxy.restore()
         assert worker.wait(timeout=60) == 0

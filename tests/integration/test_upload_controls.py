@@ -87,10 +87,10 @@ def finish(url: str, upload_id: str, rows: int) -> None:
         ledger.close()
 
 
-def open_ids(url: str) -> set[str]:
-    """The uploads workers and the scaler serve, as they read them."""
+def open_ids(url: str, queue: str) -> set[str]:
+    """The uploads into `queue` that workers and the scaler serve, as they read them."""
     with psycopg.connect(url, connect_timeout=5) as conn:
-        return {upload.id for upload in schema.open_uploads(conn)}
+        return {upload.id for upload in schema.open_uploads(conn, queue)}
 
 
 def test_only_the_owning_tenant_with_the_upload_scope_may_cancel_pause_or_resume(client: TestClient,
@@ -185,11 +185,11 @@ def test_an_upload_is_open_to_workers_once_its_queue_exists_and_a_cancelled_one_
         assert [answer.status_code for answer in interrupted] == [503, 503]
         kept_id, dropped_id = (answer.json()["upload_id"] for answer in interrupted)
         assert control(down, "cancel", dropped_id, alpha).json()["state"] == "cancelled"
-    assert not open_ids(keys_ledger) & {kept_id, dropped_id}, "recorded, but no queue to consume"
+    assert not open_ids(keys_ledger, queue_name) & {kept_id, dropped_id}, "recorded, but no queue to consume"
     with TestClient(create_app(Settings(queue_name=queue_name))) as client:
         assert send(client, alpha, **kept).json()["upload_id"] == kept_id
         assert send(client, alpha, **dropped).status_code == 409
-    assert open_ids(keys_ledger) & {kept_id, dropped_id} == {kept_id}
+    assert open_ids(keys_ledger, queue_name) & {kept_id, dropped_id} == {kept_id}
     assert broker.upload_queues(queue_name) == [upload_queue(queue_name, kept_id)]
     assert broker.depth(upload_queue(queue_name, kept_id)) == 2
 
@@ -299,7 +299,7 @@ def test_the_queues_of_a_finished_and_of_a_cancelled_upload_are_deleted_after_th
         states = [status(api, upload_id, alpha)["state"] for upload_id in (finished, cancelled, going_on)]
     assert gone_at - began >= GRACE_SECONDS
     assert states == ["done", "cancelled", "processing"], "deleting its queue changes no upload's state"
-    assert open_ids(keys_ledger) & {finished, cancelled, going_on} == {going_on}
+    assert open_ids(keys_ledger, queue_name) & {finished, cancelled, going_on} == {going_on}
     sweeps = [line for log in logs for line in map(json.loads, log.read_text().splitlines())
               if line["message"] == "upload queues deleted"]
     assert sum(line["queues"] for line in sweeps) == 2 and all(line["queues"] > 0 for line in sweeps), sweeps
