@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from bench import support
+from kubejob.message import upload_queue
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker, rows
 from tests.helpers.producer import producer
@@ -69,7 +70,7 @@ def test_a_retry_with_the_idempotency_key_after_a_broker_restart_queues_each_row
             # The restart must land mid-publish: the ledger shows rows of it confirmed, and its
             # answer has not come yet.
             started = wait_for(lambda: [u for u in httpx.get(f"{url}/uploads").json()["uploads"]
-                                        if u["queue"] == queue_name and u["confirmed"]],
+                                        if u["queue"] == upload_queue(queue_name, u["upload_id"]) and u["confirmed"]],
                                what="the upload to start publishing", timeout=60, interval=0.05)
             assert uploading.is_alive(), outcome
             rabbitmqctl("stop_app")
@@ -88,7 +89,7 @@ def test_a_retry_with_the_idempotency_key_after_a_broker_restart_queues_each_row
         assert retried.json()["upload_id"] == interrupted["upload_id"]
         status = httpx.get(f"{url}/uploads/{interrupted['upload_id']}").json()
         assert (status["state"], status["confirmed"], status["rows"]) == ("processing", total, total)
-    queued = collections.Counter(props.headers["row"] for props, _ in broker.drain(queue_name))
+    queued = collections.Counter(props.headers["row"] for props, _ in broker.drain(status["queue"]))
     assert set(queued) == set(range(1, total + 1)), "a row is missing"
     assert all(queued[row] == 1 for row in range(1, interrupted["confirmed"] + 1)), "a confirmed row was sent again"
     # Rows the broker took but had not confirmed when it stopped are in doubt: sent again, at most a window's worth.
