@@ -83,6 +83,7 @@ class Consumer:
         self._arrived: list[Delivery] = []  # delivered in this pass of the I/O loop, handed on after it
         self._narrow, self._widen_due = True, False  # prefetch 1 until the first row that is not a redelivery
         self._stopped: set[str] = set()  # uploads paused or cancelled: their rows are not started
+        self._taken_back: list[Delivery] = []  # their rows, delivered and not started, to give back or drop
         self._cancelled: set[str] = set()
         self._served: list[OpenUpload] = []
         self._ended = threading.Event()
@@ -175,6 +176,8 @@ class Consumer:
                 self._consumers.serve(self._served, narrow=False)
             if self._consumers.due:
                 self._consumers.adjust(self._settler.acks.held)
+            if self._taken_back:
+                self._give_back()
             if self._rows.overdue(time.monotonic()):
                 break
             now = time.monotonic()
@@ -249,14 +252,17 @@ class Consumer:
             arrived = [d for d in self._arrived if upload_of(d.properties) in self._stopped]
             if arrived:
                 self._arrived = [d for d in self._arrived if upload_of(d.properties) not in self._stopped]
-            self._withdraw(held + arrived)
+            self._taken_back += held + arrived
         self._served = [u for u in uploads if u.served]
         self._consumers.serve(self._served, narrow=self._narrow)
 
-    def _withdraw(self, deliveries: list[Delivery]) -> None:
-        """Give back the rows of paused uploads, and drop those of cancelled ones; none of them was started."""
-        if not deliveries:
-            return
+    def _give_back(self) -> None:
+        """Give back the rows taken back of paused uploads, and drop those of cancelled ones; none was started.
+
+        Only once their consumers are cancelled: a row given back to a queue we still consume comes straight
+        back, and again, until the broker dead-letters it at its delivery limit.
+        """
+        deliveries, self._taken_back = self._taken_back, []
         dropped = [d for d in deliveries if upload_of(d.properties) in self._cancelled]
         back = [d for d in deliveries if upload_of(d.properties) not in self._cancelled]
         self._settler.withdraw(back=back, dropped=dropped)
@@ -299,7 +305,7 @@ class Consumer:
         uploads = [upload_of(delivery.properties) for delivery in deliveries]
         self._settler.acks.delivered([delivery.tag for delivery in deliveries], uploads)
         if self._stopped and not self._stopped.isdisjoint(uploads):  # delivered before its consumer was cancelled
-            self._withdraw([d for d, u in zip(deliveries, uploads, strict=True) if u in self._stopped])
+            self._taken_back += [d for d, u in zip(deliveries, uploads, strict=True) if u in self._stopped]
             deliveries = [d for d, u in zip(deliveries, uploads, strict=True) if u not in self._stopped]
         self._arrived += deliveries
 

@@ -55,10 +55,3 @@ def upload_counts(upload_id: str) -> tuple[int, int]:
     assert found is not None, f"no upload {upload_id} in the ledger"
     return found[0], found[1]
 
-
-def mark_upload(upload_id: str, *, paused: bool | None = None, cancelled: bool = False) -> None:
-    """Pause, resume or cancel an upload in the ledger directly, as the producer's routes do."""
-    sets = [f"paused_at = {'now()' if paused else 'NULL'}"] if paused is not None else []
-    sets += ["cancelled_at = now()"] if cancelled else []
-    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f"UPDATE uploads SET {', '.join(sets)} WHERE id = %s", (upload_id,))

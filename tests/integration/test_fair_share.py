@@ -1,7 +1,7 @@
 """The fair share between tenants, and pause and cancel, as a real worker on a real RabbitMQ and PostgreSQL does them.
 
 Rows are named `<upload>-<n>`, and the `timed` handler notes when each one starts, so that a
-test can say which upload's rows started when.
+test can say which upload's rows started when. Pause and cancel go through the producer's routes.
 """
 
 import collections
@@ -10,10 +10,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import httpx
+from fastapi.testclient import TestClient
+
 from kubejob import message
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker
-from tests.helpers.ledger import mark_upload, upload_counts
+from tests.helpers.ledger import upload_counts
 from tests.helpers.worker import handled, start_worker
 
 
@@ -78,42 +81,59 @@ def test_three_tenants_each_get_a_third_of_the_rows_while_all_have_work(broker: 
     assert sum(handled(record).values()) == 9000
 
 
-def test_no_row_of_a_cancelled_upload_starts_a_second_after_and_the_others_are_untouched(
-        broker: Broker, queue_name: str, tmp_path: Path) -> None:
+def post_rows(client: TestClient, name: str, count: int) -> dict:
+    """Upload `count` rows named `<name>-<n>` through the producer; its answer."""
+    body = "id\n" + "".join(f"{name}-{n}\n" for n in range(count))
+    response = client.post("/upload", files={"file": (f"{name}.csv", body.encode(), "text/csv")})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def answered(response: httpx.Response) -> float:
+    """When the producer's answer was in, for a test to time what happens after it."""
+    assert response.status_code == 200, response.text
+    return time.time()
+
+
+def test_no_row_of_an_upload_cancelled_by_delete_starts_a_second_after_and_the_others_are_untouched(
+        client: TestClient, queue_name: str, tmp_path: Path) -> None:
     record, started = tmp_path / "handled", tmp_path / "started"
-    doomed = broker.publish_rows(queue_name, named_rows("doomed", 3000), tenant="A")
-    kept = broker.publish_rows(queue_name, named_rows("kept", 3000), tenant="B")
+    doomed, kept = post_rows(client, "doomed", 3000), post_rows(client, "kept", 3000)
     worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started))
     wait_for(lambda: sum(name == "doomed" for _, name in starts(started)) >= 200, what="the doomed upload to start",
              interval=0.05)
-    mark_upload(doomed, cancelled=True)
-    cancelled_at = time.time()
+    cancelled_at = answered(client.delete(f"/uploads/{doomed['upload_id']}"))
     assert worker.wait(timeout=120) == 0
     late = [at - cancelled_at for at, name in starts(started) if name == "doomed" and at > cancelled_at + 1]
     assert not late, f"{len(late)} rows of the cancelled upload started after it, the last {max(late):.2f} s after"
-    assert finished(kept) == 3000
+    status = client.get(f"/uploads/{doomed['upload_id']}").json()
+    assert status["state"] == "cancelled" and 0 < status["cancelled"] < 3000
+    assert status["cancelled"] + status["done"] + status["failed"] == 3000
     counts = handled(record)
+    assert sum(n for row, n in counts.items() if row.startswith("doomed-")) == status["done"]
+    assert client.get(f"/uploads/{kept['upload_id']}").json()["done"] == 3000
     assert sum(n for row, n in counts.items() if row.startswith("kept-")) == 3000
-    assert finished(doomed) == sum(n for row, n in counts.items() if row.startswith("doomed-")) < 3000
 
 
 def test_a_paused_upload_keeps_its_rows_the_worker_exits_and_after_resume_it_is_done(
-        broker: Broker, queue_name: str, tmp_path: Path) -> None:
+        client: TestClient, broker: Broker, queue_name: str, tmp_path: Path) -> None:
     record, started = tmp_path / "handled", tmp_path / "started"
-    upload = broker.publish_rows(queue_name, named_rows("paused", 3000), tenant="A")
+    upload = post_rows(client, "paused", 3000)
+    status_url = f"/uploads/{upload['upload_id']}"
     worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started),
                           WORKER_IDLE_SECONDS="2")
     wait_for(lambda: len(starts(started)) >= 200, what="the upload to start", interval=0.05)
-    mark_upload(upload, paused=True)
-    paused_at = time.time()
+    paused_at = answered(client.post(f"{status_url}/pause"))
     assert worker.wait(timeout=30) == 0, "a worker with nothing but a paused upload left exits as when idle"
     late = [at - paused_at for at, _ in starts(started) if at > paused_at + 1]
     assert not late, f"{len(late)} rows started after the pause, the last {max(late):.2f} s after"
-    left = 3000 - finished(upload)
-    assert left > 0 and broker.depth(message.upload_queue(queue_name, upload)) == left, "its rows stay queued"
+    status = client.get(status_url).json()
+    left = 3000 - status["done"]
+    assert status["state"] == "paused" and left > 0
+    assert broker.depth(upload["queue"]) == left, "its rows stay queued"
 
-    mark_upload(upload, paused=False)
+    assert client.post(f"{status_url}/resume").json()["state"] == "processing"
     resumed = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.002", STARTED_FILE=str(started))
     assert resumed.wait(timeout=60) == 0
-    assert finished(upload) == 3000
+    assert client.get(status_url).json()["state"] == "done"
     assert sorted(handled(record).values()) == [1] * 3000
