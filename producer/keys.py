@@ -1,9 +1,13 @@
-"""`python -m producer.keys create|list|revoke`: tenants' API keys, kept in the ledger (DATABASE_URL) as hashes.
+"""`python -m producer.keys create|list|revoke|weight`: tenants' API keys, kept in the ledger (DATABASE_URL) as
+hashes, and their weights in the fair share of the workers.
 
 `create` prints the new key once, alone on the last line of its standard output; only its
 SHA-256 is stored, so a lost key cannot be shown again: revoke it and create another. `list`
 and the logs name a key by its id, the part after `kj_`. A revoked key is refused by a running
-producer within API_KEY_CACHE_SECONDS. Exits 1 for an unknown key, 3 if PostgreSQL does not answer.
+producer within API_KEY_CACHE_SECONDS. `weight` sets how many shares of the workers a tenant's
+uploads get against 1 for a tenant without one (worker.share); workers take it up within half a
+second. Exits 1 for an unknown key, 3 if
+PostgreSQL does not answer.
 """
 
 import argparse
@@ -21,6 +25,7 @@ from producer.settings import Settings
 
 log = logging.getLogger("producer.keys")
 TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+MAX_WEIGHT = 1000  # as the ledger's CHECK on tenants.weight
 
 
 def create(conn: psycopg.Connection, *, tenant: str, scopes: list[str], expires_in_days: float | None) -> str:
@@ -56,6 +61,13 @@ def revoke(conn: psycopg.Connection, key_id: str) -> bool:
     return True
 
 
+def weigh(conn: psycopg.Connection, *, tenant: str, weight: int) -> None:
+    """Give `tenant` (made if it is new) `weight` shares of the workers."""
+    conn.execute("""INSERT INTO tenants (name, weight) VALUES (%s, %s)
+                    ON CONFLICT (name) DO UPDATE SET weight = excluded.weight""", (tenant, weight))
+    log.info("tenant weight set", extra={"tenant": tenant, "weight": weight})
+
+
 def _when(moment: datetime | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
 
@@ -65,6 +77,12 @@ def _tenant(value: str) -> str:
         raise argparse.ArgumentTypeError("a tenant is 1 to 100 letters, digits, `.`, `_` or `-`, starting with "
                                          "a letter or digit")
     return value
+
+
+def _weight(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_WEIGHT:
+        raise argparse.ArgumentTypeError(f"a weight is a whole number from 1 to {MAX_WEIGHT}")
+    return int(value)
 
 
 def _days(value: str) -> float:
@@ -84,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="every key, without its secret")
     revoked = commands.add_parser("revoke", help="refuse the key from now on")
     revoked.add_argument("key_id", help="the id `list` shows (the part of the key after `kj_`)")
+    weighed = commands.add_parser("weight", help="the tenant's shares of the workers (1 unless set)")
+    weighed.add_argument("--tenant", required=True, type=_tenant)
+    weighed.add_argument("weight", type=_weight)
     return parser
 
 
@@ -100,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(f"{key}\n")
             elif args.command == "list":
                 sys.stdout.write("".join(f"{line}\n" for line in listing(conn)))
+            elif args.command == "weight":
+                weigh(conn, tenant=args.tenant, weight=args.weight)
             elif not revoke(conn, args.key_id):
                 sys.stderr.write(f"producer.keys: no API key {args.key_id!r}\n")
                 return 1

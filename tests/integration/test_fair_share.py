@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from kubejob import message
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker
+from tests.helpers.keys import keys
 from tests.helpers.ledger import upload_counts
 from tests.helpers.worker import handled, start_worker
 
@@ -137,3 +138,25 @@ def test_a_paused_upload_keeps_its_rows_the_worker_exits_and_after_resume_it_is_
     assert resumed.wait(timeout=60) == 0
     assert client.get(status_url).json()["state"] == "done"
     assert sorted(handled(record).values()) == [1] * 3000
+
+
+def test_a_tenant_weighed_2_gets_two_thirds_of_the_rows_while_both_have_work(broker: Broker, queue_name: str,
+                                                                           tmp_path: Path) -> None:
+    record, started = tmp_path / "handled", tmp_path / "started"
+    heavy, light = f"heavy-{queue_name}", f"light-{queue_name}"
+    keys("weight", "--tenant", heavy, "2")
+    broker.publish_rows(queue_name, named_rows("heavy", 4000), confirm=False, tenant=heavy)
+    broker.publish_rows(queue_name, named_rows("light", 4000), confirm=False, tenant=light)
+    wait_for(lambda: broker.backlog(queue_name) == 8000, what="the rows to be queued")
+    worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0", STARTED_FILE=str(started))
+    assert worker.wait(timeout=120) == 0
+    order = [name for _, name in starts(started)]
+    first_to_finish = min(max(i for i, name in enumerate(order) if name == tenant) for tenant in ("heavy", "light"))
+    shares = collections.Counter(order[:first_to_finish + 1])
+    assert abs(shares["heavy"] / (first_to_finish + 1) - 2 / 3) <= 0.2 * 2 / 3, shares
+    assert sum(handled(record).values()) == 8000
+
+
+def test_a_weight_that_is_not_a_whole_number_from_1_to_1000_is_refused_saying_so() -> None:
+    refused = keys("weight", "--tenant", "acme", "0", check=False)
+    assert refused.returncode == 2 and "a weight is a whole number from 1 to 1000" in refused.stderr
