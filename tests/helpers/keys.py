@@ -3,8 +3,19 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+
+import pytest
 
 from tests.helpers import REPO_ROOT
+from tests.helpers.ledger import as_database_url, fresh_database
+
+
+@pytest.fixture(scope="module")
+def keys_ledger() -> Iterator[str]:
+    """A ledger of the module's own, as DATABASE_URL: the tenants and keys one module makes meet no other's."""
+    with fresh_database() as url, as_database_url(url):
+        yield url
 
 
 def keys(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

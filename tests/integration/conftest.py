@@ -3,6 +3,7 @@
 import pytest
 
 from tests.helpers.app_client import client  # noqa: F401 (a fixture: imported to be offered to every test here)
+from tests.helpers.keys import keys_ledger  # noqa: F401 (a fixture, likewise)
 
 
 @pytest.fixture(autouse=True)

@@ -35,12 +35,6 @@ READS = ("/uploads", "/uploads/{id}", "/uploads/{id}/failed")
 
 
 @pytest.fixture(scope="module")
-def keys_ledger() -> Iterator[str]:
-    with fresh_database() as url, as_database_url(url):
-        yield url
-
-
-@pytest.fixture(scope="module")
 def made(keys_ledger: str) -> dict[str, str]:
     """Keys made with the CLI: both scopes for tenants alpha and beta, one scope each for alpha, admin for ops."""
     return {"alpha": create_key("alpha", "upload", "read"), "beta": create_key("beta", "upload", "read"),

@@ -25,7 +25,6 @@ from producer.settings import Settings
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker
 from tests.helpers.keys import bearer, create_key
-from tests.helpers.ledger import as_database_url, fresh_database
 from tests.helpers.producer import csv_file, producer
 from worker.ledger import Ledger as WorkerLedger
 from worker.ledger import RowOutcome
@@ -36,12 +35,6 @@ ROUTES = {"cancel": ("DELETE", "/uploads/{id}"), "pause": ("POST", "/uploads/{id
           "resume": ("POST", "/uploads/{id}/resume")}
 PUBLISHING_ROWS = 300_000  # several seconds of publishing: long enough to be cancelled or paused part-way
 AGAIN = "to have its rows handled, upload the file again (with a new Idempotency-Key, if you send one)"
-
-
-@pytest.fixture(scope="module")
-def keys_ledger() -> Iterator[str]:
-    with fresh_database() as url, as_database_url(url):
-        yield url
 
 
 @pytest.fixture(scope="module")
