@@ -69,7 +69,8 @@ class LiveQueues:
             found: dict[str, Live] = {}
             channel = None
             for queue in queues:
-                channel = channel or await self._channel(connection)
+                if channel is None:
+                    channel = await self._channel(connection)
                 live = await self._declared(channel, queue)
                 if live is None:
                     channel = None  # the broker closed it with the 404

@@ -65,7 +65,7 @@ class _Deadline:
     """Shuts `conn`'s socket if the block has not ended within `timeout_s`; `passed` says whether it did."""
 
     def __init__(self, conn: psycopg.Connection, timeout_s: float) -> None:
-        self._fileno, self._timeout_s = conn.fileno(), timeout_s
+        self._fileno = conn.fileno()
         self._timer = threading.Timer(timeout_s, self._shut)
         self._timer.daemon = True
         self._lock = threading.Lock()
