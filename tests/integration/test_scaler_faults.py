@@ -309,9 +309,9 @@ def test_a_network_cut_creates_nothing_backs_off_and_recovers(
     broker, queue_name, namespace, batch, start_scaler, request, service, reason, how
 ):
     proxy = request.getfixturevalue(f"{service}_proxy")
-    route = {"amqp": {"amqp_port": proxy.port}, "apiserver": {"kubeconfig": proxy.kubeconfig},
-             "postgres": {"database_url": proxy.database_url}}[service]
-    scaler = start_scaler(queue=queue_name, namespace=namespace, **route)
+    route = {"amqp": ("amqp_port", "port"), "apiserver": ("kubeconfig", "kubeconfig"),
+             "postgres": ("database_url", "database_url")}[service]
+    scaler = start_scaler(queue=queue_name, namespace=namespace, **{route[0]: getattr(proxy, route[1])})
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
                         scaler=scaler, inject=lambda: proxy.cut(how), clear=proxy.restore, reason=reason,
                         call_s=LEDGER_CONNECT_S if service == "postgres" else HTTP_TIMEOUT_S)
