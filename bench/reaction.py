@@ -19,7 +19,7 @@ import psycopg
 from kubernetes import client, watch
 
 from bench import cluster, support
-from kubejob import message
+from kubejob import ledger, message
 from scaler.job_template import LABEL_SELECTOR
 from tests.helpers import REPO_ROOT, die_with_parent
 from tests.helpers.kube import shipped_settings
@@ -70,6 +70,7 @@ def run(trials: int = 20) -> dict[str, float]:
     shipped = shipped_settings()
     backlog = support.encoded_messages(support.sample_csv(1000), limit=int(shipped["SCALER_THRESHOLD"]) * 5)
     with cluster.control_plane() as (kubeconfig, api), fresh_database() as url, as_database_url(url):
+        ledger.migrate(url)
         core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE)))
         env = os.environ | shipped | {
