@@ -11,14 +11,16 @@ from kubernetes.config import ConfigException
 
 from kubejob import logs, metrics
 from kubejob.settings import load_or_exit
+from scaler.backlog import Backlog
 from scaler.events import Recorder, scaler_reference
 from scaler.jobs import Jobs
 from scaler.kube import api_client
 from scaler.loop import Limits, Scaler
 from scaler.pods import WorkerPods
 from scaler.queue_depth import ManagementClient
-from scaler.queue_live import LiveQueue
+from scaler.queue_live import LiveQueues
 from scaler.settings import Settings
+from scaler.uploads import OpenUploads
 
 log = logging.getLogger("scaler")
 
@@ -33,7 +35,7 @@ def main() -> None:
     except ConfigException as exc:
         sys.exit(f"scaler: no Kubernetes configuration (in-cluster or KUBECONFIG): {exc}")
     metrics.serve(settings.scaler_metrics_port)
-    queue = _live_queue(settings)
+    queue = _backlog(settings)
     jobs = Jobs(client.BatchV1Api(api), namespace=settings.pod_namespace, template=template,
                 timeout_s=settings.scaler_http_timeout_seconds)
     pods = WorkerPods(client.CoreV1Api(api), namespace=settings.pod_namespace,
@@ -58,12 +60,11 @@ def _recorder(api: client.EventsV1Api, settings: Settings) -> Recorder:
                     scaler=scaler, timeout_s=settings.scaler_http_timeout_seconds)
 
 
-def _live_queue(settings: Settings) -> LiveQueue:
-    password = settings.rabbitmq_password.get_secret_value()
+def _backlog(settings: Settings) -> Backlog:
     management = ManagementClient(
         base_url=settings.rabbitmq_management_url, user=settings.rabbitmq_user,
-        password=password, vhost=settings.rabbitmq_vhost,
-        queue=settings.queue_name, timeout_s=settings.scaler_http_timeout_seconds,
+        password=settings.rabbitmq_password.get_secret_value(), vhost=settings.rabbitmq_vhost,
+        timeout_s=settings.scaler_http_timeout_seconds,
     )
     parameters = settings.connection_parameters(
         # stack_timeout bounds the whole AMQP handshake (pika's default is 15 s): a broker that
@@ -72,8 +73,9 @@ def _live_queue(settings: Settings) -> LiveQueue:
         stack_timeout=settings.scaler_http_timeout_seconds,
         blocked_connection_timeout=settings.scaler_http_timeout_seconds,
     )
-    return LiveQueue(management=management, parameters=parameters, queue=settings.queue_name,
-                     timeout_s=settings.scaler_http_timeout_seconds)
+    live = LiveQueues(parameters=parameters, timeout_s=settings.scaler_http_timeout_seconds)
+    uploads = OpenUploads(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
+    return Backlog(queue=settings.queue_name, uploads=uploads, live=live, management=management)
 
 
 def _limits(settings: Settings) -> Limits:
@@ -88,7 +90,7 @@ def _limits(settings: Settings) -> Limits:
 
 def _public(settings: Settings) -> dict[str, object]:
     # The template is long and the password secret: everything else helps a reader of the logs.
-    hidden = {"rabbitmq_password", "scaler_job_template"}
+    hidden = {"rabbitmq_password", "database_url", "scaler_job_template"}
     return {k: v for k, v in settings.model_dump().items() if k not in hidden}
 
 

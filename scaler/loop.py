@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kubejob.backoff import doubling
+from kubejob.errors import LedgerUnavailable
 from scaler import metrics
 from scaler.backoff import JobBackoff
 from scaler.decide import Decision, decide
@@ -28,7 +29,7 @@ SUMMARY_S = 60.0
 
 
 class QueueReader(Protocol):
-    """Where the counts come from: scaler.queue_live.LiveQueue, or the management API alone."""
+    """Where the counts come from: scaler.backlog.Backlog; raises QueueReadError or LedgerUnavailable when it can't."""
 
     def read(self) -> QueueCounts: ...
 
@@ -111,7 +112,7 @@ class Scaler:
         self._last_depth: int | None = None
 
     def poll_once(self) -> Decision:
-        """One poll; raises QueueReadError or KubeError before creating anything it can't back."""
+        """One poll; raises QueueReadError, LedgerUnavailable or KubeError before creating anything it can't back."""
         counts = self._queue.read()
         jobs = self._jobs.read()
         pods = self._pods.read()
@@ -155,6 +156,9 @@ class Scaler:
             self._log_poll(decision, created, {
                 "depth": counts.messages, "ready": counts.messages_ready,
                 "unacked": counts.messages_unacknowledged, "consumers": counts.consumers,
+                "uploads": counts.uploads, "queues": counts.queues, "paused_uploads": counts.paused_uploads,
+                "ended_uploads": counts.ended_uploads, "missing_queues": counts.missing_queues,
+                "unacked_unknown": counts.unacked_unknown,
                 "unfinished_jobs": unfinished.total, "pending_jobs": unfinished.pending,
                 "running_jobs": unfinished.running, "backlog_age_s": round(age, 1), "stuck_pods": len(stuck),
                 "stale_stuck_jobs": len(stale), "failing_streak": self._backoff.streak,
@@ -174,7 +178,7 @@ class Scaler:
             except StatsNotReady as exc:
                 # The broker is healthy, so backing off would only delay the first Job.
                 self._failed(exc, failures, poll_s, max_backoff_s)
-            except (QueueReadError, KubeError) as exc:
+            except (QueueReadError, LedgerUnavailable, KubeError) as exc:
                 failures += 1
                 self._failed(exc, failures, poll_s, max_backoff_s)
             except Exception as exc:
@@ -224,7 +228,8 @@ class Scaler:
         else:
             log.debug("poll", extra=fields)
 
-    def _failed(self, exc: QueueReadError | KubeError, failures: int, poll_s: float, cap_s: float) -> None:
+    def _failed(self, exc: QueueReadError | LedgerUnavailable | KubeError, failures: int, poll_s: float,
+                cap_s: float) -> None:
         """Count the failure; log it at INFO or WARNING when it differs from the one before, else at DEBUG."""
         metrics.POLL_ERRORS.labels(type(exc).__name__).inc()
         self._since_summary["failed_polls"] += 1
@@ -240,6 +245,8 @@ class Scaler:
         if isinstance(exc, QueueReadError):
             self._events.warning("QueueReadFailed", str(exc), action="ReadQueue",
                                  kind=f"{type(exc).__name__} {exc.status}")
+        elif isinstance(exc, LedgerUnavailable):
+            self._events.warning("LedgerReadFailed", str(exc), action="ReadLedger", kind=type(exc).__name__)
 
     def _recovered(self, failures: int) -> None:
         self._last_error = None
@@ -259,6 +266,9 @@ def _observe(counts: QueueCounts, unfinished: Unfinished) -> None:
     metrics.QUEUE_READY.set(counts.messages_ready)
     metrics.QUEUE_UNACKED.set(counts.messages_unacknowledged)
     metrics.QUEUE_CONSUMERS.set(counts.consumers)
+    for state, uploads in (("served", counts.uploads), ("paused", counts.paused_uploads),
+                           ("ended", counts.ended_uploads)):
+        metrics.UPLOADS.labels(state).set(uploads)
     metrics.JOBS_UNFINISHED.labels("pending").set(unfinished.pending)
     metrics.JOBS_UNFINISHED.labels("running").set(unfinished.running)
 

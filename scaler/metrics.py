@@ -6,10 +6,16 @@ says how old that is.
 
 from prometheus_client import Counter, Gauge, Histogram
 
-QUEUE_MESSAGES = Gauge("kubejob_scaler_queue_messages", "Queue depth: ready plus unacked messages.")
+QUEUE_MESSAGES = Gauge("kubejob_scaler_queue_messages",
+                       "Backlog: ready plus unacked messages of the served uploads' queues and <queue>.limit.")
 QUEUE_READY = Gauge("kubejob_scaler_queue_messages_ready", "Messages waiting for a consumer.")
 QUEUE_UNACKED = Gauge("kubejob_scaler_queue_messages_unacked", "Messages delivered to a worker and not acked yet.")
-QUEUE_CONSUMERS = Gauge("kubejob_scaler_queue_consumers", "Consumers of the queue: the workers draining it.")
+QUEUE_CONSUMERS = Gauge("kubejob_scaler_queue_consumers",
+                        "The most consumers any served upload's queue has: the workers draining them.")
+UPLOADS = Gauge(
+    "kubejob_scaler_uploads",
+    "Open uploads by state: served (their queues are the backlog), paused, ended (cancelled or finished).", ["state"],
+)
 JOBS_UNFINISHED = Gauge(
     "kubejob_scaler_jobs_unfinished",
     "Worker Jobs not finished, by state: running (a ready pod) or pending (none yet).", ["state"],

@@ -2,15 +2,26 @@
 
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from kubejob.settings import ServiceSettings
+from kubejob.settings import LedgerSettings, ServiceSettings
 from scaler import job_template
+
+_LEDGER = LedgerSettings.model_fields
 
 
 class Settings(ServiceSettings):
-    """The broker settings every service has, and the scaler's own."""
+    """The broker settings every service has, the ledger's, and the scaler's own."""
 
+    # The ledger says which uploads are paused, cancelled or finished. These two are LedgerSettings' own (its
+    # other fields are the producer's and the worker's), with the same defaults and meaning.
+    database_url: SecretStr = Field(
+        _LEDGER["database_url"].default, description=_LEDGER["database_url"].description,
+    )
+    database_timeout_seconds: float = Field(
+        _LEDGER["database_timeout_seconds"].default, gt=0,
+        description="Longest wait to connect to PostgreSQL, and for the scaler's read of the open uploads.",
+    )
     rabbitmq_management_url: str = Field(
         "http://localhost:15672",
         description="Base URL of the RabbitMQ management HTTP API, without credentials.",
@@ -82,6 +93,11 @@ class Settings(ServiceSettings):
         self._at_most("scaler_job_backoff_seconds", "scaler_job_backoff_max_seconds")
         self._at_most("scaler_poll_seconds", "scaler_max_backoff_seconds")
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr) -> SecretStr:
+        return LedgerSettings._postgres_url(value)
 
     @field_validator("rabbitmq_management_url")
     @classmethod

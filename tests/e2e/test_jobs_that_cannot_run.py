@@ -15,7 +15,8 @@ from kubernetes import client
 from scaler import job_template
 from scaler.jobs import is_finished
 from tests.helpers import wait_for
-from tests.helpers.kube import KubeCluster, deploy, publish_backlog, queue_depths, worker_jobs
+from tests.helpers.cluster_uploads import backlog, publish_upload
+from tests.helpers.kube import KubeCluster, deploy, worker_jobs
 
 ROWS = 1200  # 500 a Job: the backlog wants 3 Jobs
 WANTED = 3
@@ -73,7 +74,7 @@ def broken_for_a_window(kube_node: KubeCluster, ns: str, *, before: set[str], re
     assert len(lines) == len({line["pod"] for line in lines}) == WANTED, lines
     assert all(line["level"] == "WARNING" and line["reason"] in reasons and line["pod_message"]
                for line in lines), lines
-    assert queue_depths(kube_node, ns)["rows"] == ROWS
+    assert backlog(kube_node, ns, "rows") == ROWS
     return made
 
 
@@ -84,7 +85,7 @@ def test_jobs_that_cannot_run_are_bounded_and_named_and_a_fixed_template_drains_
     shipped = job_template.PACKAGED.read_text()
 
     use_template(kube_node, ns, shipped.replace("image: worker:latest", "image: worker:no-such-tag"))
-    publish_backlog(kube_node, ns, "rows", ROWS)
+    publish_upload(kube_node, ns, "rows", ROWS)
     bad_image = broken_for_a_window(kube_node, ns, before=set(), reasons={"ErrImagePull", "ImagePullBackOff"})
 
     # The stuck Jobs of the bad image are of an older template now: they no longer count.
@@ -95,7 +96,7 @@ def test_jobs_that_cannot_run_are_bounded_and_named_and_a_fixed_template_drains_
 
     def drained() -> list[dict] | None:
         fixed = [j for j in worker_jobs(kube_node, ns) if j["metadata"]["name"] not in bad_image | unschedulable]
-        done = fixed and all(is_finished(j) for j in fixed) and queue_depths(kube_node, ns)["rows"] == 0
+        done = fixed and all(is_finished(j) for j in fixed) and backlog(kube_node, ns, "rows") == 0
         return fixed if done else None
     fixed = wait_for(drained, what="the fixed template's Jobs to drain the backlog", timeout=240, interval=2)
     assert len(fixed) <= WANTED and all(j["status"].get("succeeded") for j in fixed), [j["status"] for j in fixed]

@@ -14,7 +14,8 @@ from kubejob.message import dead_letter_queue
 from scaler.job_template import LABEL_SELECTOR
 from scaler.jobs import is_finished
 from tests.helpers import wait_for
-from tests.helpers.kube import deploy, publish_backlog, queue_depths
+from tests.helpers.cluster_uploads import backlog, publish_upload
+from tests.helpers.kube import deploy, queue_depths
 
 MESSAGES = 100_000
 MAX_JOBS = 3
@@ -73,11 +74,11 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_
            SCALER_MESSAGES_PER_JOB="500", SCALER_POLL_SECONDS="0.5", LOG_LEVEL="DEBUG")
     jobs = JobWatch(kube_node.api_client(), ns)
     try:
-        publish_backlog(kube_node, ns, "rows", MESSAGES)
+        publish_upload(kube_node, ns, "rows", MESSAGES)
 
         def drained():
             assert jobs.error is None, f"the Job watch failed: {jobs.error!r}"
-            return jobs.jobs and jobs.unfinished() == 0 and queue_depths(kube_node, ns)["rows"] == 0
+            return jobs.jobs and jobs.unfinished() == 0 and backlog(kube_node, ns, "rows") == 0
         wait_for(drained, what=f"{MESSAGES} rows to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
         events = [json.loads(line) for line in kube_node.kubectl(
             "logs", "deployment/scaler", "-n", ns, "--tail=-1").stdout.splitlines() if line.startswith("{")]
@@ -92,4 +93,4 @@ def test_a_100k_backlog_never_has_more_than_max_jobs_unfinished(kube_node, node_
     assert jobs.max_unfinished == MAX_JOBS  # the cap was reached, so the bound was really tested
     assert len(at_cap) >= 5 and all(e["create"] == 0 and e["depth"] > 500 * MAX_JOBS for e in at_cap[:5])
     assert all(succeeded.values()), succeeded
-    assert (depths["rows"], depths[dead_letter_queue("rows")]) == (0, 0), depths
+    assert (backlog(kube_node, ns, "rows"), depths[dead_letter_queue("rows")]) == (0, 0), depths

@@ -1,6 +1,5 @@
 """A real local Kubernetes for tests and benchmarks, and what the app's manifests need in a namespace."""
 
-import base64
 import contextlib
 import json
 import pathlib
@@ -10,15 +9,12 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 
-import pika
 import pytest
 import yaml
 from kubernetes import client, config
 
-from kubejob.message import encode
 from scaler import events, job_template, jobs, kube, pods
 from tests.helpers import REPO_ROOT, wait_for
-from tests.helpers.broker import Broker
 
 # Importable once tests.helpers has put infra/local-cluster on the path.
 from localcluster.control_plane import ControlPlane
@@ -153,24 +149,6 @@ def queue_policies(kube_node: KubeCluster, namespace: str) -> dict[str, str]:
     out = kube_node.kubectl("exec", "-n", namespace, "rabbitmq-0", "--", "rabbitmqctl", "-q", "list_queues",
                             "name", "policy", "--formatter", "json").stdout
     return {q["name"]: q["policy"] or "" for q in json.loads(out)}
-
-
-def publish_backlog(kube_node: KubeCluster, ns: str, queue: str, count: int) -> None:
-    """`count` producer-shaped messages through a port-forward to the namespace's RabbitMQ,
-    published without confirms, then counted by the broker."""
-    secret = kube_node.api_client()
-    data = client.CoreV1Api(secret).read_namespaced_secret("rabbitmq-credentials", ns).data
-    user, password = (base64.b64decode(data[k]).decode() for k in ("username", "password"))
-    upload_id = uuid.uuid4().hex
-    with kube_node.port_forward("service/rabbitmq", 5672, namespace=ns) as port:
-        params = pika.ConnectionParameters("127.0.0.1", port, credentials=pika.PlainCredentials(user, password))
-        with pika.BlockingConnection(params) as conn:
-            channel = conn.channel()
-            Broker.declare(channel, queue)
-            for n in range(1, count + 1):
-                body, properties = encode({"id": str(n), "name": f"row {n}"}, upload_id=upload_id,
-                                          row_number=n, line=n + 1)
-                channel.basic_publish("", queue, body, properties)
 
 
 def shipped_settings() -> dict[str, str]:

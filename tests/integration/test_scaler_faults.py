@@ -2,17 +2,19 @@
 
 Each fault sits in a small proxy in front of the real service: an HTTP proxy before the
 RabbitMQ management API (answers 500 or 401, answers too late, or stops listening) and a
-TCP proxy before the kube-apiserver (refuses connections, or accepts them and never
-answers). The shared control plane and RabbitMQ themselves are never stopped. The test
-namespaces hold no kube-job-config, so even on a cluster with a node the Jobs' pods never
-start: every Job the scaler makes stays unfinished and counts.
+TCP proxy before AMQP, PostgreSQL or the kube-apiserver (refuses connections, accepts them and
+never answers, or goes silent). The shared control plane, RabbitMQ and PostgreSQL themselves are
+never stopped. The test namespaces hold no kube-job-config, so even on a cluster with a node the
+Jobs' pods never start: every Job the scaler makes stays unfinished and counts.
 """
 
 import itertools
 import json
+import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ import httpx
 import pytest
 from kubernetes import client
 
+from kubejob import message
 from scaler import job_template
 from scaler.decide import decide
 from scaler.jobs import Jobs
@@ -31,6 +34,7 @@ from tests.helpers.scaler_process import ScalerProcess, seconds
 from tests.helpers.tcp_proxy import TcpProxy
 
 POLL_S, MAX_BACKOFF_S, HTTP_TIMEOUT_S = 0.5, 4.0, 1.0
+LEDGER_CONNECT_S = 2.0  # libpq's shortest connect_timeout, whatever DATABASE_TIMEOUT_SECONDS asks
 THRESHOLD, PER_JOB, MAX_JOBS = 20, 500, 5
 BEFORE, DURING = 600, 900  # published before the fault (2 Jobs) and while it lasts (3 in all)
 FAILED_POLLS = 5  # enough for the waits to reach the cap: 1, 2, 4, 4 s
@@ -129,15 +133,28 @@ def amqp_proxy(broker):
 
 
 @pytest.fixture
+def postgres_proxy():
+    """A proxy before the ledger's PostgreSQL, and the ledger's DATABASE_URL through it."""
+    url = os.environ["DATABASE_URL"]
+    proxy = TcpProxy(urlsplit(url).port or 5432)
+    proxy.database_url = proxy.through(url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
 def start_scaler(kube_cluster, broker, tmp_path):
     """Start the real scaler with the test's settings; every one started is stopped after."""
     started: list[ScalerProcess] = []
 
-    def start(*, queue: str, namespace: str, management_url: str | None = None,
-              kubeconfig=None, amqp_port: int | None = None, log_level: str = "DEBUG") -> ScalerProcess:
+    def start(*, queue: str, namespace: str, management_url: str | None = None, kubeconfig=None,
+              amqp_port: int | None = None, database_url: str | None = None,
+              log_level: str = "DEBUG") -> ScalerProcess:
         scaler = ScalerProcess(
             tmp_path / f"scaler-{len(started)}.log",
             QUEUE_NAME=queue, POD_NAMESPACE=namespace,
+            # The ledger of the test session (tests/conftest.py), which publish_rows records uploads in.
+            DATABASE_URL=database_url or os.environ["DATABASE_URL"], DATABASE_TIMEOUT_SECONDS=str(HTTP_TIMEOUT_S),
             KUBECONFIG=str(kubeconfig or kube_cluster.kubeconfig),
             RABBITMQ_MANAGEMENT_URL=management_url or broker.management_url,
             RABBITMQ_HOST="127.0.0.1", RABBITMQ_PORT=str(amqp_port or broker.port),
@@ -167,9 +184,13 @@ def job_count(batch: client.BatchV1Api, namespace: str) -> int:
 
 
 def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: ScalerProcess,
-                        inject, clear, reason: str) -> None:
-    """The scenario every fault goes through; `reason` must be in each failed poll's error."""
-    broker.publish_rows(queue, rows(BEFORE))
+                        inject, clear, reason: str, hold: Callable[[str], None] | None = None,
+                        call_s: float = HTTP_TIMEOUT_S) -> None:
+    """The scenario every fault goes through; `reason` must be in each failed poll's error, and a failed poll takes
+    at most `call_s`. `hold` is given the queue of the upload published before the fault."""
+    upload_id = broker.publish_rows(queue, rows(BEFORE))
+    if hold is not None:
+        hold(message.upload_queue(queue, upload_id))
     before = jobs_wanted(BEFORE, 0)
     wait_for(lambda: job_count(batch, namespace) == before, what=f"{before} Jobs before the fault")
     # The poll that made them logs them after their Events are sent: its line belongs before the mark.
@@ -194,7 +215,7 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     for previous, line in itertools.pairwise([None, *failed]):
         new = previous is None or (previous["error_type"], previous["error"]) != (line["error_type"], line["error"])
         assert line["level"] == ("WARNING" if new else "DEBUG"), failed
-    assert_backs_off(failed)
+    assert_backs_off(failed, call_s=call_s)
 
     mark = len(scaler.events())
     clear()
@@ -215,42 +236,47 @@ def fault_then_recovery(*, broker, queue: str, namespace: str, batch, scaler: Sc
     assert scrape.value("kubejob_scaler_jobs_created_total") == after
     assert scrape.value("kubejob_scaler_jobs_unfinished", state="pending") == after  # their pods never start
     assert scrape.value("kubejob_scaler_queue_messages") == BEFORE + DURING
-    assert sum(scrape.value("kubejob_scaler_poll_errors_total", type=t) for t in ("QueueReadError", "KubeError")) \
-        >= FAILED_POLLS
+    errors = ("QueueReadError", "LedgerUnavailable", "KubeError")
+    assert sum(scrape.value("kubejob_scaler_poll_errors_total", type=t) for t in errors) >= FAILED_POLLS
 
 
-def assert_backs_off(failed: list[dict]) -> None:
+def assert_backs_off(failed: list[dict], *, call_s: float = HTTP_TIMEOUT_S) -> None:
     """Each wait is at least what the line before announced, and the waits grow to the cap."""
     waits = [e["retry_in_s"] for e in failed]
     assert waits[:4] == [POLL_S * 2, POLL_S * 4, POLL_S * 8, MAX_BACKOFF_S], waits
     gaps = [seconds(b) - seconds(a) for a, b in itertools.pairwise(failed)]
     for wait, gap in zip(waits, gaps, strict=False):
         # Never sooner than announced (1 ms for the timestamps' rounding), never much later:
-        # a gap also holds the failing call itself, at most the HTTP timeout.
-        assert wait - 0.002 <= gap <= wait + HTTP_TIMEOUT_S + 1.0, (waits, gaps)
-    assert gaps[-1] > gaps[0] * 2, gaps
+        # a gap also holds the failing call itself, at most `call_s`.
+        assert wait - 0.002 <= gap <= wait + call_s + 1.0, (waits, gaps)
+    # The waits themselves grow: the last gap, less the longest its failing call takes, is more than the first.
+    assert gaps[-1] - call_s > gaps[0], gaps
 
 
 @pytest.fixture
-def holding_consumer(broker, queue_name):
-    """A consumer that holds a few messages unacked: only while one exists does the scaler ask the management API."""
-    stop, ready = threading.Event(), threading.Event()
+def holding_consumer(broker):
+    """`hold(queue)` starts a consumer that holds a few of its messages unacked: only while one exists does the
+    scaler ask the management API."""
+    stop, holders = threading.Event(), []
 
-    def hold() -> None:
-        with broker.connection() as conn:
-            channel = conn.channel()
-            broker.declare(channel, queue_name)
-            channel.basic_qos(prefetch_count=10)
-            channel.basic_consume(queue_name, lambda *_: None)
-            ready.set()
-            while not stop.is_set():
-                conn.process_data_events(time_limit=0.2)  # keeps its heartbeats going; acks nothing
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    ready.wait(10)
-    yield
+    def hold(queue: str) -> None:
+        ready = threading.Event()
+
+        def consume() -> None:
+            with broker.connection() as conn:
+                channel = conn.channel()
+                channel.basic_qos(prefetch_count=10)
+                channel.basic_consume(queue, lambda *_: None)
+                ready.set()
+                while not stop.is_set():
+                    conn.process_data_events(time_limit=0.2)  # keeps its heartbeats going; acks nothing
+        holders.append(threading.Thread(target=consume, daemon=True))
+        holders[-1].start()
+        ready.wait(10)
+    yield hold
     stop.set()
-    holder.join(timeout=10)
+    for holder in holders:
+        holder.join(timeout=10)
 
 
 @pytest.mark.parametrize(("fault", "reason"), [
@@ -268,7 +294,7 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
     else:
         inject, clear = (lambda: management_proxy.inject(fault)), management_proxy.clear
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=inject, clear=clear, reason=reason)
+                        scaler=scaler, inject=inject, clear=clear, reason=reason, hold=holding_consumer)
     # Every failed read was a Warning Event on the scaler, one Event whose count grew.
     (warning,) = client.EventsV1Api(batch.api_client).list_namespaced_event(
         namespace, field_selector="reason=QueueReadFailed").items
@@ -277,15 +303,22 @@ def test_management_api_fault_creates_nothing_backs_off_and_recovers(
 
 
 @pytest.mark.parametrize("how", ["refuse", "blackhole", "freeze"])
-@pytest.mark.parametrize(("service", "reason"), [("amqp", "AMQP"), ("apiserver", "unreachable")])
+@pytest.mark.parametrize(("service", "reason"), [("amqp", "AMQP"), ("apiserver", "unreachable"),
+                                                 ("postgres", "ledger: ")])
 def test_a_network_cut_creates_nothing_backs_off_and_recovers(
     broker, queue_name, namespace, batch, start_scaler, request, service, reason, how
 ):
     proxy = request.getfixturevalue(f"{service}_proxy")
-    route = {"amqp_port": proxy.port} if service == "amqp" else {"kubeconfig": proxy.kubeconfig}
-    scaler = start_scaler(queue=queue_name, namespace=namespace, **route)
+    route = {"amqp": ("amqp_port", "port"), "apiserver": ("kubeconfig", "kubeconfig"),
+             "postgres": ("database_url", "database_url")}[service]
+    scaler = start_scaler(queue=queue_name, namespace=namespace, **{route[0]: getattr(proxy, route[1])})
     fault_then_recovery(broker=broker, queue=queue_name, namespace=namespace, batch=batch,
-                        scaler=scaler, inject=lambda: proxy.cut(how), clear=proxy.restore, reason=reason)
+                        scaler=scaler, inject=lambda: proxy.cut(how), clear=proxy.restore, reason=reason,
+                        call_s=LEDGER_CONNECT_S if service == "postgres" else HTTP_TIMEOUT_S)
+    if service == "postgres":
+        (warning,) = client.EventsV1Api(batch.api_client).list_namespaced_event(
+            namespace, field_selector="reason=LedgerReadFailed").items
+        assert warning.type == "Warning" and warning.note.startswith("ledger: ")
 
 
 def test_a_silent_apiserver_times_out_at_a_fractional_timeout():

@@ -1,4 +1,4 @@
-"""The scaler's real code, one poll at a time, against real RabbitMQ and a real kube-apiserver.
+"""The scaler's real code, one poll at a time, against real RabbitMQ, PostgreSQL and a real kube-apiserver.
 
 No node is started: the Jobs' pods stay pending, which is exactly the case where the
 scaler must count a Job whose worker has not started consuming yet.
@@ -18,13 +18,11 @@ from scaler.jobs import Jobs
 from scaler.kube import KubeError, api_client
 from scaler.loop import Limits, Scaler
 from scaler.pods import WorkerPods
-from scaler.queue_counts import StatsNotReady
-from scaler.queue_depth import ManagementClient
-from tests.helpers import free_port, wait_for
+from tests.helpers import wait_for
+from tests.helpers.backlog import backlog, pause
 from tests.helpers.broker import rows
 from tests.helpers.kube import SCALER_PERMISSIONS, scaler_rbac
 
-STATS_WAIT_S = 20  # the management API's counts lag by its statistics interval
 BACKOFF = {"stuck_s": 120.0, "job_backoff_s": 10.0, "job_backoff_max_s": 600.0}
 LIMITS = Limits(threshold=20, messages_per_job=500, max_jobs=5, small_backlog_wait_s=60.0, **BACKOFF)
 
@@ -67,41 +65,30 @@ def recorded(namespace: str, reason: str) -> list[client.EventsV1Event]:
     return listed.items
 
 
-def management(broker, queue: str, base_url: str | None = None) -> ManagementClient:
-    return ManagementClient(
-        base_url=base_url or broker.management_url, user=broker.user, password=broker.password,
-        vhost="/", queue=queue, timeout_s=2.0,
-    )
+def publish(broker, queue: str, count: int) -> str:
+    """An upload of `count` rows into its own queue, as the producer makes one; wait until the scaler's own
+    reading counts them, and return its id."""
+    before = reading(broker, queue)
+    upload_id = broker.publish_rows(queue, rows(count))
+    wait_for(lambda: reading(broker, queue) == before + count, what=f"the scaler to read {count} more in {queue}",
+             timeout=10, interval=0.1)
+    return upload_id
 
 
-def publish(broker, queue: str, count: int) -> None:
-    """Put `count` messages in `queue` and wait until the scaler's own reading of the management API counts them.
-
-    `messages` can appear a statistics emission before `consumers` does, so the wait reads every count the
-    scaler needs, through the scaler's reader.
-    """
-    broker.publish_rows(queue, rows(count))
-    reader = management(broker, queue)
-
-    def counted() -> bool:
-        try:
-            return reader.read().messages == count
-        except StatsNotReady:
-            return False
-
+def reading(broker, queue: str) -> int:
+    reader = backlog(broker, queue)
     try:
-        wait_for(counted, what=f"the management API to count {count} in {queue}", timeout=STATS_WAIT_S,
-                 interval=0.25)
+        return reader.read().messages
     finally:
         reader.close()
 
 
 def scaler(broker, queue: str, namespace: str, *, limits: Limits = LIMITS, clock=time.monotonic,
-           base_url: str | None = None, template: str = "") -> Scaler:
+           amqp_port: int | None = None, template: str = "") -> Scaler:
     jobs = Jobs(batch_api(), namespace=namespace, template=job_template.load(template),
                 timeout_s=5)
-    return Scaler(queue=management(broker, queue, base_url), jobs=jobs, pods=worker_pods(namespace), limits=limits,
-                  events=recorder(namespace), clock=clock)
+    return Scaler(queue=backlog(broker, queue, port=amqp_port), jobs=jobs, pods=worker_pods(namespace),
+                  limits=limits, events=recorder(namespace), clock=clock)
 
 
 def test_backlog_gets_its_jobs_once_and_a_second_poll_adds_none(
@@ -160,7 +147,7 @@ def test_the_recorder_keeps_a_bounded_number_of_series_dropping_the_least_recent
 
 
 def test_a_queue_it_cannot_read_is_one_warning_event_whose_count_grows(queue_name, namespace, kube_cluster, broker):
-    the_scaler = scaler(broker, queue_name, namespace, base_url=f"http://127.0.0.1:{free_port()}")  # refused
+    the_scaler = scaler(broker, queue_name, namespace, amqp_port=1)  # refused
     stop = threading.Event()
     polling = threading.Thread(target=the_scaler.run, args=(stop,), kwargs={"poll_s": 0.5, "max_backoff_s": 0.5})
     polling.start()
@@ -172,10 +159,28 @@ def test_a_queue_it_cannot_read_is_one_warning_event_whose_count_grows(queue_nam
     finally:
         stop.set()
         polling.join(timeout=10)
-    assert warning.type == "Warning" and "management API unreachable" in warning.note
+    assert warning.type == "Warning" and "AMQP unreachable" in warning.note
     assert (warning.regarding.kind, warning.regarding.name) == ("Deployment", "scaler")
     listed = kube_cluster.kubectl("get", "events", "-n", namespace).stdout
     assert "QueueReadFailed" in listed and "deployment/scaler" in listed, listed
+
+
+def test_a_backlog_all_paused_gets_no_job_and_paused_rows_never_add_jobs(broker, queue_name, namespace, caplog):
+    for upload_id in (publish(broker, queue_name, count) for count in (1_200, 800)):
+        pause(upload_id)  # their 2,000 rows stay in their queues, for when they are resumed
+    the_scaler = scaler(broker, queue_name, namespace)
+    with caplog.at_level(logging.DEBUG, logger="scaler"):
+        for _ in range(2):
+            decision = the_scaler.poll_once()
+            assert (decision.create, decision.kind) == (0, "queue_empty")
+    assert worker_jobs(namespace) == []
+    (line, *_) = [r for r in caplog.records if r.getMessage() == "decision changed"]
+    assert (line.depth, line.uploads, line.paused_uploads) == (0, 0, 2)
+    assert broker.backlog(queue_name) == 2_000
+
+    publish(broker, queue_name, 600)  # one served upload: 2 Jobs for its 600 rows, not 6 for 2,600
+    assert the_scaler.poll_once().create == 2
+    assert len(worker_jobs(namespace)) == 2
 
 
 def test_never_more_than_max_jobs(broker, queue_name, namespace):
@@ -301,8 +306,9 @@ def test_the_scaler_role_allows_what_the_scaler_calls_and_nothing_else(broker, q
                 timeout_s=5)
     publish(broker, queue_name, 600)
     as_recorder = recorder(namespace, as_scaler)
-    the_scaler = Scaler(queue=management(broker, queue_name), jobs=jobs, pods=worker_pods(namespace, as_scaler),
-                        limits=LIMITS, events=as_recorder)
+    reader = backlog(broker, queue_name)
+    the_scaler = Scaler(queue=reader, jobs=jobs, pods=worker_pods(namespace, as_scaler), limits=LIMITS,
+                        events=as_recorder)
     assert the_scaler.poll_once().create == 2
     assert len(worker_jobs(namespace)) == 2
     for _ in range(2):

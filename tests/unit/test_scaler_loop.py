@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from kubejob.errors import LedgerUnavailable
 from scaler.jobs import CreatedJob, JobView
 from scaler.kube import KubeError
 from scaler.loop import Limits, Scaler, SmallBacklogClock, backoff_s
@@ -183,9 +184,10 @@ def test_jobs_created_are_info_and_each_gets_an_event_saying_why(caplog):
     ("readings", "count_error"),
     [
         ([QueueReadError("management API answered HTTP 500")] * 4, None),
+        ([LedgerUnavailable("ledger: OperationalError: connection refused")] * 4, None),
         ([counts(1500)] * 4, KubeError("list jobs: API unreachable")),
     ],
-    ids=["queue unreadable", "jobs uncountable"],
+    ids=["queue unreadable", "ledger unreadable", "jobs uncountable"],
 )
 def test_a_failed_read_creates_nothing_and_backs_off_doubling_to_the_cap(readings, count_error, caplog):
     jobs = JobList(count_error=count_error)
@@ -208,6 +210,25 @@ def test_one_good_poll_ends_the_backoff(caplog):
     assert [r.levelname for r in failed] == ["WARNING", "DEBUG", "DEBUG", "WARNING"]
     assert [e[2] for e in events.recorded] == ["QueueReadFailed"] * 4
     assert {e[4] for e in events.recorded} == {"QueueReadError None"}
+
+
+def test_an_unreadable_ledger_is_said_once_with_an_event_each_time_and_its_recovery(caplog):
+    error = LedgerUnavailable("ledger: no answer within 5.0s")
+    events = EventList()
+    lines = run(Readings(error, error, counts(0)), JobList(), caplog, events=events)
+    failed = [r for r in lines if r.getMessage() == "poll failed"]
+    assert [(r.levelname, r.error_type, r.error) for r in failed] == [
+        ("WARNING", "LedgerUnavailable", str(error)), ("DEBUG", "LedgerUnavailable", str(error))]
+    assert said(lines) == ["poll failed", "decision changed", "poll recovered"]
+    assert [e[2:] for e in events.recorded] == [("LedgerReadFailed", str(error), "LedgerUnavailable")] * 2
+
+
+def test_the_poll_line_says_how_many_uploads_and_queues_the_depth_came_from_and_what_was_left_out(caplog):
+    reading = QueueCounts(1500, 1400, 100, 2, uploads=3, queues=4, paused_uploads=2, ended_uploads=5,
+                          missing_queues=1, unacked_unknown=1)
+    (line,) = run(Readings(reading), JobList(), caplog)
+    assert (line.depth, line.uploads, line.queues, line.paused_uploads, line.ended_uploads, line.missing_queues,
+            line.unacked_unknown) == (1500, 3, 4, 2, 5, 1, 1)
 
 
 def test_a_create_failing_part_way_still_logs_the_poll_with_the_jobs_that_exist(caplog):

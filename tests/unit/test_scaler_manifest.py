@@ -35,6 +35,8 @@ def test_deployment_wires_settings_template_and_namespace():
     assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["POD_UID"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert env["RABBITMQ_PASSWORD"]["secretKeyRef"]["name"] == "rabbitmq-credentials"
+    # DATABASE_URL (kube-job-config) names no account: libpq takes it from these, as the worker Jobs do.
+    assert {env[name]["secretKeyRef"]["name"] for name in ("PGUSER", "PGPASSWORD")} == {"postgres-credentials"}
     assert container["envFrom"] == [{"configMapRef": {"name": "kube-job-config"}}]
     assert pod["serviceAccountName"] == "scaler"
     assert DOCS["Deployment"]["spec"]["replicas"] == 1

@@ -23,6 +23,9 @@ def test_defaults():
     assert settings.rabbitmq_management_url == "http://localhost:15672"
     assert (settings.queue_name, settings.pod_namespace) == ("rows", "default")
     assert settings.job_template()["metadata"]["generateName"] == "worker-job-"
+    # The ledger the producer and the worker find with no settings.
+    assert settings.database_url.get_secret_value() == "postgresql://kubejob:kubejob@localhost:5432/kubejob"
+    assert settings.database_timeout_seconds == 5.0
 
 
 def test_every_field_is_described():
@@ -53,6 +56,8 @@ def test_environment_overrides(monkeypatch):
         ("LOG_LEVEL", "chatty"),
         ("SCALER_JOB_TEMPLATE", "kind: Pod"),
         ("SCALER_JOB_TEMPLATE", "{not yaml"),
+        ("DATABASE_URL", "mysql://kubejob@db/kubejob"),
+        ("DATABASE_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_bad_value_stops_start_naming_the_variable(monkeypatch, name, value):
@@ -70,8 +75,11 @@ def test_credentials_in_the_url_are_refused_without_echoing_them(monkeypatch):
 
 def test_password_is_never_in_the_settings_text(monkeypatch):
     monkeypatch.setenv("RABBITMQ_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://kubejob:db-s3cret@postgres/kubejob")
     settings = load(Settings)
-    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.model_dump())
+    for secret in ("s3cret-pw", "db-s3cret"):
+        assert secret not in repr(settings) and secret not in str(settings.model_dump())
+        assert secret in settings.secrets()  # masked in every log line
     assert settings.rabbitmq_password.get_secret_value() == "s3cret-pw"
 
 
