@@ -74,7 +74,8 @@ def _backlog(settings: Settings) -> Backlog:
         blocked_connection_timeout=settings.scaler_http_timeout_seconds,
     )
     live = LiveQueues(parameters=parameters, timeout_s=settings.scaler_http_timeout_seconds)
-    uploads = OpenUploads(settings.database_url.get_secret_value(), timeout_s=settings.database_timeout_seconds)
+    uploads = OpenUploads(settings.database_url.get_secret_value(), queue=settings.queue_name,
+                          timeout_s=settings.database_timeout_seconds)
     return Backlog(queue=settings.queue_name, uploads=uploads, live=live, management=management)
 
 

@@ -31,19 +31,12 @@ class Served:
     ended: int  # cancelled or finished, their queue not deleted yet
 
 
-def served(uploads: Sequence[OpenUpload], *, queue: str) -> Served:
-    """The queues to read for those of `uploads` that go through `queue`: the queues of the uploads served now."""
-    ours = [upload for upload in uploads if _through(upload, queue)]
-    chosen = [upload for upload in ours if upload.served]
-    paused = sum(1 for upload in ours if upload.paused and not (upload.cancelled or upload.finished))
-    # Uploads from before a queue per upload all name the one shared queue: it is read once.
-    return Served(tuple(dict.fromkeys(upload.queue for upload in chosen)), uploads=len(chosen), paused=paused,
-                  ended=len(ours) - len(chosen) - paused)
-
-
-def _through(upload: OpenUpload, queue: str) -> bool:
-    # A ledger may hold the uploads of other QUEUE_NAMEs (the tests' do): another scaler serves those.
-    return upload.queue == queue or upload.queue.startswith(message.upload_queue(queue, ""))
+def served(uploads: Sequence[OpenUpload]) -> Served:
+    """The queues to read of the open `uploads` (those of this QUEUE_NAME): the queues of the uploads served now."""
+    chosen = [upload for upload in uploads if upload.served]
+    paused = sum(1 for upload in uploads if upload.paused and not (upload.cancelled or upload.finished))
+    return Served(tuple(upload.queue for upload in chosen), uploads=len(chosen), paused=paused,
+                  ended=len(uploads) - len(chosen) - paused)
 
 
 def total(what: Served, *, limit_queue: str, live: Mapping[str, Live],
@@ -98,7 +91,7 @@ class Backlog:
 
     def read(self) -> QueueCounts:
         """The backlog now; raises LedgerUnavailable or QueueReadError when a source fails or is silent."""
-        what = served(self._uploads.read(), queue=self._queue)
+        what = served(self._uploads.read())
         limit_queue = message.limit_queue(self._queue)
         live = self._live.read([*what.queues, limit_queue])
         # A queue declared a moment ago (a quorum queue's first statistics take seconds) does not wait for the

@@ -20,19 +20,19 @@ from kubejob.errors import LedgerUnavailable
 
 
 class OpenUploads:
-    """Reads the open uploads from PostgreSQL."""
+    """Reads the open uploads into `queue` (QUEUE_NAME) from PostgreSQL."""
 
-    def __init__(self, conninfo: str, *, timeout_s: float) -> None:
-        self._conninfo, self._timeout_s = conninfo, timeout_s
+    def __init__(self, conninfo: str, *, queue: str, timeout_s: float) -> None:
+        self._conninfo, self._queue, self._timeout_s = conninfo, queue, timeout_s
         self._conn: psycopg.Connection | None = None
 
     def read(self) -> list[ledger.OpenUpload]:
-        """Every upload whose queue exists, oldest first; raises LedgerUnavailable."""
+        """Every upload into the queue whose own queue exists, oldest first; raises LedgerUnavailable."""
         deadline = None
         try:
             conn = self._connected()
             with (deadline := _Deadline(conn, self._timeout_s)):
-                uploads = ledger.open_uploads(conn)
+                uploads = ledger.open_uploads(conn, self._queue)
         except LedgerUnavailable as exc:
             self._drop()
             if deadline is not None and deadline.passed:

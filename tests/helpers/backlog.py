@@ -18,7 +18,8 @@ def backlog(broker: Broker, queue: str, *, port: int | None = None, management_u
     """A Backlog as `python -m scaler` builds it, of `queue` on `broker` and the ledger DATABASE_URL names."""
     management = ManagementClient(base_url=management_url or broker.management_url, user=broker.user,
                                   password=broker.password, vhost="/", timeout_s=timeout_s)
-    return Backlog(queue=queue, uploads=OpenUploads(database_url or os.environ["DATABASE_URL"], timeout_s=timeout_s),
+    uploads = OpenUploads(database_url or os.environ["DATABASE_URL"], queue=queue, timeout_s=timeout_s)
+    return Backlog(queue=queue, uploads=uploads,
                    live=LiveQueues(parameters=parameters(broker, port=port), timeout_s=timeout_s),
                    management=management)
 

@@ -29,20 +29,24 @@ def ledger_proxy():
 
 def test_open_uploads_say_which_are_served(broker: Broker, queue_name: str) -> None:
     served, paused = (broker.publish_rows(queue_name, rows(2)) for _ in range(2))
+    elsewhere = broker.publish_rows(f"{queue_name}-other", rows(2))
     pause(paused)
-    found = {upload.id: upload for upload in OpenUploads(os.environ["DATABASE_URL"], timeout_s=TIMEOUT_S).read()}
+    reader = OpenUploads(os.environ["DATABASE_URL"], queue=queue_name, timeout_s=TIMEOUT_S)
+    found = {upload.id: upload for upload in reader.read()}
     assert (found[served].served, found[paused].served, found[paused].paused) == (True, False, True)
+    assert elsewhere not in found, "another QUEUE_NAME's upload in the same ledger is another scaler's"
+    broker.delete_queue(f"{queue_name}-other")
 
 
 def test_a_ledger_without_its_schema_yet_has_no_upload() -> None:
     with fresh_database() as url:  # as before the producer or a worker first started
-        assert OpenUploads(url, timeout_s=TIMEOUT_S).read() == []
+        assert OpenUploads(url, queue="rows", timeout_s=TIMEOUT_S).read() == []
 
 
 def test_an_unreachable_ledger_is_an_error_that_says_so() -> None:
     url = f"postgresql://kubejob:kubejob@127.0.0.1:{free_port()}/kubejob"
     with pytest.raises(LedgerUnavailable, match=r"^ledger: OperationalError: connection failed"):
-        OpenUploads(url, timeout_s=TIMEOUT_S).read()
+        OpenUploads(url, queue="rows", timeout_s=TIMEOUT_S).read()
 
 
 @pytest.mark.parametrize(("how", "first", "then"), [
@@ -55,7 +59,7 @@ def test_a_ledger_cut_off_is_an_error_within_the_timeout_and_a_read_after_it_is_
 ) -> None:
     """"freeze" silences the connection already open; "blackhole" answers no new one."""
     upload = broker.publish_rows(queue_name, rows(3))
-    reader = OpenUploads(ledger_proxy.through(os.environ["DATABASE_URL"]), timeout_s=TIMEOUT_S)
+    reader = OpenUploads(ledger_proxy.through(os.environ["DATABASE_URL"]), queue=queue_name, timeout_s=TIMEOUT_S)
     assert upload in {u.id for u in reader.read()}
     ledger_proxy.cut(how)
     for expected in (first, then):  # the connection it had, then a new one
