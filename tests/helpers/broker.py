@@ -111,12 +111,17 @@ class Broker:
 
     def upload_queues(self, queue: str) -> list[str]:
         """The names of the uploads' queues of `queue` that exist now."""
-        pattern = "^" + re.escape(message.upload_queue(queue, ""))
-        response = httpx.get(f"{self.management_url}/api/queues/%2F", auth=(self.user, self.password), timeout=10,
-                             params={"page": 1, "page_size": 500, "name": pattern, "use_regex": "true",
-                                     "columns": "name"})
-        response.raise_for_status()
-        return [item["name"] for item in response.json()["items"]]
+        pattern, names, page = "^" + re.escape(message.upload_queue(queue, "")), [], 1
+        while True:  # the management API lists at most 500 a page
+            response = httpx.get(f"{self.management_url}/api/queues/%2F", auth=(self.user, self.password),
+                                 timeout=10, params={"page": page, "page_size": 500, "name": pattern,
+                                                     "use_regex": "true", "columns": "name"})
+            response.raise_for_status()
+            listed = response.json()
+            names += [item["name"] for item in listed["items"]]
+            if page >= listed["page_count"]:
+                return names
+            page += 1
 
     def backlog(self, queue: str) -> int:
         """Messages ready right now in all the uploads' queues of `queue` together."""
