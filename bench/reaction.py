@@ -59,7 +59,7 @@ def _trial(batch: client.BatchV1Api, backlog: list, poll_s: float, chance: rando
     record_upload(upload_id, queue=message.upload_queue(QUEUE, upload_id), rows=len(backlog))
     with support.broker.connection() as conn:
         channel = conn.channel()
-        queue = support.broker.declare(channel, QUEUE, upload_id)
+        queue = support.broker.declare_upload(channel, QUEUE, upload_id)
         published = time.perf_counter()
         for body, properties in backlog:
             channel.basic_publish("", queue, body, properties)

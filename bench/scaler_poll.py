@@ -45,7 +45,7 @@ def _fill(broker: Broker, url: str, uploads: int) -> list[str]:
     with broker.connection() as conn:
         channel = conn.channel()
         for upload_id in ids:
-            queue = Broker.declare(channel, QUEUE, upload_id)
+            queue = Broker.declare_upload(channel, QUEUE, upload_id)
             for row in range(1, ROWS_EACH + 1):
                 body, properties = message.encode({"id": str(row)}, upload_id=upload_id, row_number=row, line=row + 1)
                 channel.basic_publish("", queue, body, properties)

@@ -50,7 +50,7 @@ def publish_upload(kube_node: KubeCluster, namespace: str, queue: str, count: in
         params = pika.ConnectionParameters("127.0.0.1", port, credentials=pika.PlainCredentials(user, password))
         with pika.BlockingConnection(params) as conn:
             channel = conn.channel()
-            target = Broker.declare(channel, queue, upload_id)
+            target = Broker.declare_upload(channel, queue, upload_id)
             for number, row in enumerate(rows(count), start=1):
                 body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
                 channel.basic_publish("", target, body, properties)
