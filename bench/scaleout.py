@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench import cluster, support
+from kubejob.message import upload_queue
 from scaler.jobs import is_finished
 from tests.helpers.kube import KubeCluster, queue_depths, worker_jobs
 
@@ -26,11 +27,16 @@ def _unfinished(kube: KubeCluster, namespace: str) -> int:
     return sum(1 for job in worker_jobs(kube, namespace) if not is_finished(job))
 
 
+def _queued(kube: KubeCluster, namespace: str) -> int:
+    """Rows in the uploads' queues of the deployment's QUEUE_NAME, `rows`."""
+    return sum(n for name, n in queue_depths(kube, namespace).items() if name.startswith(upload_queue("rows", "")))
+
+
 def _drain_seconds(kube: KubeCluster, path: Path, *, max_jobs: int) -> float:
     with cluster.deployed(kube, SCALER_MAX_JOBS=str(max_jobs)) as deployment:
         started = time.perf_counter()
         deployment.upload(path)
-        while queue_depths(kube, deployment.namespace).get("rows") or _unfinished(kube, deployment.namespace):
+        while _queued(kube, deployment.namespace) or _unfinished(kube, deployment.namespace):
             time.sleep(0.5)
         return time.perf_counter() - started
 
