@@ -35,7 +35,8 @@ def namespace_ledger(kube_node: KubeCluster, namespace: str) -> Iterator[str]:
 
 def publish_upload(kube_node: KubeCluster, namespace: str, queue: str, count: int, *, paused: bool = False) -> str:
     """Record an upload of `count` rows (paused if asked) in the namespace's ledger, then publish them into its own
-    queue, without confirms (fast through a port-forward) but counted in by the broker; return its id."""
+    queue, without confirms (fast through a port-forward; the broker takes each before the connection's close),
+    counted in by the broker when paused; return its id."""
     upload_id = uuid.uuid4().hex
     with namespace_ledger(kube_node, namespace) as url:
         ledger.migrate(url)
@@ -54,8 +55,10 @@ def publish_upload(kube_node: KubeCluster, namespace: str, queue: str, count: in
             for number, row in enumerate(rows(count), start=1):
                 body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
                 channel.basic_publish("", target, body, properties)
-            wait_for(lambda: channel.queue_declare(target, passive=True).method.message_count == count,
-                     what=f"the broker to count the {count} rows in", timeout=120, interval=0.5)
+            # Workers may take rows of an upload served as they come; a paused one's must all be there.
+            if paused:
+                wait_for(lambda: channel.queue_declare(target, passive=True).method.message_count == count,
+                         what=f"the broker to count the {count} rows in", timeout=120, interval=0.5)
     return upload_id
 
 
