@@ -7,13 +7,25 @@ import sys
 import time
 from pathlib import Path
 
-from bench import drain, ingest, io_handler, load, memory, reaction, scaleout, status_polling, time_to_done, trickle
+from bench import (
+    drain,
+    fair_share,
+    ingest,
+    io_handler,
+    load,
+    memory,
+    reaction,
+    scaleout,
+    status_polling,
+    time_to_done,
+    trickle,
+)
 
 BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "drain_failing": drain.half_failing, "io": io_handler.run,
     "memory": memory.run, "reaction": reaction.run,
     "trickle": trickle.run, "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
-    "status_polling": status_polling.run,
+    "status_polling": status_polling.run, "fair_share": fair_share.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
 
