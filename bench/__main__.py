@@ -14,6 +14,7 @@ from bench import (
     io_handler,
     load,
     memory,
+    open_uploads,
     reaction,
     scaleout,
     status_polling,
@@ -25,7 +26,7 @@ BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "drain_failing": drain.half_failing, "io": io_handler.run,
     "memory": memory.run, "reaction": reaction.run,
     "trickle": trickle.run, "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
-    "status_polling": status_polling.run, "fair_share": fair_share.run,
+    "status_polling": status_polling.run, "fair_share": fair_share.run, "open_uploads": open_uploads.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
 

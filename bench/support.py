@@ -93,9 +93,9 @@ def encoded_messages(path: Path, limit: int | None = None,
             for n, row in enumerate(sample_rows(path, limit), start=1)]
 
 
-def clean(queue: str) -> None:
-    """No queue of `queue` left (the uploads' and those they share), and no upload into it in the ledger."""
-    broker.delete_queue(queue)
+def clean(queue: str, on: Broker = broker) -> None:
+    """No queue of `queue` left on `on` (the uploads' and those they share), and no upload into it in the ledger."""
+    on.delete_queue(queue)
     forget_uploads(queue)
 
 
