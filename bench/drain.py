@@ -18,6 +18,7 @@ clean drain's, both recorded in the ledger, by turns, is `drain_half_failing_rat
 """
 
 import collections
+import functools
 import time
 
 import pika
@@ -34,7 +35,6 @@ from worker.settings import Settings
 from worker.settle import Outcome
 
 FILL_ATTEMPTS = 3
-FILL_STALL_S = 10  # no message counted in for this long: the rest were lost
 
 
 class Unrecorded(Ledger):
@@ -55,11 +55,7 @@ def fill(queue: str, rows: list[dict[str, str]]) -> str:
         support.clean(queue)
         upload_id = support.broker.publish_rows(queue, rows, confirm=False)
         target = message.upload_queue(queue, upload_id)
-        depth, grew_at = 0, time.monotonic()
-        while depth < len(rows) and time.monotonic() - grew_at < FILL_STALL_S:
-            time.sleep(0.1)
-            if (now_in := support.broker.depth(target)) > depth:
-                depth, grew_at = now_in, time.monotonic()
+        depth = support.counted_in(len(rows), functools.partial(support.broker.depth, target))
         if depth == len(rows):
             return upload_id
         print(f"fill: RabbitMQ kept {depth} of {len(rows)} unconfirmed messages in {target}; filling again")

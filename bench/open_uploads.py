@@ -39,13 +39,7 @@ from tests.helpers.worker import start_worker
 
 UPLOADS, ROWS, TENANTS, IDLE_S = 1000, 10, 100, 30
 QUEUE = "bench-open-uploads"
-FILL_STALL_S = 10  # no message counted in for this long: the rest were lost
 MB = 1024 * 1024
-
-
-def _cpu_s(beam: psutil.Process) -> float:
-    times = beam.cpu_times()
-    return times.user + times.system
 
 
 def _mem_used(broker: Broker) -> int:
@@ -64,20 +58,15 @@ def _fill(broker: Broker, uploads: int, rows: int) -> tuple[float, float]:
         channel = conn.channel()
         for upload in made:  # unconfirmed, as drain.fill: the broker's count says when they are all in
             broker.fill_upload(channel, QUEUE, upload.id, named_rows(upload.id, rows))
-    held, grew_at = 0, time.monotonic()
-    while held < uploads * rows:
-        if time.monotonic() - grew_at > FILL_STALL_S:
-            raise RuntimeError(f"RabbitMQ kept {held} of the {uploads * rows} rows sent to {QUEUE}'s uploads")
-        if (now_in := broker.backlog(QUEUE)) > held:
-            held, grew_at = now_in, time.monotonic()
-        time.sleep(0.05)
+    if (held := support.counted_in(uploads * rows, lambda: broker.backlog(QUEUE))) < uploads * rows:
+        raise RuntimeError(f"RabbitMQ kept {held} of the {uploads * rows} rows sent to {QUEUE}'s uploads")
     return recorded - started, time.perf_counter() - recorded
 
 
 def _drain(broker: Broker, rows: int, beam: psutil.Process) -> tuple[float, float, int]:
     """One worker draining the `rows` queued: its rows/s from the first row recorded to the last, RabbitMQ's CPU
     seconds from its start to the last row, and the worker's peak RSS."""
-    cpu = _cpu_s(beam)
+    cpu = support.cpu_s([beam])
     worker = start_worker(QUEUE, support.WORK / "open-uploads-unused", WORKER_HANDLER="worker.handlers:noop",
                           LOG_LEVEL="WARNING", **broker.environment())
     rss = PeakRss(worker.pid)
@@ -88,7 +77,7 @@ def _drain(broker: Broker, rows: int, beam: psutil.Process) -> tuple[float, floa
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited {worker.returncode} with {done} of {rows} rows done")
         time.sleep(0.01)
-    last, broker_cpu = time.perf_counter(), _cpu_s(beam) - cpu
+    last, broker_cpu = time.perf_counter(), support.cpu_s([beam]) - cpu
     assert worker.wait(timeout=60) == 0, "the worker did not exit 0 once idle"
     assert first is not None
     return (rows - first[1]) / (last - first[0]), broker_cpu, rss.join()
@@ -103,14 +92,14 @@ def _one_upload_rate(broker: Broker, rows: int, beam: psutil.Process) -> float:
 
 def _measure(broker: Broker, beam: psutil.Process, uploads: int, rows: int, idle_s: float) -> dict[str, object]:
     total = uploads * rows
-    cpu = _cpu_s(beam)
+    cpu = support.cpu_s([beam])
     time.sleep(idle_s)
-    cpu_idle_before = _cpu_s(beam) - cpu
+    cpu_idle_before = support.cpu_s([beam]) - cpu
     rss_before, mem_before = beam.memory_info().rss, _mem_used(broker)
     record_s, fill_s = _fill(broker, uploads, rows)
-    cpu = _cpu_s(beam)
+    cpu = support.cpu_s([beam])
     time.sleep(idle_s)
-    cpu_idle = _cpu_s(beam) - cpu
+    cpu_idle = support.cpu_s([beam]) - cpu
     # After the idle span: the node's mem_used is a statistic the broker refreshes every few seconds.
     rss_after, mem_after = beam.memory_info().rss, _mem_used(broker)
     rate, drain_cpu, worker_rss = _drain(broker, total, beam)

@@ -4,6 +4,7 @@ import csv
 import os
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -27,6 +28,26 @@ WORK = REPO_ROOT / ".run" / "bench"
 # pair says more about the moment than about the service.
 ROUNDS = 3
 broker = Broker()
+
+
+# Unconfirmed messages counted in by the broker: none more for this long, and the rest were lost.
+FILL_STALL_S = 10
+
+
+def counted_in(expected: int, count: Callable[[], int]) -> int:
+    """Wait until `count()`, what the broker holds, reaches `expected` or stops growing for FILL_STALL_S;
+    return what it reached."""
+    held, grew_at = 0, time.monotonic()
+    while held < expected and time.monotonic() - grew_at < FILL_STALL_S:
+        time.sleep(0.05)
+        if (now_in := count()) > held:
+            held, grew_at = now_in, time.monotonic()
+    return held
+
+
+def cpu_s(processes: list[psutil.Process]) -> float:
+    """The user and system CPU seconds the processes have spent."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 class MachineCpu:

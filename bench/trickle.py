@@ -34,10 +34,6 @@ def _feed(queue: str, messages: list) -> None:
         conn.process_data_events(0)
 
 
-def _cpu_s(processes: list[psutil.Process]) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-
 def _run(linger: str) -> tuple[float, float]:
     """Machine and workers' CPU microseconds per row, with WORKER_LINGER_SECONDS=`linger`."""
     queue, upload_id = f"bench-trickle-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex}"
@@ -53,12 +49,12 @@ def _run(linger: str) -> tuple[float, float]:
                for _ in range(WORKERS)]
     try:
         time.sleep(2)  # started and consuming
-        machine, spent = support.MachineCpu(), _cpu_s(workers)
+        machine, spent = support.MachineCpu(), support.cpu_s(workers)
         _feed(target, messages)
         while finished(upload_id) < len(messages):
             time.sleep(0.1)
         per_row = 1e6 / len(messages)
-        return machine.busy_s() * per_row, (_cpu_s(workers) - spent) * per_row
+        return machine.busy_s() * per_row, (support.cpu_s(workers) - spent) * per_row
     finally:
         for worker in workers:
             worker.terminate()
