@@ -9,10 +9,12 @@ from pathlib import Path
 
 from bench import (
     drain,
+    fair_share,
     ingest,
     io_handler,
     load,
     memory,
+    open_uploads,
     reaction,
     scaleout,
     scaler_poll,
@@ -25,7 +27,8 @@ BENCHMARKS = {
     "ingest": ingest.run, "drain": drain.run, "drain_failing": drain.half_failing, "io": io_handler.run,
     "memory": memory.run, "reaction": reaction.run,
     "trickle": trickle.run, "scaleout": scaleout.run, "time_to_done": time_to_done.run, "load": load.run,
-    "status_polling": status_polling.run, "scaler_poll": scaler_poll.run,
+    "status_polling": status_polling.run, "scaler_poll": scaler_poll.run, "fair_share": fair_share.run,
+    "open_uploads": open_uploads.run,
 }
 RESULTS = Path(__file__).with_name("results.json")
 

@@ -1,8 +1,10 @@
 """Drain: one worker's messages per second with a no-op handler, against bare pika in the same run.
 
-Every consumer here but PerfTest has the worker's shipped WORKER_PREFETCH. The ceiling is a bare
-pika consumer acking each message by hand. The worker drains twice: recording every row in the
-ledger as shipped, and with recording left out, so `drain_ledger_ratio` is what the ledger costs.
+Each drain is of one upload recorded in the ledger, the only one into its queue name, so the
+worker serves it alone with all its prefetch (`fill`). Every consumer here but PerfTest has the
+worker's shipped WORKER_PREFETCH. The ceiling is a bare pika consumer acking each message by
+hand. The worker drains twice: recording every row in the ledger as shipped, and with recording
+left out, so `drain_ledger_ratio` is what the ledger costs.
 The yardstick is RabbitMQ's PerfTest consuming as many messages of our size with manual acks,
 prefetch 100, acking 100 at a time (multiple): `drain_vs_perftest` is the worker without the
 ledger over it, the median of support.ROUNDS rounds taken by turns (`drain_vs_perftest_rounds`
@@ -16,16 +18,16 @@ clean drain's, both recorded in the ledger, by turns, is `drain_half_failing_rat
 """
 
 import collections
+import functools
 import time
-import uuid
 
 import pika
-import psycopg
 
 from bench import perftest, support
 from kubejob import message
 from kubejob.errors import LedgerUnavailable
 from kubejob.message import Delivery
+from tests.helpers.ledger import finished
 from worker.consumer import Consumer
 from worker.handlers import Handler, noop
 from worker.ledger import Ledger, RowOutcome
@@ -33,7 +35,6 @@ from worker.settings import Settings
 from worker.settle import Outcome
 
 FILL_ATTEMPTS = 3
-FILL_STALL_S = 10  # no message counted in for this long: the rest were lost
 
 
 class Unrecorded(Ledger):
@@ -43,28 +44,22 @@ class Unrecorded(Ledger):
         pass
 
 
-def fill(queue: str, messages: list) -> None:
-    """A fresh `queue` holding exactly `messages`, published without confirms (confirming each is far slower).
+def fill(queue: str, rows: list[dict[str, str]]) -> str:
+    """A new upload of `rows`, the only one into `queue`, its own queue holding exactly its rows, published without
+    confirms (confirming each is far slower); returns its id.
 
     Unconfirmed messages can be lost: RabbitMQ 3.10 dropped 2 of 100k sent to a quorum queue just
-    declared again under the same name. When the depth stops short, the queue is filled again.
+    declared again under the same name. When the depth stops short, a new upload is filled instead.
     """
     for _ in range(FILL_ATTEMPTS):
-        support.broker.delete_queue(queue)
-        with support.broker.connection() as conn:
-            channel = conn.channel()
-            support.broker.declare(channel, queue)
-            for body, properties in messages:
-                channel.basic_publish("", queue, body, properties)
-        depth, grew_at = 0, time.monotonic()
-        while depth < len(messages) and time.monotonic() - grew_at < FILL_STALL_S:
-            time.sleep(0.1)
-            if (now_in := support.broker.backlog(queue)) > depth:
-                depth, grew_at = now_in, time.monotonic()
-        if depth == len(messages):
-            return
-        print(f"fill: RabbitMQ kept {depth} of {len(messages)} unconfirmed messages in {queue}; filling again")
-    raise RuntimeError(f"RabbitMQ kept fewer than the {len(messages)} messages sent to {queue}, {FILL_ATTEMPTS} times")
+        support.clean(queue)
+        upload_id = support.broker.publish_rows(queue, rows, confirm=False)
+        target = message.upload_queue(queue, upload_id)
+        depth = support.counted_in(len(rows), functools.partial(support.broker.depth, target))
+        if depth == len(rows):
+            return upload_id
+        print(f"fill: RabbitMQ kept {depth} of {len(rows)} unconfirmed messages in {target}; filling again")
+    raise RuntimeError(f"RabbitMQ kept fewer than the {len(rows)} messages sent to {queue}, {FILL_ATTEMPTS} times")
 
 
 def _bare_consume(queue: str, count: int, prefetch: int) -> float:
@@ -121,35 +116,26 @@ def worker(queue: str, count: int, prefetch: int, ledger_class: type[Ledger] = L
     return count / (consumer.last_settled - consumer.first_delivery)
 
 
-def _recorded(upload_id: str) -> int:
-    """How many rows of `upload_id` the ledger has; they are deleted, the bench leaves nothing behind."""
-    with psycopg.connect(Settings().database_url.get_secret_value()) as conn:
-        row = conn.execute("SELECT count(*) FROM row_outcomes WHERE upload_id = %s", (upload_id,)).fetchone()
-        conn.execute("DELETE FROM row_outcomes WHERE upload_id = %s", (upload_id,))
-    return row[0] if row else 0
-
-
 def run(messages: int = 100_000) -> dict[str, object]:
     prefetch = Settings().worker_prefetch
-    queue, upload_id = "bench-drain", f"bench-{uuid.uuid4().hex}"
-    batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
-    fill(queue, batch)
-    ceiling = _bare_consume(queue, messages, prefetch)
+    queue = "bench-drain"
+    rows = support.sample_rows(support.sample_csv(messages))
+    ceiling = _bare_consume(message.upload_queue(queue, fill(queue, rows)), messages, prefetch)
 
     def unrecorded_rate() -> float:
-        fill(queue, batch)
+        fill(queue, rows)
         return worker(queue, messages, prefetch, Unrecorded)
 
     compared = support.against_yardstick(
         unrecorded_rate, lambda: perftest.consume_multi_ack(messages, size=perftest.message_size()))
-    fill(queue, batch)
+    fill(queue, rows)
     plain = worker(queue, messages, prefetch, Unrecorded, fast=False)  # pika's public calls alone
-    fill(queue, batch)
+    upload_id = fill(queue, rows)
     cpu = time.process_time()  # the worker's threads are all this process does meanwhile
     recorded = worker(queue, messages, prefetch, Ledger)
     cpu_us_per_row = (time.process_time() - cpu) / messages * 1e6
-    assert _recorded(upload_id) == messages, "the ledger lost rows"
-    support.broker.delete_queue(queue)
+    assert finished(upload_id) == messages, "the ledger lost rows"
+    support.clean(queue)
     return {
         "drain_msgs_per_s": round(compared.ours),
         "drain_ceiling_msgs_per_s": round(ceiling),
@@ -174,25 +160,25 @@ def fail_even_ids(row: dict[str, str]) -> None:
 def half_failing(messages: int = 100_000, rounds: int = support.ROUNDS) -> dict[str, object]:
     """A drain with every other row failing for good, over a clean drain, both recorded, by turns."""
     prefetch = Settings().worker_prefetch
-    queue, upload_id = "bench-drain-failing", f"bench-{uuid.uuid4().hex}"
-    batch = support.encoded_messages(support.sample_csv(messages), upload_id=upload_id)
+    queue = "bench-drain-failing"
+    rows = support.sample_rows(support.sample_csv(messages))
     failing = messages // 2
 
     def failing_rate() -> float:
-        fill(queue, batch)
+        upload_id = fill(queue, rows)
         rate = worker(queue, messages, prefetch, handler=fail_even_ids, max_attempts=1, failing=failing)
         assert support.broker.depth(message.dead_letter_queue(queue)) == failing, "rows missing from .dead"
-        assert _recorded(upload_id) == messages, "the ledger lost rows"
+        assert finished(upload_id) == messages, "the ledger lost rows"
         return rate
 
     def clean_rate() -> float:
-        fill(queue, batch)
+        upload_id = fill(queue, rows)
         rate = worker(queue, messages, prefetch)
-        assert _recorded(upload_id) == messages, "the ledger lost rows"
+        assert finished(upload_id) == messages, "the ledger lost rows"
         return rate
 
     compared = support.against_yardstick(failing_rate, clean_rate, rounds)
-    support.broker.delete_queue(queue)
+    support.clean(queue)
     return {
         "drain_half_failing_msgs_per_s": round(compared.ours),
         "drain_clean_msgs_per_s": round(compared.yardstick),

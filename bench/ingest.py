@@ -1,7 +1,7 @@
 """Ingest: rows per second through POST /upload, against bare pika in the same run.
 
 - ceiling: the same messages, already built, published by pika without confirms, to a
-  queue declared as the producer declares it and to a default classic queue; the faster
+  queue declared as the producer declares an upload's and to a default classic queue; the faster
   of the two is the ceiling (here the default queue takes unconfirmed messages faster);
 - naive: pika's BlockingConnection in confirm mode, one basic_publish (and wait) per row;
 - PerfTest: RabbitMQ's own tool publishing as many messages of our size with confirms, as many in
@@ -10,6 +10,7 @@
 """
 
 import time
+import uuid
 
 from bench import perftest, support
 from producer.settings import Settings
@@ -22,16 +23,18 @@ def _bare_publish(messages: list, queue: str, *, confirm: bool, as_producer: boo
     with support.broker.connection() as conn:
         channel = conn.channel()
         if as_producer:
-            support.broker.declare(channel, queue)
+            target = support.broker.declare_upload(channel, queue, uuid.uuid4().hex)
         else:
+            target = queue
             channel.queue_declare(queue, durable=True)
         if confirm:
             channel.confirm_delivery()
         started = time.perf_counter()
         for body, properties in messages:
-            channel.basic_publish("", queue, body, properties)
+            channel.basic_publish("", target, body, properties)
         conn.process_data_events(0)  # flush what pika still buffers
         elapsed = time.perf_counter() - started
+        channel.queue_delete(target)
     support.broker.delete_queue(queue)
     return len(messages) / elapsed
 

@@ -9,7 +9,6 @@ handlers' waiting costs, and so how many such workers a machine holds (`python -
 
 import asyncio
 import time
-import uuid
 
 from bench import drain, support
 from worker.handlers import WAIT_20MS_S, wait_20ms
@@ -26,13 +25,13 @@ async def waits_async(_row: dict[str, str]) -> None:
 def run(rows: int = 16_000) -> dict[str, float]:
     queue = "bench-io"
     figures = {}
+    sample = support.sample_rows(support.sample_csv(rows))
     for name, handler in (("io_handler", wait_20ms), ("io_handler_async", waits_async)):
-        batch = support.encoded_messages(support.sample_csv(rows), upload_id=f"bench-{uuid.uuid4().hex}")
-        drain.fill(queue, batch)
+        drain.fill(queue, sample)
         worker_cpu, machine_cpu = time.process_time(), support.MachineCpu()
         rate = drain.worker(queue, rows, prefetch=Settings().worker_prefetch, handler=handler, concurrency=CONCURRENCY)
         figures |= {f"{name}_rows_per_s": round(rate), f"{name}_efficiency": round(rate / IDEAL, 3),
                     f"{name}_cpu_us_per_row": round((time.process_time() - worker_cpu) / rows * 1e6),
                     f"{name}_machine_cpu_us_per_row": round(machine_cpu.busy_s() / rows * 1e6)}
-    support.broker.delete_queue(queue)
+    support.clean(queue)
     return figures

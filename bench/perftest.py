@@ -1,11 +1,12 @@
 """RabbitMQ PerfTest, the broker's own benchmark tool: the yardstick the services are measured against.
 
 PerfTest (com.rabbitmq:perf-test) is fetched once with Maven into ~/.cache/kube-job/perftest and
-run on the services' broker, on a queue declared as the services declare it (a quorum queue with
-its dead-letter queues; PerfTest only uses it, `--predeclared`), with persistent messages as large
+run on the services' broker, on a queue declared as the services declare an upload's (a quorum queue
+with its dead-letter queues; PerfTest only uses it, `--predeclared`), with persistent messages as large
 as ours. `python -m bench.perftest` fetches it; the benchmarks call the measurements.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench import support
@@ -94,29 +96,33 @@ def _publish(queue: str, count: int, size: int, window: int) -> float:
                              "--confirm", str(window), "--pmessages", str(count)))
 
 
+@contextlib.contextmanager
+def _upload_queue() -> Iterator[str]:
+    """A queue declared as an upload's is (kubejob.message), with the queues around it; deleted after."""
+    base = f"bench-perftest-{uuid.uuid4().hex[:8]}"
+    with support.broker.connection() as conn:
+        queue = support.broker.declare_upload(conn.channel(), base, uuid.uuid4().hex)
+    try:
+        yield queue
+    finally:
+        with support.broker.connection() as conn:
+            conn.channel().queue_delete(queue)
+        support.broker.delete_queue(base)
+
+
 def publish_confirms(count: int, *, size: int, window: int) -> float:
     """Messages per second one PerfTest producer publishes, each confirmed, `window` in flight."""
-    queue = f"bench-perftest-{uuid.uuid4().hex[:8]}"
-    with support.broker.connection() as conn:
-        support.broker.declare(conn.channel(), queue)
-    try:
+    with _upload_queue() as queue:
         return _publish(queue, count, size, window)
-    finally:
-        support.broker.delete_queue(queue)
 
 
 def consume_multi_ack(count: int, *, size: int, prefetch: int = 100, ack_every: int = 100) -> float:
     """Messages per second one PerfTest consumer takes off a queue of `count`, acking `ack_every` at once."""
-    queue = f"bench-perftest-{uuid.uuid4().hex[:8]}"
-    with support.broker.connection() as conn:
-        support.broker.declare(conn.channel(), queue)
-    try:
+    with _upload_queue() as queue:
         _publish(queue, count, size, window=20_000)
         return _rate(_RECEIVED, _run("--queue", queue, "--producers", "0", "--consumers", "1",
                                      "--qos", str(prefetch), "--multi-ack-every", str(ack_every),
                                      "--cmessages", str(count)))
-    finally:
-        support.broker.delete_queue(queue)
 
 
 if __name__ == "__main__":

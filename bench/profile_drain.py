@@ -16,8 +16,9 @@ import uuid
 from pathlib import Path
 
 from bench import support
-from bench.drain import _recorded, fill
+from bench.drain import fill
 from tests.helpers import REPO_ROOT
+from tests.helpers.ledger import finished
 from worker.settings import Settings
 
 
@@ -34,8 +35,8 @@ def main(argv: list[str]) -> int:
     py_spy = shutil.which("py-spy", path=Path(sys.executable).parent) or shutil.which("py-spy")
     if py_spy is None:
         sys.exit("profile_drain: py-spy is missing: pip install -r requirements-dev.txt")
-    queue, upload_id = f"bench-profile-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex}"
-    fill(queue, support.encoded_messages(support.sample_csv(args.rows), upload_id=upload_id))
+    queue = f"bench-profile-{uuid.uuid4().hex[:8]}"
+    upload_id = fill(queue, support.sample_rows(support.sample_csv(args.rows)))
     env = os.environ | {"QUEUE_NAME": queue, "WORKER_HANDLER": "worker.handlers:noop",
                         "WORKER_PREFETCH": str(args.prefetch), "WORKER_IDLE_SECONDS": "0.5",
                         "WORKER_METRICS_PORT": "0", "LOG_LEVEL": "WARNING"}
@@ -45,8 +46,8 @@ def main(argv: list[str]) -> int:
     try:
         subprocess.run(command, cwd=REPO_ROOT, env=env, check=True)
     finally:
-        support.broker.delete_queue(queue)
-        recorded = _recorded(upload_id)
+        recorded = finished(upload_id)
+        support.clean(queue)
     print(f"{recorded} of {args.rows} rows drained; profile in {args.out}")
     return 0 if recorded == args.rows else 1
 

@@ -1,25 +1,53 @@
-"""What the benchmarks share: sample files, memory sampling, and the tests' broker (tests/helpers)."""
+"""What the benchmarks share: sample files, memory sampling, and the tests' broker and ledger (tests/helpers)."""
 
 import csv
+import os
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import pika
+import pika.exceptions
 import psutil
 
 from data.generate_data import main as generate_data
 from kubejob import message
+from kubejob.settings import LedgerSettings
 from tests.helpers import REPO_ROOT
 from tests.helpers.broker import Broker
+from tests.helpers.ledger import forget_uploads
 
+# The tests' helpers record uploads in the ledger DATABASE_URL names, as the services find theirs: without it,
+# the one every service defaults to (make postgres).
+os.environ.setdefault("DATABASE_URL", LedgerSettings().database_url.get_secret_value())
 WORK = REPO_ROOT / ".run" / "bench"
 # From one run to the next PerfTest's own rate moves by a fifth on this shared machine: a single
 # pair says more about the moment than about the service.
 ROUNDS = 3
 broker = Broker()
+
+
+# Unconfirmed messages counted in by the broker: none more for this long, and the rest were lost.
+FILL_STALL_S = 10
+
+
+def counted_in(expected: int, count: Callable[[], int]) -> int:
+    """Wait until `count()`, what the broker holds, reaches `expected` or stops growing for FILL_STALL_S;
+    return what it reached."""
+    held, grew_at = 0, time.monotonic()
+    while held < expected and time.monotonic() - grew_at < FILL_STALL_S:
+        time.sleep(0.05)
+        if (now_in := count()) > held:
+            held, grew_at = now_in, time.monotonic()
+    return held
+
+
+def cpu_s(processes: list[psutil.Process]) -> float:
+    """The user and system CPU seconds the processes have spent."""
+    return sum(sum(p.cpu_times()[:2]) for p in processes)
 
 
 class MachineCpu:
@@ -73,16 +101,23 @@ def sample_csv_of_size(size_bytes: int) -> Path:
     return sample_csv(rows)
 
 
+def sample_rows(path: Path, limit: int | None = None) -> list[dict[str, str]]:
+    """The rows of `path` (its first `limit`), as the producer reads them."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [row for n, row in enumerate(csv.DictReader(f), start=1) if limit is None or n <= limit]
+
+
 def encoded_messages(path: Path, limit: int | None = None,
                      upload_id: str = "bench") -> list[tuple[bytes, pika.BasicProperties]]:
     """The messages the producer would publish for `path`, built the same way."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f)
-        return [
-            message.encode(row, upload_id=upload_id, row_number=n, line=n + 1)
-            for n, row in enumerate(rows, start=1)
-            if limit is None or n <= limit
-        ]
+    return [message.encode(row, upload_id=upload_id, row_number=n, line=n + 1)
+            for n, row in enumerate(sample_rows(path, limit), start=1)]
+
+
+def clean(queue: str, on: Broker = broker) -> None:
+    """No queue of `queue` left on `on` (the uploads' and those they share), and no upload into it in the ledger."""
+    on.delete_queue(queue)
+    forget_uploads(queue)
 
 
 class PeakRss:
@@ -106,10 +141,18 @@ class PeakRss:
 
 
 def discard(broker: Broker, queue: str, stop: threading.Event) -> None:
-    """Consume `queue` on `broker`, throwing the rows away, until it is empty after `stop` is set."""
+    """Consume the uploads' queues of `queue` on `broker` as they appear, throwing the rows away, until they are
+    all empty after `stop` is set."""
     with broker.connection() as conn:
-        channel = conn.channel()
+        channel, consumed = conn.channel(), set()
         broker.declare(channel, queue)
-        for method, _props, _body in channel.consume(queue, auto_ack=True, inactivity_timeout=0.5):
-            if method is None and stop.is_set():
-                break
+        while not (stop.is_set() and broker.backlog(queue) == 0):
+            try:
+                for name in set(broker.upload_queues(queue)) - consumed:
+                    channel.basic_consume(name, lambda *_: None, auto_ack=True)
+                    consumed.add(name)
+                conn.process_data_events(time_limit=0.5)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:  # deleted since it was listed: consume the others again
+                    raise
+                channel, consumed = conn.channel(), set()

@@ -12,9 +12,10 @@ import time
 import uuid
 
 import psutil
-import psycopg
 
 from bench import support
+from kubejob import message
+from tests.helpers.ledger import finished, record_upload
 from tests.helpers.worker import start_worker
 from worker.settings import Settings
 
@@ -33,41 +34,32 @@ def _feed(queue: str, messages: list) -> None:
         conn.process_data_events(0)
 
 
-def _cpu_s(processes: list[psutil.Process]) -> float:
-    return sum(sum(p.cpu_times()[:2]) for p in processes)
-
-
 def _run(linger: str) -> tuple[float, float]:
     """Machine and workers' CPU microseconds per row, with WORKER_LINGER_SECONDS=`linger`."""
     queue, upload_id = f"bench-trickle-{uuid.uuid4().hex[:8]}", f"bench-{uuid.uuid4().hex}"
     messages = support.encoded_messages(support.sample_csv(RATE * SECONDS), upload_id=upload_id)
-    with psycopg.connect(Settings().database_url.get_secret_value(), autocommit=True) as ledger:
-        # An upload for the workers to count their rows in.
-        ledger.execute("INSERT INTO uploads (id, file_name, columns, queue, rows) "
-                       "VALUES (%s, 'trickle.csv', %s, %s, %s)", (upload_id, ["id"], queue, len(messages)))
-        with support.broker.connection() as conn:
-            support.broker.declare(conn.channel(), queue)
-        # The no-op handler writes nothing to the file that the tests' handlers note rows in.
-        settings = {"WORKER_HANDLER": "worker.handlers:noop", "WORKER_IDLE_SECONDS": "5",
-                    "WORKER_LINGER_SECONDS": linger}
-        workers = [psutil.Process(start_worker(queue, support.WORK / "trickle-unused", **settings).pid)
-                   for _ in range(WORKERS)]
-        try:
-            time.sleep(2)  # started and consuming
-            machine, spent = support.MachineCpu(), _cpu_s(workers)
-            _feed(queue, messages)
-            remaining = "SELECT rows - done FROM uploads WHERE id = %s"
-            while (row := ledger.execute(remaining, (upload_id,)).fetchone()) and row[0] > 0:
-                time.sleep(0.1)
-            per_row = 1e6 / len(messages)
-            return machine.busy_s() * per_row, (_cpu_s(workers) - spent) * per_row
-        finally:
-            for worker in workers:
-                worker.terminate()
-            psutil.wait_procs(workers, timeout=30)
-            support.broker.delete_queue(queue)
-            ledger.execute("DELETE FROM row_outcomes WHERE upload_id = %s", (upload_id,))
-            ledger.execute("DELETE FROM uploads WHERE id = %s", (upload_id,))
+    # An upload for the workers to serve and count their rows in, and its queue, fed as its producer would.
+    record_upload(upload_id, queue=message.upload_queue(queue, upload_id), rows=len(messages))
+    with support.broker.connection() as conn:
+        target = support.broker.declare_upload(conn.channel(), queue, upload_id)
+    # The no-op handler writes nothing to the file that the tests' handlers note rows in.
+    settings = {"WORKER_HANDLER": "worker.handlers:noop", "WORKER_IDLE_SECONDS": "5",
+                "WORKER_LINGER_SECONDS": linger}
+    workers = [psutil.Process(start_worker(queue, support.WORK / "trickle-unused", **settings).pid)
+               for _ in range(WORKERS)]
+    try:
+        time.sleep(2)  # started and consuming
+        machine, spent = support.MachineCpu(), support.cpu_s(workers)
+        _feed(target, messages)
+        while finished(upload_id) < len(messages):
+            time.sleep(0.1)
+        per_row = 1e6 / len(messages)
+        return machine.busy_s() * per_row, (support.cpu_s(workers) - spent) * per_row
+    finally:
+        for worker in workers:
+            worker.terminate()
+        psutil.wait_procs(workers, timeout=30)
+        support.clean(queue)
 
 
 def run() -> dict[str, float]:

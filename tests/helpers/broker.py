@@ -77,17 +77,23 @@ class Broker:
         Returns the upload id the messages carry, new for each call.
         """
         upload_id = uuid.uuid4().hex
-        target = message.upload_queue(queue, upload_id)
-        record_upload(upload_id, queue=target, rows=len(rows) + more, tenant=tenant)
+        record_upload(upload_id, queue=message.upload_queue(queue, upload_id), rows=len(rows) + more, tenant=tenant)
         with self.connection() as conn:
             channel = conn.channel()
-            self.declare_upload(channel, queue, upload_id)
             if confirm:
                 channel.confirm_delivery()
-            for number, row in enumerate(rows, start=1):
-                body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
-                channel.basic_publish("", target, body, properties)
+            self.fill_upload(channel, queue, upload_id, rows)
         return upload_id
+
+    @classmethod
+    def fill_upload(cls, channel, queue: str, upload_id: str, rows: list[dict[str, str]]) -> str:
+        """Declare the upload's queue (declare_upload) and publish one producer-shaped message per row into it, on
+        `channel`, which the caller may have put in confirm mode; return the queue's name."""
+        target = cls.declare_upload(channel, queue, upload_id)
+        for number, row in enumerate(rows, start=1):
+            body, properties = message.encode(row, upload_id=upload_id, row_number=number, line=number + 1)
+            channel.basic_publish("", target, body, properties)
+        return target
 
     def import_definitions(self, path: Path) -> None:
         """Import a definitions file through the management API, as scripts/rabbitmq.sh does."""
@@ -111,17 +117,18 @@ class Broker:
 
     def upload_queues(self, queue: str) -> list[str]:
         """The names of the uploads' queues of `queue` that exist now."""
-        pattern, names, page = "^" + re.escape(message.upload_queue(queue, "")), [], 1
-        while True:  # the management API lists at most 500 a page
+        pattern = "^" + re.escape(message.upload_queue(queue, ""))
+        names: list[str] = []
+        page, pages = 1, 1
+        while page <= pages:  # the management API gives at most 500 a page
             response = httpx.get(f"{self.management_url}/api/queues/%2F", auth=(self.user, self.password),
                                  timeout=10, params={"page": page, "page_size": 500, "name": pattern,
                                                      "use_regex": "true", "columns": "name"})
             response.raise_for_status()
             listed = response.json()
             names += [item["name"] for item in listed["items"]]
-            if page >= listed["page_count"]:
-                return names
-            page += 1
+            page, pages = page + 1, listed["page_count"]
+        return names
 
     def backlog(self, queue: str) -> int:
         """Messages ready right now in all the uploads' queues of `queue` together."""
@@ -142,6 +149,12 @@ class Broker:
         response = httpx.get(f"{self.management_url}/api/queues/%2F/{queue}", auth=(self.user, self.password),
                              timeout=5)
         return response.json() if response.status_code == 200 else {}
+
+    def node(self) -> dict:
+        """The broker's (first) node as the management API reports it: `mem_used`, `os_pid` and the rest."""
+        response = httpx.get(f"{self.management_url}/api/nodes", auth=(self.user, self.password), timeout=10)
+        response.raise_for_status()
+        return response.json()[0]
 
     def reported_messages(self, queue: str) -> int | None:
         """`messages` as the management API reports it: None before its first count of the queue."""

@@ -122,6 +122,13 @@ class DockerRabbitmq(Broker):
         return subprocess.run(["docker", "exec", self.name, "rabbitmqctl", "-q", *args], check=True,
                               capture_output=True, text=True, timeout=120).stdout
 
+    def beam(self) -> psutil.Process:
+        """The node's beam.smp as this host sees it (the management API's os_pid is the container's own)."""
+        inspect = subprocess.run(["docker", "inspect", "--format", "{{.State.Pid}}", self.name], check=True,
+                                 capture_output=True, text=True, timeout=30)
+        root = psutil.Process(int(inspect.stdout))
+        return next(p for p in [root, *root.children(recursive=True)] if p.name() == "beam.smp")
+
     def stop(self) -> None:
         subprocess.run(["docker", "rm", "--force", self.name], capture_output=True, timeout=60)
 

@@ -2,6 +2,7 @@
 
 import collections
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,9 @@ def start_worker(queue: str, record: Path, handler: str = "record", **env: str) 
 def handled(record: Path) -> collections.Counter[str]:
     """How often each row id was handled so far, by every worker that wrote to `record`."""
     return collections.Counter(record.read_text().split()) if record.exists() else collections.Counter()
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """SIGTERM the worker, and check it stopped as it should, with exit 0."""
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0

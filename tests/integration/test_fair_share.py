@@ -5,24 +5,17 @@ test can say which upload's rows started when. Pause and cancel go through the p
 """
 
 import collections
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 from fastapi.testclient import TestClient
 
-from kubejob import message
 from tests.helpers import wait_for
 from tests.helpers.broker import Broker
 from tests.helpers.keys import keys
-from tests.helpers.ledger import upload_counts
-from tests.helpers.worker import handled, start_worker
-
-
-def named_rows(name: str, count: int) -> list[dict[str, str]]:
-    return [{"id": f"{name}-{n}"} for n in range(count)]
+from tests.helpers.uploads import named_rows, small_behind_large
+from tests.helpers.worker import handled, start_worker, stop
 
 
 def starts(started: Path) -> list[tuple[float, str]]:
@@ -31,35 +24,13 @@ def starts(started: Path) -> list[tuple[float, str]]:
     return [(float(at), row.rsplit("-", 1)[0]) for at, row in (line.split() for line in lines if line)]
 
 
-def finished(upload_id: str) -> int:
-    done, failed = upload_counts(upload_id)
-    return done + failed
-
-
-def time_to_done(broker: Broker, queue: str, name: str, rows: int, tenant: str) -> float:
-    """Seconds from the moment an upload's rows are all in its queue until the ledger has every one done."""
-    upload_id = broker.publish_rows(queue, named_rows(name, rows), tenant=tenant)
-    published = time.monotonic()
-    wait_for(lambda: finished(upload_id) == rows, what=f"{name} to be done", timeout=60, interval=0.005)
-    return time.monotonic() - published
-
-
-def stop(worker: subprocess.Popen) -> None:
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=30) == 0
-
-
 def test_a_small_upload_behind_a_large_one_is_done_in_about_its_own_time(broker: Broker, queue_name: str,
                                                                          tmp_path: Path) -> None:
     record, started = tmp_path / "handled", tmp_path / "started"
     worker = start_worker(queue_name, record, "timed", SLOW_SECONDS="0.001", STARTED_FILE=str(started),
                           WORKER_IDLE_SECONDS="120")
     try:
-        alone = time_to_done(broker, queue_name, "small-alone", 100, tenant="B")
-        large = broker.publish_rows(queue_name, named_rows("large", 200_000), confirm=False, tenant="A")
-        wait_for(lambda: finished(large) >= 1000, what="the large upload to drain", timeout=120, interval=0.1)
-        behind = time_to_done(broker, queue_name, "small-behind", 100, tenant="B")
-        still_queued = broker.depth(message.upload_queue(queue_name, large))
+        alone, behind, _, still_queued = small_behind_large(broker, queue_name)
     finally:
         stop(worker)
     assert still_queued > 100_000
