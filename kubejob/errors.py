@@ -12,6 +12,7 @@ shared by the services. The tree (tests/unit/test_errors.py holds it to the clas
       * worker.copies.CopiesNotConfirmed — the broker nacked or returned a copy of a failed row
     * producer.routes.UploadInterrupted — publishing stopped part-way, as the broker or the ledger failed
     * producer.ledger.UploadBusy — another request is publishing the upload of this Idempotency-Key
+    * producer.ledger.TooManyOpen — the tenant has MAX_OPEN_UPLOADS_PER_TENANT uploads open already
     * producer.oidc.IssuerUnavailable — the OIDC issuer's keys (OIDC_JWKS_URL) could not be fetched
     * producer.ledger.DownloadsBusy — every download connection stayed taken for DOWNLOAD_TIMEOUT_SECONDS
     * scaler.queue_counts.QueueReadError — the queue's counts could not be read (management API or AMQP)

@@ -22,7 +22,7 @@ from producer.auth import Authenticator, Forbidden, Unauthenticated, refusal_of
 from producer.broker_watch import PROBE_SECONDS, BrokerWatch
 from producer.cache import ShortCache
 from producer.csv_stream import CsvError
-from producer.ledger import DownloadsBusy, KeyReused, Ledger, UploadBusy
+from producer.ledger import DownloadsBusy, KeyReused, Ledger, TooManyOpen, UploadBusy
 from producer.limits import RETRY_AFTER_SECONDS, BodyDrop, BodySizeLimit, UploadGate
 from producer.oidc import IssuerUnavailable
 from producer.publisher import UploadRefused
@@ -92,6 +92,15 @@ async def key_conflict(_request: Request, exc: Exception) -> JSONResponse:
     error = ("an upload with this Idempotency-Key is being published by a request still running; try again when "
              "it has answered")
     return JSONResponse({"error": error, "upload_id": str(exc)}, status_code=409)
+
+
+async def too_many_open(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TooManyOpen)
+    log.warning("upload refused, too many open", extra={"tenant": exc.tenant, "open_uploads": exc.open_uploads})
+    error = (f"tenant {exc.tenant!r} has {exc.open_uploads} uploads open, neither done nor cancelled, the most at once "
+             f"(MAX_OPEN_UPLOADS_PER_TENANT); wait for some to be done, or cancel some (DELETE /uploads/{{id}}), then "
+             "try again")
+    return JSONResponse({"error": error}, status_code=429, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
 async def auth_refused(_request: Request, exc: Exception) -> JSONResponse:
@@ -221,6 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(DownloadsBusy, downloads_busy)
     app.add_exception_handler(KeyReused, key_conflict)
     app.add_exception_handler(UploadBusy, key_conflict)
+    app.add_exception_handler(TooManyOpen, too_many_open)
     app.add_exception_handler(Unauthenticated, auth_refused)
     app.add_exception_handler(Forbidden, auth_refused)
     app.add_exception_handler(IssuerUnavailable, issuer_unavailable)

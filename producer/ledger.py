@@ -36,6 +36,14 @@ class UploadBusy(Temporary):
     """Another request is publishing the upload of this Idempotency-Key right now."""
 
 
+class TooManyOpen(Temporary):
+    """The tenant has MAX_OPEN_UPLOADS_PER_TENANT uploads open (neither done nor cancelled) already."""
+
+    def __init__(self, tenant: str, open_uploads: int) -> None:
+        super().__init__(tenant)
+        self.tenant, self.open_uploads = tenant, open_uploads
+
+
 class DownloadsBusy(Temporary):
     """Every download connection stayed taken for as long as a download waits for one."""
 
@@ -227,8 +235,8 @@ class Ledger:
         self.problem: str | None = None  # as of the last ping of watch()
 
     async def start(self, *, tenant: str, key: str | None, file_name: str, sha256: str | None,
-                    parameters: dict[str, str], columns: list[str], rows: int,
-                    queue: str) -> tuple[Upload, Claim | None]:
+                    parameters: dict[str, str], columns: list[str], rows: int, queue: str,
+                    max_open: int) -> tuple[Upload, Claim | None]:
         """Record a new upload of `tenant`, its rows to go into a queue of its own in the family of `queue`
         (kubejob.message.upload_queue), or find its earlier one of a known `key`, and claim it to publish what
         is left.
@@ -241,7 +249,8 @@ class Ledger:
                                                          connect_timeout=self._connect_timeout)
         try:
             with schema.map_psycopg_errors():
-                upload = await self._claim(conn, tenant=tenant, key=key, file_name=file_name, sha256=sha256,
+                upload = await self._claim(conn, tenant=tenant, key=key, max_open=max_open, file_name=file_name,
+                                           sha256=sha256,
                                            parameters=parameters, columns=columns, rows=rows, queue=queue)
         except BaseException:
             await conn.close()
@@ -251,8 +260,8 @@ class Ledger:
             return upload, None
         return upload, Claim(conn, upload.id)
 
-    async def _claim(self, conn: psycopg.AsyncConnection, *, tenant: str, key: str | None, file_name: str,
-                     sha256: str | None, parameters: dict[str, str], columns: list[str], rows: int,
+    async def _claim(self, conn: psycopg.AsyncConnection, *, tenant: str, key: str | None, max_open: int,
+                     file_name: str, sha256: str | None, parameters: dict[str, str], columns: list[str], rows: int,
                      queue: str) -> Upload:
         new_id = uuid.uuid4().hex
         # Held before the insert commits, so that no reader ever sees the new upload without its publisher.
@@ -261,6 +270,7 @@ class Ledger:
             earlier = (await self._earlier(conn, tenant=tenant, key=key, sha256=sha256, parameters=parameters)
                        if key else None)
             if earlier is None:
+                await self._room_for_one_more(conn, tenant=tenant, max_open=max_open)
                 # Recorded without a queue (queue_deleted_at set) until its publisher has declared it: Claim.opened.
                 await conn.execute(
                     """INSERT INTO uploads (id, tenant, idempotency_key, file_name, file_sha256, parameters, columns,
@@ -279,6 +289,17 @@ class Ledger:
                 raise UploadBusy(earlier.id)
         # Read again under the lock: the publisher before us moved `confirmed` until it let go.
         return await self._read(conn, earlier.id)
+
+    @staticmethod
+    async def _room_for_one_more(conn: psycopg.AsyncConnection, *, tenant: str, max_open: int) -> None:
+        """Raise TooManyOpen if the tenant has `max_open` uploads neither done nor cancelled; in the transaction that
+        records the new one, which the lock serialises with the tenant's other new uploads."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 1))", (tenant,))
+        found = await (await conn.execute(
+            "SELECT count(*) FROM uploads WHERE tenant = %s AND done + failed < rows AND cancelled_at IS NULL "
+            "AND (queue_deleted_at IS NULL OR published_at IS NULL)", (tenant,))).fetchone()
+        if found and found[0] >= max_open:
+            raise TooManyOpen(tenant, found[0])
 
     @staticmethod
     async def _earlier(conn: psycopg.AsyncConnection, *, tenant: str, key: str, sha256: str | None,

@@ -92,8 +92,9 @@ UPLOAD_ERRORS: dict[int | str, dict] = {
                                          "needed"},
     403: {"model": Error, "description": "The credential lacks the `upload` scope"},
     415: {"model": Error, "description": "The body is not multipart/form-data"},
-    429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress; try again after "
-                                         "Retry-After seconds"},
+    429: {"model": Error, "description": "MAX_CONCURRENT_UPLOADS uploads are in progress, or the tenant has "
+                                         "MAX_OPEN_UPLOADS_PER_TENANT uploads open; try again after Retry-After "
+                                         "seconds"},
     409: {"model": Error, "description": "The Idempotency-Key was used with another file or other parameters, or "
                                          "its upload is being published by a request still running, or was "
                                          "cancelled; or the upload was cancelled while it was being published"},
@@ -138,7 +139,8 @@ async def upload(
     sha256 = await run_in_threadpool(_sha256, file.file) if idempotency_key else None
     upload, claim = await ledger.start(tenant=uploader.tenant, key=idempotency_key, file_name=file.filename or "",
                                        sha256=sha256, parameters={"delimiter": summary.delimiter},
-                                       columns=summary.columns, rows=summary.rows, queue=settings.queue_name)
+                                       columns=summary.columns, rows=summary.rows, queue=settings.queue_name,
+                                       max_open=settings.max_open_uploads_per_tenant)
     if claim is not None:
         file.file.seek(0)
         try:

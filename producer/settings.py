@@ -55,6 +55,11 @@ class Settings(LedgerSettings):
     max_concurrent_uploads: int = Field(
         4, ge=1, description="Uploads in progress at once; one more gets 429 with Retry-After."
     )
+    max_open_uploads_per_tenant: int = Field(
+        100, ge=1, le=10000,
+        description=("Uploads of one tenant open at once (neither done nor cancelled), each a queue in RabbitMQ; "
+                     "one more gets 429 with Retry-After."),
+    )
     publish_window: int = Field(
         20000, ge=1, description=("The most rows published past the ledger's resume point: what a retry after any "
                                   "interruption may queue twice, and the most messages awaiting a confirm."),

@@ -296,3 +296,17 @@ def test_the_queues_of_a_finished_and_of_a_cancelled_upload_are_deleted_after_th
     sweeps = [line for log in logs for line in map(json.loads, log.read_text().splitlines())
               if line["message"] == "upload queues deleted"]
     assert sum(line["queues"] for line in sweeps) == 2 and all(line["queues"] > 0 for line in sweeps), sweeps
+
+
+def test_a_tenant_past_its_open_uploads_gets_429_saying_what_to_do_and_no_other_tenant_is_held_up(
+        made: dict[str, str], queue_name: str) -> None:
+    crowded, other = create_key(f"crowded-{queue_name}", "upload", "read"), made["beta"]
+    with TestClient(create_app(Settings(queue_name=queue_name, max_open_uploads_per_tenant=2))) as client:
+        first, _ = uploaded(client, crowded), uploaded(client, crowded)
+        refused = send(client, crowded)
+        assert refused.status_code == 429 and refused.headers["Retry-After"]
+        assert refused.json()["error"].startswith(f"tenant 'crowded-{queue_name}' has 2 uploads open")
+        assert "cancel some (DELETE /uploads/{id})" in refused.json()["error"]
+        assert send(client, other).status_code == 200, "another tenant's uploads are its own"
+        assert control(client, "cancel", first, crowded).status_code == 200
+        assert send(client, crowded).status_code == 200, "a cancelled upload is not open"
