@@ -36,9 +36,11 @@ def ledger_database() -> Iterator[str]:
     """A database of its own for this run, in the local PostgreSQL (make postgres), dropped after.
 
     Set as DATABASE_URL in the environment, so Settings() in this process and every service a
-    test starts finds it.
+    test starts finds it. Uploads that no worker drains stay open in it all the run long, so the
+    bound on a tenant's open uploads is lifted for the run; tests of the bound set it themselves.
     """
-    with fresh_database() as url, as_database_url(url):
+    with fresh_database() as url, as_database_url(url), pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAX_OPEN_UPLOADS_PER_TENANT", "10000")
         yield url
 
 

@@ -7,6 +7,7 @@ packages), code that writes beside itself, a CMD that does not start the service
 share the host's network namespace, to reach the RabbitMQ and the apiserver on loopback.
 """
 
+import os
 import subprocess
 import uuid
 
@@ -74,7 +75,9 @@ def test_the_producer_image_takes_an_upload(images, broker: Broker, queue_name: 
 
 def test_the_worker_image_drains_the_queue_and_exits_0(images, broker: Broker, queue_name: str) -> None:
     broker.publish_rows(queue_name, [{"id": str(n)} for n in range(50)])
-    container = Container("worker:latest", QUEUE_NAME=queue_name, WORKER_IDLE_SECONDS="1")
+    # The session's ledger, where the upload is recorded: a worker serves the uploads the ledger has open.
+    container = Container("worker:latest", QUEUE_NAME=queue_name, WORKER_IDLE_SECONDS="1",
+                          DATABASE_URL=os.environ["DATABASE_URL"])
     try:
         assert container.wait(timeout=60) == 0, container.logs()
         assert broker.backlog(queue_name) == 0
@@ -91,7 +94,8 @@ def test_the_scaler_image_creates_a_job_for_a_backlog(images, kube_cluster, brok
     kubeconfig.write_text(kube_cluster.kubeconfig.read_text())
     kubeconfig.chmod(0o644)  # readable by uid 10001 inside the container
     container = Container("scaler:latest", volumes={str(kubeconfig): "/kube/config"}, KUBECONFIG="/kube/config",
-                          POD_NAMESPACE=ns, QUEUE_NAME=queue_name, SCALER_POLL_SECONDS="0.5")
+                          POD_NAMESPACE=ns, QUEUE_NAME=queue_name, SCALER_POLL_SECONDS="0.5",
+                          DATABASE_URL=os.environ["DATABASE_URL"])
     batch = client.BatchV1Api(kube_cluster.api_client())
     try:
         jobs = wait_for(lambda: not container.running() or
