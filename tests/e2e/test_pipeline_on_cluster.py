@@ -61,8 +61,11 @@ def test_uploaded_rows_are_all_handled_by_jobs_the_scaler_starts(kube_node, node
 
     def drained():
         jobs = worker_jobs(kube_node, ns)
-        # The upload's queue is deleted a grace after it is done: until then it is empty.
-        return jobs and all(is_finished(j) for j in jobs) and queue_depths(kube_node, ns).get(own, 0) == 0 and jobs
+        # The upload's queue is deleted a grace after it is done: until then it is empty. A Job reads finished
+        # (SuccessCriteriaMet) a moment before its pod is counted in `succeeded`, which is waited for too.
+        counted = all(j["status"].get("succeeded") or j["status"].get("failed") for j in jobs)
+        return (jobs and all(is_finished(j) for j in jobs) and counted
+                and queue_depths(kube_node, ns).get(own, 0) == 0 and jobs)
     jobs = wait_for(drained, what="the queue to drain and every Job to end", timeout=DRAIN_TIMEOUT, interval=2)
 
     assert all(j["status"].get("succeeded") for j in jobs), [j["status"] for j in jobs]
